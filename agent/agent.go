@@ -1,0 +1,401 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/spdy-origin/spdy-origin/spdy"
+)
+
+// Options is the user-facing configuration, filled from flags and environment.
+type Options struct {
+	Proxies            []*url.URL // where to register; https:// (or http:// for local tests)
+	Token              string     // bearer token the proxy expects
+	To                 *url.URL   // upstream to reverse-proxy to (exclusive with Root)
+	Root               string     // directory to serve (exclusive with To)
+	CAFile             string     // extra PEM roots for verifying the proxy
+	InsecureSkipVerify bool       // do not verify the proxy's certificate (testing only)
+	Connections        int        // parallel sessions per proxy
+	Name               string     // identity sent to the proxy
+	DrainTimeout       time.Duration
+	MaxStreams         uint32 // concurrent streams the proxy may open per session; 0: spdy's default
+}
+
+// tuning holds knobs that users do not set but tests shorten.
+type tuning struct {
+	backoffMin, backoffMax time.Duration // reconnect delays after ordinary failures
+	rejectedMin            time.Duration // first delay after a 401; doubles up to rejectedMax
+	rejectedMax            time.Duration
+	maxRetryAfter          time.Duration // cap on a proxy's Retry-After (429/503)
+	healthyAfter           time.Duration // a session that lived this long resets the backoff
+	handshakeTimeout       time.Duration // TCP+TLS+PUT+200 must finish within this
+	upstreamDialTimeout    time.Duration
+	upgradeHeaderTimeout   time.Duration // upstream must answer an upgrade request within this
+	goAwayPoll             time.Duration // how often to check a session for the proxy's GOAWAY
+	pipeLinger             time.Duration // after one direction of an upgraded pipe ends, wait this long for the other
+	spdy                   *spdy.Config  // template; Logger is set per session
+	rnd                    func() float64
+	// sleep waits between attempts; tests replace it to record delays without waiting.
+	sleep func(ctx context.Context, d time.Duration) bool
+}
+
+func defaultTuning() tuning {
+	return tuning{
+		backoffMin:           100 * time.Millisecond,
+		backoffMax:           30 * time.Second,
+		rejectedMin:          time.Minute,
+		rejectedMax:          10 * time.Minute,
+		maxRetryAfter:        10 * time.Minute,
+		healthyAfter:         30 * time.Second,
+		handshakeTimeout:     20 * time.Second,
+		upstreamDialTimeout:  10 * time.Second,
+		upgradeHeaderTimeout: 60 * time.Second,
+		pipeLinger:           30 * time.Second,
+		goAwayPoll:           500 * time.Millisecond,
+		sleep:                sleepCtx,
+	}
+}
+
+// Agent keeps --connections sessions open to every proxy and serves their streams.
+type Agent struct {
+	opts      Options
+	tun       tuning
+	log       *zap.Logger
+	tlsConf   *tls.Config
+	handler   http.Handler
+	closeIdle func() // releases pooled upstream connections at exit
+	instance  string
+
+	bg sync.WaitGroup // sessions finishing after the proxy's GOAWAY
+
+	mu       sync.Mutex
+	sessions map[*spdy.Session]struct{}
+}
+
+// NewAgent validates opts and prepares TLS and the stream handler.
+func NewAgent(opts Options, log *zap.Logger) (*Agent, error) {
+	return newAgent(opts, defaultTuning(), log)
+}
+
+func newAgent(opts Options, tun tuning, log *zap.Logger) (*Agent, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if len(opts.Proxies) == 0 {
+		return nil, errors.New("at least one --proxy is required")
+	}
+	if opts.Token == "" {
+		return nil, errors.New("--token is required")
+	}
+	if (opts.To == nil) == (opts.Root == "") {
+		return nil, errors.New("exactly one of --to and --root is required")
+	}
+	if opts.Connections < 1 {
+		return nil, fmt.Errorf("--connections must be at least 1, got %d", opts.Connections)
+	}
+	if opts.DrainTimeout < 0 {
+		return nil, fmt.Errorf("--drain-timeout must not be negative")
+	}
+	if tun.sleep == nil {
+		tun.sleep = sleepCtx
+	}
+	a := &Agent{
+		opts:     opts,
+		tun:      tun,
+		log:      log,
+		instance: newInstanceID(),
+		sessions: make(map[*spdy.Session]struct{}),
+	}
+	for _, p := range opts.Proxies {
+		switch p.Scheme {
+		case "https":
+		case "http":
+			log.Warn("proxy URL is plain http: the token and all traffic travel unencrypted; use only for local tests",
+				zap.String("proxy", p.Redacted()))
+		default:
+			return nil, fmt.Errorf("proxy URL %q: scheme must be https (or http for local tests)", p.Redacted())
+		}
+		if p.Host == "" {
+			return nil, fmt.Errorf("proxy URL %q has no host", p.Redacted())
+		}
+	}
+	tc, err := proxyTLSConfig(opts.CAFile, opts.InsecureSkipVerify)
+	if err != nil {
+		return nil, err
+	}
+	if opts.InsecureSkipVerify {
+		log.Warn("!!! --insecure-skip-verify: the proxy's TLS certificate is NOT verified; anyone on the path can " +
+			"impersonate the proxy, steal the token and read or change all traffic. Never use this in production. !!!")
+	}
+	a.tlsConf = tc
+	if opts.To != nil {
+		u, err := newUpstreamHandler(opts.To, tun, log)
+		if err != nil {
+			return nil, err
+		}
+		a.handler, a.closeIdle = u, u.transport.CloseIdleConnections
+	} else {
+		f, err := newFileHandler(opts.Root, log)
+		if err != nil {
+			return nil, err
+		}
+		a.handler, a.closeIdle = f, f.close
+	}
+	if tun.spdy == nil {
+		tun.spdy = spdy.DefaultConfig()
+	}
+	if opts.MaxStreams > 0 {
+		c := *tun.spdy
+		c.MaxConcurrentStreams = opts.MaxStreams
+		tun.spdy = &c
+	}
+	if err := tun.spdy.Validate(); err != nil {
+		a.closeIdle()
+		return nil, fmt.Errorf("spdy config: %w", err)
+	}
+	a.tun.spdy = tun.spdy
+	return a, nil
+}
+
+// proxyTLSConfig builds the client TLS config used to dial proxies: system roots plus
+// the PEM certificates in caFile, and ALPN offering only http/1.1 so the proxy does not
+// pick HTTP/2 (the registration must be an HTTP/1.1 request whose connection we keep).
+func proxyTLSConfig(caFile string, insecure bool) (*tls.Config, error) {
+	tc := &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		NextProtos:         []string{"http/1.1"},
+		InsecureSkipVerify: insecure, //nolint:gosec // explicit user opt-in, warned loudly
+	}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-file %s: no PEM certificate found", caFile)
+		}
+		tc.RootCAs = pool
+	}
+	return tc, nil
+}
+
+func newInstanceID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Run connects to every proxy with opts.Connections sessions each and keeps them
+// up until ctx is cancelled. Then it sends GOAWAY on every session, lets in-flight
+// streams finish for up to opts.DrainTimeout, closes what is left and returns nil.
+func (a *Agent) Run(ctx context.Context) error {
+	a.log.Info("agent starting",
+		zap.String("version", agentVersion()),
+		zap.String("name", a.opts.Name),
+		zap.String("instance", a.instance),
+		zap.Int("proxies", len(a.opts.Proxies)),
+		zap.Int("connections_per_proxy", a.opts.Connections),
+		zap.String("serving", a.servingDesc()))
+	var wg sync.WaitGroup
+	for _, p := range a.opts.Proxies {
+		for i := 0; i < a.opts.Connections; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.connLoop(ctx, p, i)
+			}()
+		}
+	}
+	wg.Wait()
+	a.bg.Wait()
+	if a.closeIdle != nil {
+		a.closeIdle()
+	}
+	a.log.Info("agent stopped")
+	return nil
+}
+
+func (a *Agent) servingDesc() string {
+	if a.opts.To != nil {
+		return "upstream " + a.opts.To.Redacted()
+	}
+	return "files from " + a.opts.Root
+}
+
+// connLoop keeps one session to proxy alive until ctx ends. Logging is per state change:
+// the first failure of a kind is a warning, identical repeats are debug lines, and
+// recovering is one info line, so a proxy that is down for hours does not flood the log.
+func (a *Agent) connLoop(ctx context.Context, proxy *url.URL, idx int) {
+	log := a.log.With(zap.String("proxy", proxy.Redacted()), zap.Int("conn", idx))
+	bo := newBackoff(a.tun.backoffMin, a.tun.backoffMax)
+	bo.rnd = a.tun.rnd
+	rejected := newBackoff(a.tun.rejectedMin, a.tun.rejectedMax)
+	rejected.rnd = a.tun.rnd
+	var (
+		lastErr  string
+		failures int
+	)
+	for ctx.Err() == nil {
+		sess, err := a.connect(ctx, proxy, idx, log)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			var delay time.Duration
+			var hs *handshakeError
+			switch {
+			case errors.Is(err, errTokenRejected):
+				delay = rejected.next()
+			case errors.As(err, &hs) && hs.retryAfter > 0:
+				delay = min(max(hs.retryAfter, bo.next()), a.tun.maxRetryAfter)
+			default:
+				rejected.reset()
+				delay = bo.next()
+			}
+			if msg := err.Error(); msg != lastErr {
+				lastErr = msg
+				log.Warn("cannot connect to proxy; will keep retrying (repeats of this error are logged at debug level)",
+					zap.Error(err), zap.Duration("retry_in", delay.Round(time.Millisecond)))
+			} else {
+				log.Debug("cannot connect to proxy", zap.Error(err), zap.Int("attempt", failures),
+					zap.Duration("retry_in", delay.Round(time.Millisecond)))
+			}
+			if !a.tun.sleep(ctx, delay) {
+				return
+			}
+			continue
+		}
+		rejected.reset()
+		fields := []zap.Field{zap.Stringer("remote", sess.RemoteAddr())}
+		if failures > 0 {
+			fields = append(fields, zap.Int("after_failed_attempts", failures))
+		}
+		log.Info("connected to proxy", fields...)
+		failures, lastErr = 0, ""
+		start := time.Now()
+
+		replaced := a.waitSession(ctx, sess, log)
+		if ctx.Err() != nil {
+			return
+		}
+		lived := time.Since(start)
+		if lived >= a.tun.healthyAfter {
+			bo.reset()
+		}
+		delay := bo.next()
+		if replaced {
+			log.Info("proxy sent GOAWAY: opening a replacement session while the old one finishes its streams",
+				zap.Duration("lived", lived.Round(time.Millisecond)), zap.Duration("retry_in", delay.Round(time.Millisecond)))
+		} else {
+			cause := sess.Err()
+			lvl := log.Warn
+			if errors.Is(cause, spdy.ErrPeerGoneAway) || errors.Is(cause, spdy.ErrGoAway) {
+				lvl = log.Info // the proxy closed us politely (reload, shutdown)
+			}
+			lvl("session to proxy ended; reconnecting", zap.NamedError("cause", cause),
+				zap.Duration("lived", lived.Round(time.Millisecond)),
+				zap.Duration("retry_in", delay.Round(time.Millisecond)))
+		}
+		if !a.tun.sleep(ctx, delay) {
+			return
+		}
+	}
+}
+
+// waitSession blocks until sess ends (false) or the proxy sent GOAWAY while streams
+// are still open (true): then the old session finishes in the background and the
+// caller opens a replacement at once, so the proxy keeps --connections usable
+// sessions. When ctx ends, the session is drained before returning.
+func (a *Agent) waitSession(ctx context.Context, sess *spdy.Session, log *zap.Logger) bool {
+	tick := time.NewTicker(a.tun.goAwayPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-sess.Done():
+			a.untrack(sess)
+			return false
+		case <-ctx.Done():
+			a.drain(sess, log)
+			return false
+		case <-tick.C:
+			if !sess.GoingAway() {
+				continue
+			}
+			select {
+			case <-sess.Done():
+				a.untrack(sess)
+				return false
+			default:
+			}
+			// We only send GOAWAY when ctx ends, so this one came from the proxy.
+			a.bg.Add(1)
+			go func() {
+				defer a.bg.Done()
+				select {
+				case <-sess.Done():
+					a.untrack(sess)
+					log.Debug("replaced session finished", zap.NamedError("cause", sess.Err()))
+				case <-ctx.Done():
+					a.drain(sess, log)
+				}
+			}()
+			return true
+		}
+	}
+}
+
+// drain sends GOAWAY and waits up to DrainTimeout for in-flight streams, then closes.
+func (a *Agent) drain(sess *spdy.Session, log *zap.Logger) {
+	defer a.untrack(sess)
+	open := sess.Stats().OpenStreams
+	log.Info("draining session", zap.Int("open_streams", open), zap.Duration("timeout", a.opts.DrainTimeout))
+	ctx, cancel := context.WithTimeout(context.Background(), a.opts.DrainTimeout)
+	defer cancel()
+	if err := sess.Shutdown(ctx); err != nil {
+		left := sess.Stats().OpenStreams
+		_ = sess.Close()
+		if errors.Is(err, context.DeadlineExceeded) {
+			log.Warn("drain timeout: closing session with streams still open", zap.Int("aborted_streams", left))
+		} else {
+			log.Debug("session shutdown", zap.Error(err))
+		}
+		return
+	}
+	log.Info("session drained")
+}
+
+func (a *Agent) track(s *spdy.Session) {
+	a.mu.Lock()
+	a.sessions[s] = struct{}{}
+	a.mu.Unlock()
+}
+
+func (a *Agent) untrack(s *spdy.Session) {
+	a.mu.Lock()
+	delete(a.sessions, s)
+	a.mu.Unlock()
+}
+
+// activeSessions reports how many sessions are currently up (for tests and status).
+func (a *Agent) activeSessions() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.sessions)
+}

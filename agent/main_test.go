@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain keeps the in-process Caddy of the end-to-end tests (its internal CA,
+// certificates and autosaved config) out of the user's home directory, stops it after
+// the tests, and then checks for leaked goroutines, ignoring the few that an
+// in-process Caddy keeps for the life of the process.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "agent-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
+	os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	code := m.Run()
+	stopE2ECaddy()
+	if code == 0 {
+		var opts []goleak.Option
+		for _, f := range e2eLeakIgnores {
+			opts = append(opts, goleak.IgnoreAnyFunction(f))
+		}
+		if err := goleak.Find(opts...); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: Errors on successful test run: %v\n", err)
+			code = 1
+		}
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func envMap(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestParseArgs(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string
+		check   func(t *testing.T, c *cliConfig)
+	}{
+		{
+			name: "flags",
+			args: []string{"--proxy", "https://a.example/.well-known/spdy-origin", "--proxy", "https://b.example",
+				"--token", "tok", "--to", "http://127.0.0.1:8080", "--connections", "3", "--name", "nas",
+				"--drain-timeout", "5s", "--log-level", "debug", "--log-format", "json"},
+			check: func(t *testing.T, c *cliConfig) {
+				o := c.opts
+				if len(o.Proxies) != 2 || o.Proxies[1].Host != "b.example" {
+					t.Fatalf("proxies = %v", o.Proxies)
+				}
+				if o.Token != "tok" || o.To.String() != "http://127.0.0.1:8080" || o.Connections != 3 ||
+					o.Name != "nas" || o.DrainTimeout != 5*time.Second || c.logFormat != "json" || c.logLevel.String() != "debug" {
+					t.Fatalf("opts = %+v, c = %+v", o, c)
+				}
+			},
+		},
+		{
+			name: "env only, proxies comma separated",
+			env: map[string]string{"SPDY_ORIGIN_PROXY": "https://a.example, https://b.example", "SPDY_ORIGIN_TOKEN": "envtok",
+				"SPDY_ORIGIN_ROOT": dir, "SPDY_ORIGIN_INSECURE_SKIP_VERIFY": "true", "SPDY_ORIGIN_CONNECTIONS": "4"},
+			check: func(t *testing.T, c *cliConfig) {
+				o := c.opts
+				if len(o.Proxies) != 2 || o.Token != "envtok" || o.Root != dir || !o.InsecureSkipVerify || o.Connections != 4 {
+					t.Fatalf("opts = %+v", o)
+				}
+				if o.Name == "" {
+					t.Fatal("name should default to the host name")
+				}
+				if o.DrainTimeout != 30*time.Second {
+					t.Fatalf("drain timeout default = %v", o.DrainTimeout)
+				}
+			},
+		},
+		{
+			name: "flag wins over env",
+			args: []string{"--token", "flagtok", "--proxy", "https://flag.example"},
+			env:  map[string]string{"SPDY_ORIGIN_TOKEN": "envtok", "SPDY_ORIGIN_PROXY": "https://env.example", "SPDY_ORIGIN_TO": "http://127.0.0.1:1"},
+			check: func(t *testing.T, c *cliConfig) {
+				if c.opts.Token != "flagtok" || len(c.opts.Proxies) != 1 || c.opts.Proxies[0].Host != "flag.example" {
+					t.Fatalf("opts = %+v", c.opts)
+				}
+			},
+		},
+		{name: "no proxy", args: []string{"--token", "t", "--to", "http://x:1"}, wantErr: "--proxy is required"},
+		{name: "no token", args: []string{"--proxy", "https://x", "--to", "http://x:1"}, wantErr: "--token is required"},
+		{name: "both to and root", args: []string{"--proxy", "https://x", "--token", "t", "--to", "http://x:1", "--root", "."}, wantErr: "exclusive"},
+		{name: "neither to nor root", args: []string{"--proxy", "https://x", "--token", "t"}, wantErr: "one of --to"},
+		{name: "bad proxy scheme", args: []string{"--proxy", "ftp://x", "--token", "t", "--to", "http://x:1"}, wantErr: "--proxy"},
+		{name: "bad to", args: []string{"--proxy", "https://x", "--token", "t", "--to", "127.0.0.1:8080"}, wantErr: "--to"},
+		{name: "bad connections", args: []string{"--proxy", "https://x", "--token", "t", "--to", "http://x:1", "--connections", "0"}, wantErr: "--connections"},
+		{name: "bad log format", args: []string{"--proxy", "https://x", "--token", "t", "--to", "http://x:1", "--log-format", "xml"}, wantErr: "--log-format"},
+		{name: "bad env value", env: map[string]string{"SPDY_ORIGIN_CONNECTIONS": "many"}, wantErr: "SPDY_ORIGIN_CONNECTIONS"},
+		{name: "stray argument", args: []string{"--proxy", "https://x", "extra"}, wantErr: "unexpected argument"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			c, err := parseArgs(tt.args, envMap(tt.env), &out)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseArgs: %v", err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestRunExitCodes(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"--version"}, envMap(nil), &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "spdy-origin-agent ") {
+		t.Fatalf("--version: code %d, out %q", code, out.String())
+	}
+	errOut.Reset()
+	if code := run([]string{"--no-such-flag"}, envMap(nil), &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "Usage:") {
+		t.Fatalf("unknown flag: code %d, stderr %q", code, errOut.String())
+	}
+	errOut.Reset()
+	if code := run([]string{"--proxy", "https://x", "--token", "t"}, envMap(nil), &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "--to") {
+		t.Fatalf("missing --to: code %d, stderr %q", code, errOut.String())
+	}
+	errOut.Reset()
+	code := run([]string{"--proxy", "https://x", "--token", "t", "--root", "/definitely/not/here"}, envMap(nil), &out, &errOut)
+	if code != 2 || !strings.Contains(errOut.String(), "--root") {
+		t.Fatalf("missing root dir: code %d, stderr %q", code, errOut.String())
+	}
+}

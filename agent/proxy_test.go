@@ -1,0 +1,385 @@
+package main
+
+// A fake spdy_origin proxy for tests: an httptest TLS server that takes the agent's
+// registration PUT, hijacks, answers 200 and runs spdy.NewClient on the connection,
+// like the caddymodule does. Tests reach the agent by RoundTrip on those sessions.
+
+import (
+	"context"
+	"encoding/pem"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/spdy-origin/spdy-origin/spdy"
+)
+
+const testToken = "s3cret-token"
+
+type proxySession struct {
+	n    int // attempt number, 1-based
+	sess *spdy.Session
+	hdr  http.Header
+	body string
+	conn net.Conn
+}
+
+type fakeProxy struct {
+	t        *testing.T
+	srv      *httptest.Server
+	url      *url.URL
+	caFile   string
+	attempts atomic.Int32
+	sessions chan *proxySession
+
+	// behave may answer attempt n itself (return true), e.g. with an error status.
+	behave func(n int, w http.ResponseWriter, r *http.Request) bool
+	// after may take over the hijacked connection after the 200 was written (return
+	// true), e.g. to drop it or to hold it without speaking SPDY.
+	after func(n int, conn net.Conn) bool
+
+	plain bool // serve http:// instead of https://
+
+	mu    sync.Mutex
+	conns []net.Conn
+	all   []*spdy.Session
+}
+
+type proxyOpt func(*fakeProxy)
+
+func withBehave(f func(n int, w http.ResponseWriter, r *http.Request) bool) proxyOpt {
+	return func(p *fakeProxy) { p.behave = f }
+}
+
+func withAfter(f func(n int, conn net.Conn) bool) proxyOpt {
+	return func(p *fakeProxy) { p.after = f }
+}
+
+func withPlainHTTP() proxyOpt { return func(p *fakeProxy) { p.plain = true } }
+
+func newFakeProxy(t *testing.T, opts ...proxyOpt) *fakeProxy {
+	t.Helper()
+	p := &fakeProxy{t: t, sessions: make(chan *proxySession, 256)}
+	for _, o := range opts {
+		o(p)
+	}
+	p.srv = httptest.NewUnstartedServer(http.HandlerFunc(p.serve))
+	if p.plain {
+		p.srv.Start()
+	} else {
+		p.srv.StartTLS()
+	}
+	u, _ := url.Parse(p.srv.URL + "/.well-known/spdy-origin")
+	p.url = u
+	if p.plain {
+		t.Cleanup(p.close)
+		return p
+	}
+	p.caFile = filepath.Join(t.TempDir(), "ca.pem")
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.srv.Certificate().Raw})
+	if err := os.WriteFile(p.caFile, pemBytes, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *fakeProxy) close() {
+	p.mu.Lock()
+	all, conns := p.all, p.conns
+	p.all, p.conns = nil, nil
+	p.mu.Unlock()
+	for _, s := range all {
+		_ = s.Close()
+		<-s.Done()
+	}
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	p.srv.Close()
+}
+
+func (p *fakeProxy) serve(w http.ResponseWriter, r *http.Request) {
+	n := int(p.attempts.Add(1))
+	if r.Method != http.MethodPut {
+		http.Error(w, "registration needs PUT", http.StatusMethodNotAllowed)
+		return
+	}
+	if r.Header.Get("Authorization") != "Bearer "+testToken {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="spdy-origin"`)
+		http.Error(w, "invalid token", http.StatusUnauthorized)
+		return
+	}
+	if p.behave != nil && p.behave(n, w, r) {
+		return
+	}
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 4096))
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		p.t.Errorf("hijack: %v", err)
+		return
+	}
+	p.mu.Lock()
+	p.conns = append(p.conns, conn)
+	p.mu.Unlock()
+	const ok = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n\r\nspdy-origin: ok\n"
+	if p.after != nil {
+		_, _ = io.WriteString(conn, ok)
+		if p.after(n, conn) {
+			return
+		}
+	}
+	var c net.Conn = conn
+	if p.after == nil {
+		// Send the 200 in the same write as the first SPDY frame, so the agent's
+		// bufio.Reader surely holds SPDY bytes behind the body.
+		c = newCoalesceConn(conn, []byte(ok))
+	}
+	cfg := spdy.DefaultConfig()
+	sess, err := spdy.NewClient(spdy.BufferedConn(c, brw.Reader), cfg)
+	if err != nil {
+		p.t.Errorf("spdy.NewClient: %v", err)
+		_ = conn.Close()
+		return
+	}
+	p.mu.Lock()
+	p.all = append(p.all, sess)
+	p.mu.Unlock()
+	p.sessions <- &proxySession{n: n, sess: sess, hdr: r.Header.Clone(), body: string(body), conn: conn}
+}
+
+// next waits for the next session the agent opens.
+func (p *fakeProxy) next(t *testing.T) *proxySession {
+	t.Helper()
+	select {
+	case ps := <-p.sessions:
+		return ps
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed out waiting for the agent to connect")
+		return nil
+	}
+}
+
+// coalesceConn prepends pending to the first Write (or writes it alone after a short
+// pause if nothing else is written), so a handshake answer and SPDY frames share a
+// TLS record.
+type coalesceConn struct {
+	net.Conn
+	mu      sync.Mutex
+	pending []byte
+	timer   *time.Timer
+}
+
+func newCoalesceConn(c net.Conn, pending []byte) *coalesceConn {
+	cc := &coalesceConn{Conn: c, pending: pending}
+	cc.mu.Lock()
+	cc.timer = time.AfterFunc(50*time.Millisecond, func() { _, _ = cc.Write(nil) })
+	cc.mu.Unlock()
+	return cc
+}
+
+func (c *coalesceConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	if c.pending != nil {
+		c.timer.Stop()
+		buf := append(c.pending, b...)
+		c.pending = nil
+		_, err := c.Conn.Write(buf)
+		c.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		return len(b), nil
+	}
+	c.mu.Unlock()
+	if len(b) == 0 {
+		return 0, nil
+	}
+	return c.Conn.Write(b)
+}
+
+// testTuning shortens every delay; sleep records the delays the agent asked for and
+// waits at most a few milliseconds.
+type delayLog struct {
+	mu     sync.Mutex
+	delays []time.Duration
+}
+
+func (d *delayLog) sleep(ctx context.Context, dur time.Duration) bool {
+	d.mu.Lock()
+	d.delays = append(d.delays, dur)
+	d.mu.Unlock()
+	return sleepCtx(ctx, min(dur, 3*time.Millisecond))
+}
+
+func (d *delayLog) get() []time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]time.Duration(nil), d.delays...)
+}
+
+func testTuning(d *delayLog) tuning {
+	tun := defaultTuning()
+	tun.backoffMin = 10 * time.Millisecond
+	tun.backoffMax = 160 * time.Millisecond
+	tun.rejectedMin = 5 * time.Second
+	tun.rejectedMax = 20 * time.Second
+	tun.maxRetryAfter = 30 * time.Second
+	tun.healthyAfter = 10 * time.Second
+	tun.handshakeTimeout = 5 * time.Second
+	tun.upstreamDialTimeout = 2 * time.Second
+	tun.upgradeHeaderTimeout = 5 * time.Second
+	tun.pipeLinger = 2 * time.Second
+	tun.rnd = func() float64 { return 0.999999 }
+	tun.sleep = nil // newTestAgent records delays
+	if d != nil {
+		tun.sleep = d.sleep
+	}
+	return tun
+}
+
+type testAgent struct {
+	*Agent
+	logs   *observer.ObservedLogs
+	delays *delayLog
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func baseOpts(proxies ...*fakeProxy) Options {
+	o := Options{Token: testToken, Connections: 1, Name: "test-agent", DrainTimeout: 5 * time.Second}
+	for _, p := range proxies {
+		o.Proxies = append(o.Proxies, p.url)
+		o.CAFile = p.caFile // every fake proxy has its own cert; tests with several set CAFile themselves
+	}
+	return o
+}
+
+func newTestAgent(t *testing.T, opts Options, tun *tuning) *testAgent {
+	t.Helper()
+	core, logs := observer.New(zapcore.DebugLevel)
+	d := &delayLog{}
+	tt := testTuning(d)
+	if tun != nil {
+		tt = *tun
+		if tt.sleep == nil {
+			tt.sleep = d.sleep
+		}
+	}
+	a, err := newAgent(opts, tt, zap.New(core))
+	if err != nil {
+		t.Fatalf("newAgent: %v", err)
+	}
+	ta := &testAgent{Agent: a, logs: logs, delays: d, done: make(chan struct{})}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, e := range logs.All() {
+				t.Logf("agent log: %s %s %v", e.Level, e.Message, e.ContextMap())
+			}
+		}
+	})
+	return ta
+}
+
+// start runs the agent until the test ends (or stop is called).
+func (ta *testAgent) start(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ta.cancel = cancel
+	go func() {
+		defer close(ta.done)
+		_ = ta.Run(ctx)
+	}()
+	t.Cleanup(func() { ta.stop(t) })
+}
+
+func (ta *testAgent) stop(t *testing.T) {
+	ta.cancel()
+	select {
+	case <-ta.done:
+	case <-time.After(15 * time.Second):
+		t.Error("agent did not stop")
+	}
+}
+
+// count returns how many messages at level lvl contain substr.
+func (ta *testAgent) count(lvl zapcore.Level, substr string) int {
+	n := 0
+	for _, e := range ta.logs.All() {
+		if e.Level == lvl && strings.Contains(e.Message, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// front exposes an agent handler to test clients, either over plain net/http or
+// through the real path: fake proxy → SPDY session → agent.
+type front struct {
+	client *http.Client
+	base   string
+}
+
+type frontFunc func(t *testing.T, to *url.URL, root string) front
+
+func httpFront(t *testing.T, to *url.URL, root string) front {
+	t.Helper()
+	var h http.Handler
+	if to != nil {
+		u, err := newUpstreamHandler(to, testTuning(nil), zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(u.transport.CloseIdleConnections)
+		h = u
+	} else {
+		f, err := newFileHandler(root, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(f.close)
+		h = f
+	}
+	// net/http servers are half duplex unless asked; SPDY streams always are full duplex.
+	duplex := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).EnableFullDuplex()
+		h.ServeHTTP(w, r)
+	})
+	srv := httptest.NewServer(duplex)
+	t.Cleanup(srv.Close)
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	return front{client: &http.Client{Transport: tr}, base: srv.URL}
+}
+
+func spdyFront(t *testing.T, to *url.URL, root string) front {
+	t.Helper()
+	p := newFakeProxy(t)
+	o := baseOpts(p)
+	o.To, o.Root = to, root
+	ta := newTestAgent(t, o, nil)
+	ta.start(t)
+	ps := p.next(t)
+	return front{client: &http.Client{Transport: ps.sess}, base: "http://agent.test"}
+}
+
+var fronts = []struct {
+	name string
+	fn   frontFunc
+}{
+	{"http", httpFront},
+	{"spdy", spdyFront},
+}

@@ -1,0 +1,382 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/http/httpguts"
+)
+
+// upstreamHandler serves SPDY streams from the --to upstream: ordinary requests through
+// httputil.ReverseProxy (pooled keep-alive connections, bodies streamed and flushed at
+// once), upgrade requests (WebSocket and others) by piping bytes between a dedicated
+// upstream connection and the hijacked SPDY stream.
+type upstreamHandler struct {
+	target    *url.URL
+	rp        *httputil.ReverseProxy
+	transport *http.Transport
+	dialer    *net.Dialer
+	tun       tuning
+	log       *zap.Logger
+}
+
+func newUpstreamHandler(target *url.URL, tun tuning, log *zap.Logger) (*upstreamHandler, error) {
+	if target.Scheme != "http" && target.Scheme != "https" {
+		return nil, fmt.Errorf("--to %q: scheme must be http or https", target.Redacted())
+	}
+	if target.Host == "" {
+		return nil, fmt.Errorf("--to %q has no host", target.Redacted())
+	}
+	h := &upstreamHandler{
+		target: target,
+		dialer: &net.Dialer{Timeout: tun.upstreamDialTimeout, KeepAlive: 30 * time.Second},
+		tun:    tun,
+		log:    log.Named("upstream"),
+	}
+	h.transport = &http.Transport{
+		Proxy:                 nil, // the upstream is local to the agent; never via HTTP_PROXY
+		DialContext:           h.dialer.DialContext,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true, // pass Accept-Encoding and encoded bodies through untouched
+		ForceAttemptHTTP2:     true, // for https upstreams that speak h2; plain http stays HTTP/1.1
+	}
+	// ReverseProxy's own messages duplicate what proxyError logs; keep them at debug.
+	stdLog, _ := zap.NewStdLogAt(h.log, zapcore.DebugLevel)
+	h.rp = &httputil.ReverseProxy{
+		Rewrite:       h.rewrite,
+		Transport:     h.transport,
+		FlushInterval: -1, // flush every write: streaming responses, SSE, long polls
+		ErrorHandler:  h.proxyError,
+		ErrorLog:      stdLog,
+		BufferPool:    copyBuffers,
+	}
+	return h, nil
+}
+
+// rewrite points the request at the upstream. The Host header and the X-Forwarded-*
+// headers Caddy set describe the original client request; they are passed through
+// unchanged (ReverseProxy's Rewrite mode strips X-Forwarded-* by default).
+func (h *upstreamHandler) rewrite(pr *httputil.ProxyRequest) {
+	pr.SetURL(h.target)
+	pr.Out.Host = pr.In.Host
+	for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
+		if v, ok := pr.In.Header[k]; ok {
+			pr.Out.Header[k] = v
+		}
+	}
+}
+
+func (h *upstreamHandler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		// The client (or Caddy) gave up; nobody will read a 502.
+		h.log.Debug("request cancelled", zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Error(err))
+		return
+	}
+	h.log.Warn("upstream request failed", zap.String("method", r.Method), zap.String("uri", r.RequestURI),
+		zap.String("upstream", h.target.Redacted()), zap.Error(err))
+	writeError(w, http.StatusBadGateway, fmt.Sprintf("spdy-origin-agent: upstream %s is unreachable or failed: %v",
+		h.target.Redacted(), err))
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, msg+"\n")
+}
+
+func (h *upstreamHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if up := upgradeType(r.Header); up != "" {
+		h.serveUpgrade(w, r, up)
+		return
+	}
+	if r.Context().Value(http.ServerContextKey) == nil {
+		// ReverseProxy aborts a response whose upstream body fails midway by panicking
+		// with http.ErrAbortHandler (the spdy server then resets the stream), but only
+		// when it believes it runs under an http.Server; otherwise it ends the response
+		// normally and the client would get a silently truncated body.
+		r = r.WithContext(context.WithValue(r.Context(), http.ServerContextKey, abortMarker))
+	}
+	h.rp.ServeHTTP(w, r)
+}
+
+// abortMarker stands in for the *http.Server in request contexts (see ServeHTTP).
+var abortMarker = &http.Server{}
+
+// upgradeType returns the protocol a request or response asks to switch to, or "".
+// The spdy layer hands upgrade requests to us with Upgrade and Connection: Upgrade set.
+func upgradeType(hdr http.Header) string {
+	if !httpguts.HeaderValuesContainsToken(hdr["Connection"], "Upgrade") {
+		return ""
+	}
+	return hdr.Get("Upgrade")
+}
+
+// Hop-by-hop headers (RFC 9110 section 7.6.1) are not forwarded on upgrade requests,
+// except the Upgrade/Connection pair we set ourselves.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func removeHopHeaders(h http.Header) {
+	for _, f := range h["Connection"] {
+		for _, sf := range strings.Split(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+}
+
+// serveUpgrade forwards an upgrade request on its own upstream connection. A non-101
+// answer is relayed as an ordinary response; a 101 turns the SPDY stream into a byte
+// pipe. We do not use ReverseProxy's upgrade support because it writes a raw HTTP/1.1
+// "101" onto the hijacked connection, while our 101 must be a SPDY SYN_REPLY.
+func (h *upstreamHandler) serveUpgrade(w http.ResponseWriter, r *http.Request, upType string) {
+	log := h.log.With(zap.String("uri", r.RequestURI), zap.String("upgrade", upType))
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		log.Error("response writer cannot hijack; upgrade impossible")
+		writeError(w, http.StatusInternalServerError, "spdy-origin-agent: this stream cannot be upgraded")
+		return
+	}
+
+	out := r.Clone(r.Context())
+	out.URL.Scheme, out.URL.Host = h.target.Scheme, h.target.Host
+	out.URL.Path, out.URL.RawPath = joinURLPath(h.target, r.URL)
+	if h.target.RawQuery != "" {
+		if out.URL.RawQuery == "" {
+			out.URL.RawQuery = h.target.RawQuery
+		} else {
+			out.URL.RawQuery = h.target.RawQuery + "&" + out.URL.RawQuery
+		}
+	}
+	out.RequestURI = ""
+	out.Host = r.Host
+	out.Header = r.Header.Clone()
+	removeHopHeaders(out.Header)
+	out.Header.Set("Connection", "Upgrade")
+	out.Header.Set("Upgrade", upType)
+	out.Body, out.ContentLength, out.TransferEncoding = nil, 0, nil
+	out.Close = false
+
+	ctx, cancel := context.WithTimeout(r.Context(), h.tun.upgradeHeaderTimeout)
+	upConn, err := h.dialUpstream(ctx)
+	if err != nil {
+		cancel()
+		h.proxyError(w, r, err)
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { _ = upConn.SetDeadline(time.Unix(1, 0)) })
+	if err := out.Write(upConn); err != nil {
+		stop()
+		cancel()
+		_ = upConn.Close()
+		h.proxyError(w, r, fmt.Errorf("writing upgrade request: %w", err))
+		return
+	}
+	br := bufio.NewReader(upConn)
+	resp, err := http.ReadResponse(br, out)
+	if err == nil && resp.StatusCode != http.StatusSwitchingProtocols {
+		// Refused or ignored upgrade: relay the answer, body included, while the
+		// request context still bounds it.
+		stop()
+		cancel()
+		h.relayResponse(w, resp, log)
+		_ = upConn.Close()
+		return
+	}
+	stopped := stop()
+	cancel()
+	if err != nil || !stopped {
+		_ = upConn.Close()
+		if err == nil {
+			err = ctx.Err()
+		}
+		h.proxyError(w, r, fmt.Errorf("reading upgrade response: %w", err))
+		return
+	}
+	if got := upgradeType(resp.Header); !strings.EqualFold(got, upType) {
+		_ = upConn.Close()
+		log.Warn("upstream switched to a protocol the client did not ask for", zap.String("got", got))
+		writeError(w, http.StatusBadGateway, fmt.Sprintf("spdy-origin-agent: upstream switched protocols to %q, client requested %q", got, upType))
+		return
+	}
+	_ = upConn.SetDeadline(time.Time{})
+
+	hdr := resp.Header.Clone()
+	removeHopHeaders(hdr)
+	for k, v := range hdr {
+		w.Header()[k] = v
+	}
+	w.Header().Set("Connection", "Upgrade")
+	w.Header().Set("Upgrade", upType)
+	w.WriteHeader(http.StatusSwitchingProtocols)
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	client, rw, err := hj.Hijack()
+	if err != nil {
+		_ = upConn.Close()
+		log.Error("hijacking upgraded stream failed", zap.Error(err))
+		return
+	}
+	var clientR io.Reader = client
+	if rw != nil && rw.Reader.Buffered() > 0 {
+		clientR = rw.Reader // holds bytes read ahead; reads through to client afterwards
+	}
+	log.Debug("upgraded stream open")
+	n1, n2, err := pipe(client, clientR, upConn, br, h.tun.pipeLinger)
+	if err != nil {
+		log.Debug("upgraded stream ended with error", zap.Error(err), zap.Int64("bytes_to_upstream", n1), zap.Int64("bytes_to_client", n2))
+	} else {
+		log.Debug("upgraded stream closed", zap.Int64("bytes_to_upstream", n1), zap.Int64("bytes_to_client", n2))
+	}
+}
+
+// relayResponse copies a non-101 answer to an upgrade request back to the client.
+func (h *upstreamHandler) relayResponse(w http.ResponseWriter, resp *http.Response, log *zap.Logger) {
+	defer resp.Body.Close()
+	hdr := resp.Header.Clone()
+	removeHopHeaders(hdr)
+	for k, v := range hdr {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		log.Debug("relaying refused-upgrade body failed", zap.Error(err))
+		panic(http.ErrAbortHandler) // never end a truncated body cleanly
+	}
+}
+
+func (h *upstreamHandler) dialUpstream(ctx context.Context) (net.Conn, error) {
+	addr := h.target.Host
+	if h.target.Port() == "" {
+		if h.target.Scheme == "https" {
+			addr = net.JoinHostPort(h.target.Hostname(), "443")
+		} else {
+			addr = net.JoinHostPort(h.target.Hostname(), "80")
+		}
+	}
+	c, err := h.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if h.target.Scheme != "https" {
+		return c, nil
+	}
+	tc := tls.Client(c, &tls.Config{ServerName: h.target.Hostname(), NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12})
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+// pipe copies client→upstream and upstream→client until both directions end. When one
+// direction reaches EOF its destination is half-closed (if it supports CloseWrite) and
+// the other direction gets linger to finish; on an error, or when half-close is not
+// possible, both ends are closed at once.
+func pipe(client net.Conn, clientR io.Reader, up net.Conn, upR io.Reader, linger time.Duration) (toUp, toClient int64, err error) {
+	var (
+		once     sync.Once
+		closeAll = func() { once.Do(func() { _ = client.Close(); _ = up.Close() }) }
+		errs     = make(chan error, 2)
+	)
+	half := func(dst net.Conn, src io.Reader, n *int64) {
+		c, err := io.Copy(dst, src)
+		*n = c
+		if err == nil {
+			if cw, ok := dst.(closeWriter); ok && cw.CloseWrite() == nil {
+				errs <- nil
+				return
+			}
+		}
+		closeAll()
+		errs <- err
+	}
+	go half(up, clientR, &toUp)
+	go half(client, upR, &toClient)
+	first := <-errs
+	var second error
+	if first == nil {
+		t := time.NewTimer(linger)
+		select {
+		case second = <-errs:
+			t.Stop()
+		case <-t.C:
+			closeAll()
+			second = <-errs
+		}
+	} else {
+		second = <-errs
+	}
+	closeAll()
+	if first != nil {
+		return toUp, toClient, first
+	}
+	if second != nil && !errors.Is(second, net.ErrClosed) {
+		return toUp, toClient, second
+	}
+	return toUp, toClient, nil
+}
+
+// joinURLPath joins the target's base path and the request path like ReverseProxy does.
+func joinURLPath(a, b *url.URL) (path, rawpath string) {
+	if a.RawPath == "" && b.RawPath == "" {
+		return singleJoiningSlash(a.Path, b.Path), ""
+	}
+	apath, bpath := a.EscapedPath(), b.EscapedPath()
+	aslash, bslash := strings.HasSuffix(apath, "/"), strings.HasPrefix(bpath, "/")
+	switch {
+	case aslash && bslash:
+		return a.Path + b.Path[1:], apath + bpath[1:]
+	case !aslash && !bslash:
+		return a.Path + "/" + b.Path, apath + "/" + bpath
+	}
+	return a.Path + b.Path, apath + bpath
+}
+
+func singleJoiningSlash(a, b string) string {
+	aslash, bslash := strings.HasSuffix(a, "/"), strings.HasPrefix(b, "/")
+	switch {
+	case aslash && bslash:
+		return a + b[1:]
+	case !aslash && !bslash:
+		return a + "/" + b
+	}
+	return a + b
+}
+
+// copyBuffers recycles ReverseProxy's body copy buffers across requests.
+var copyBuffers = &bufferPool{pool: sync.Pool{New: func() any { return make([]byte, 32<<10) }}}
+
+type bufferPool struct{ pool sync.Pool }
+
+func (p *bufferPool) Get() []byte  { return p.pool.Get().([]byte) }
+func (p *bufferPool) Put(b []byte) { p.pool.Put(b) } //nolint:staticcheck // slice header allocation is negligible next to 32 KiB

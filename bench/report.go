@@ -1,0 +1,229 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	pTunnel = "tunnel"
+	pRP     = "reverse_proxy"
+	pDirect = "direct"
+)
+
+var pathNames = []string{pTunnel, pRP, pDirect}
+
+// row is one line of the table. vals holds the figure for each path that has one.
+type row struct {
+	metric string
+	unit   string
+	prec   int
+	vals   map[string]float64
+	note   string // shown instead of figures when vals is empty, or after them
+	// target, if set, is a goal on the ratio tunnel÷reverse_proxy (ratio) or on the
+	// tunnel figure itself (abs): met when the value is >= min (or <= max).
+	target    string
+	targetMet *bool
+}
+
+func (r *row) ratio(to string) (float64, bool) {
+	t, ok1 := r.vals[pTunnel]
+	o, ok2 := r.vals[to]
+	if !ok1 || !ok2 || o == 0 {
+		return 0, false
+	}
+	return t / o, true
+}
+
+type report struct {
+	rows    []*row
+	machine []string
+	notes   []string
+	started time.Time
+	args    string
+}
+
+func (rep *report) add(r *row) *row {
+	rep.rows = append(rep.rows, r)
+	return r
+}
+
+func (rep *report) note(format string, a ...any) {
+	rep.notes = append(rep.notes, fmt.Sprintf(format, a...))
+}
+
+func boolp(b bool) *bool { return &b }
+
+func fmtVal(v float64, prec int) string {
+	return fmt.Sprintf("%.*f", prec, v)
+}
+
+// cells renders a row as: metric, tunnel, reverse_proxy, direct, ÷rp, ÷direct, target.
+func (r *row) cells() []string {
+	c := []string{r.metric}
+	if r.unit != "" {
+		c[0] += " (" + r.unit + ")"
+	}
+	for _, p := range pathNames {
+		if v, ok := r.vals[p]; ok {
+			c = append(c, fmtVal(v, r.prec))
+		} else {
+			c = append(c, "—")
+		}
+	}
+	for _, p := range []string{pRP, pDirect} {
+		if v, ok := r.ratio(p); ok {
+			c = append(c, fmt.Sprintf("%.2f×", v))
+		} else {
+			c = append(c, "—")
+		}
+	}
+	t := r.target
+	if r.targetMet != nil {
+		if *r.targetMet {
+			t += " ✔ met"
+		} else {
+			t += " ✘ missed"
+		}
+	}
+	c = append(c, t)
+	return c
+}
+
+var header = []string{"measurement", pTunnel, pRP, pDirect, "tunnel÷rp", "tunnel÷direct", "target"}
+
+// text renders the table for the terminal.
+func (rep *report) text() string {
+	rows := [][]string{header}
+	for _, r := range rep.rows {
+		rows = append(rows, r.cells())
+	}
+	w := make([]int, len(header))
+	for _, rr := range rows {
+		for i, c := range rr {
+			w[i] = max(w[i], len([]rune(c)))
+		}
+	}
+	var b strings.Builder
+	line := func(rr []string) {
+		for i, c := range rr {
+			pad := w[i] - len([]rune(c))
+			if i == 0 || i == len(rr)-1 {
+				b.WriteString(c + strings.Repeat(" ", pad))
+			} else {
+				b.WriteString(strings.Repeat(" ", pad) + c)
+			}
+			if i < len(rr)-1 {
+				b.WriteString("  ")
+			}
+		}
+		b.WriteString("\n")
+	}
+	line(rows[0])
+	total := 0
+	for _, x := range w {
+		total += x + 2
+	}
+	b.WriteString(strings.Repeat("─", total-2) + "\n")
+	for i, rr := range rows[1:] {
+		line(rr)
+		if n := rep.rows[i].note; n != "" {
+			b.WriteString("    ↳ " + n + "\n")
+		}
+	}
+	b.WriteString("\n")
+	for _, m := range rep.machine {
+		b.WriteString(m + "\n")
+	}
+	for _, n := range rep.notes {
+		b.WriteString("note: " + n + "\n")
+	}
+	return b.String()
+}
+
+// markdown renders the table for bench/results.md (included by README.md).
+func (rep *report) markdown() string {
+	var b strings.Builder
+	b.WriteString("<!-- written by `make bench` (go run ./bench); do not edit by hand -->\n")
+	cmd := "make bench"
+	if rep.args != "" {
+		cmd = "go run ./bench " + rep.args
+	}
+	fmt.Fprintf(&b, "**Tunnel vs Caddy reverse_proxy vs direct**, `%s`, %s.\n\n", cmd, rep.started.UTC().Format("2006-01-02 15:04 UTC"))
+	esc := func(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
+	b.WriteString("| " + strings.Join(header, " | ") + " |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|---|\n")
+	for _, r := range rep.rows {
+		c := r.cells()
+		for i := range c {
+			c[i] = esc(c[i])
+		}
+		if r.note != "" {
+			c[0] += "<br>_" + esc(r.note) + "_"
+		}
+		b.WriteString("| " + strings.Join(c, " | ") + " |\n")
+	}
+	b.WriteString("\n")
+	for _, m := range rep.machine {
+		b.WriteString("- " + m + "\n")
+	}
+	for _, n := range rep.notes {
+		b.WriteString("- " + n + "\n")
+	}
+	return b.String()
+}
+
+// machineInfo describes where the numbers come from.
+func machineInfo(caddyBin, agentBin string) []string {
+	cpu := "unknown CPU"
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	var u syscall.Utsname
+	kernel := "unknown kernel"
+	if syscall.Uname(&u) == nil {
+		kernel = cstr(u.Sysname[:]) + " " + cstr(u.Release[:]) + " " + cstr(u.Machine[:])
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+				mem = ", " + strings.TrimSpace(rest) + " RAM"
+			}
+		}
+	}
+	out := []string{
+		fmt.Sprintf("machine: %s, %d cores%s; kernel %s; bench built with %s", cpu, runtime.NumCPU(), mem, kernel, runtime.Version()),
+	}
+	if v, err := exec.Command(caddyBin, "version").Output(); err == nil {
+		out = append(out, "caddy: "+strings.TrimSpace(string(v)))
+	}
+	if v, err := exec.Command(agentBin, "--version").CombinedOutput(); err == nil {
+		out = append(out, "agent: "+strings.TrimSpace(strings.SplitN(string(v), "\n", 2)[0]))
+	}
+	return out
+}
+
+func cstr(b []int8) string {
+	var s []byte
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		s = append(s, byte(c))
+	}
+	return string(s)
+}

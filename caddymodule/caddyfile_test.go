@@ -1,0 +1,302 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func TestUnmarshalCaddyfileHandler(t *testing.T) {
+	tests := []struct {
+		name    string
+		input   string
+		want    string // JSON of the resulting handler, when no error
+		wantErr string // substring of the error
+		line    int    // the Caddyfile line the error must name, if nonzero
+	}{
+		{
+			name: "minimal",
+			input: `spdy_origin {
+				token s3cret
+			}`,
+			want: `{"token":["s3cret"]}`,
+		},
+		{
+			name: "everything",
+			input: `spdy_origin {
+				pool home
+				connect /agents/register
+				token {env.TOKEN_A}
+				token literal-b
+				max_registration_body 4KiB
+				max_sessions 8
+				max_auth_failures 3
+				auth_failure_window 2m
+				retry_after 10s
+				drain_timeout 30s
+				dial_timeout 2s
+				response_header_timeout 1m
+				flush_interval -1
+				trusted_proxies 10.0.0.0/8 192.0.2.1
+				header_up X-Origin spdy
+				header_up -Cookie
+				header_down Server spdy-origin
+				header_down X-Powered-By ^(.*)$ hidden
+				stream_timeout 24h
+				stream_close_delay 5m
+				stream_window 16MiB
+				session_window 64MiB
+				max_concurrent_streams 500
+				max_upgraded_streams 200
+				ping_interval 20s
+				ping_timeout 5s
+				write_timeout 45s
+			}`,
+			want: `{"pool":"home","connect":"/agents/register","token":["{env.TOKEN_A}","literal-b"],` +
+				`"max_registration_body":4096,"max_sessions":8,"max_auth_failures":3,"auth_failure_window":120000000000,` +
+				`"retry_after":10000000000,"dial_timeout":2000000000,"response_header_timeout":60000000000,"flush_interval":-1,` +
+				`"trusted_proxies":["10.0.0.0/8","192.0.2.1"],` +
+				`"headers":{"request":{"set":{"X-Origin":["spdy"]},"delete":["Cookie"]},` +
+				`"response":{"set":{"Server":["spdy-origin"]},"replace":{"X-Powered-By":[{"search_regexp":"^(.*)$","replace":"hidden"}]}}},` +
+				`"stream_timeout":86400000000000,"stream_close_delay":300000000000,"drain_timeout":30000000000,` +
+				`"stream_window":16777216,"session_window":67108864,"max_concurrent_streams":500,"max_upgraded_streams":200,` +
+				`"ping_interval":20000000000,"ping_timeout":5000000000,"write_timeout":45000000000}`,
+		},
+		{
+			name: "trusted private ranges",
+			input: `spdy_origin {
+				token x
+				trusted_proxies private_ranges
+			}`,
+			want: `{"token":["x"],"trusted_proxies":["192.168.0.0/16","172.16.0.0/12","10.0.0.0/8","127.0.0.1/8","fd00::/8","::1"]}`,
+		},
+		{
+			name:    "missing token",
+			input:   "spdy_origin {\n\tpool home\n}",
+			wantErr: "at least one 'token <secret>' is required",
+		},
+		{
+			name:    "missing token, no block",
+			input:   "spdy_origin",
+			wantErr: "at least one 'token <secret>' is required",
+		},
+		{
+			name:  "unknown subdirective with line",
+			input: "spdy_origin {\n\ttoken x\n\tupstream 10.0.0.1\n}",
+			line:  3, wantErr: "unrecognized spdy_origin subdirective: upstream",
+		},
+		{
+			name:  "bad duration with line",
+			input: "spdy_origin {\n\ttoken x\n\n\tdial_timeout soon\n}",
+			line:  4, wantErr: `dial_timeout: bad duration "soon"`,
+		},
+		{
+			name:  "negative duration",
+			input: "spdy_origin {\n\ttoken x\n\tping_timeout -5s\n}",
+			line:  3, wantErr: "ping_timeout: duration must not be negative",
+		},
+		{
+			name:  "bad flush interval",
+			input: "spdy_origin {\n\ttoken x\n\tflush_interval often\n}",
+			line:  3, wantErr: `flush_interval: bad duration "often"`,
+		},
+		{
+			name:  "bad size",
+			input: "spdy_origin {\n\ttoken x\n\tstream_window lots\n}",
+			line:  3, wantErr: `stream_window: bad size "lots"`,
+		},
+		{
+			name:  "bad integer",
+			input: "spdy_origin {\n\ttoken x\n\tmax_sessions -1\n}",
+			line:  3, wantErr: `max_sessions: want a non-negative integer, got "-1"`,
+		},
+		{
+			name:  "duplicate pool",
+			input: "spdy_origin {\n\ttoken x\n\tpool a\n\tpool b\n}",
+			line:  4, wantErr: "pool specified more than once",
+		},
+		{
+			name:  "token without value",
+			input: "spdy_origin {\n\ttoken\n}",
+			line:  2, wantErr: "wrong argument count",
+		},
+		{
+			name:  "pool with two args",
+			input: "spdy_origin {\n\ttoken x\n\tpool a b\n}",
+			line:  3, wantErr: `pool takes one argument; unexpected "b"`,
+		},
+		{
+			name:  "connect must be a path",
+			input: "spdy_origin {\n\ttoken x\n\tconnect agents\n}",
+			line:  3, wantErr: `connect must be a path starting with '/'`,
+		},
+		{
+			name:    "inline argument",
+			input:   "spdy_origin localhost:8080 {\n\ttoken x\n}",
+			wantErr: "spdy_origin takes no arguments besides a matcher",
+		},
+		{
+			name:  "header_up without field",
+			input: "spdy_origin {\n\ttoken x\n\theader_up\n}",
+			line:  3, wantErr: "wrong argument count",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if tc.wantErr != "" {
+				if err == nil {
+					t.Fatalf("want error containing %q, got none", tc.wantErr)
+				}
+				if !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %q does not contain %q", err, tc.wantErr)
+				}
+				if at := fmt.Sprintf("at Testfile:%d", tc.line); tc.line != 0 && !strings.HasSuffix(err.Error(), at) {
+					t.Fatalf("error %q does not name the line (%s)", err, at)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			got, err := json.Marshal(&h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tc.want {
+				t.Fatalf("JSON mismatch\n got: %s\nwant: %s", got, tc.want)
+			}
+			// The JSON form round-trips to the same handler.
+			var back Handler
+			if err := json.Unmarshal(got, &back); err != nil {
+				t.Fatal(err)
+			}
+			again, _ := json.Marshal(&back)
+			if string(again) != string(got) {
+				t.Fatalf("JSON round trip changed the config\n got: %s\nwant: %s", again, got)
+			}
+		})
+	}
+}
+
+func TestUnmarshalCaddyfileTransport(t *testing.T) {
+	tests := []struct {
+		name    string
+		input   string
+		want    Transport
+		wantErr string
+		line    int
+	}{
+		{name: "empty", input: "spdy_origin"},
+		{name: "all", input: "spdy_origin {\n pool home\n dial_timeout 3s\n response_header_timeout 30s\n}",
+			want: Transport{Pool: "home", DialTimeout: caddy.Duration(3 * time.Second), ResponseHeaderTimeout: caddy.Duration(30 * time.Second)}},
+		{name: "unknown", input: "spdy_origin {\n pool home\n token x\n}", line: 3, wantErr: "unrecognized spdy_origin transport subdirective: token"},
+		{name: "bad duration", input: "spdy_origin {\n dial_timeout x\n}", line: 2, wantErr: `dial_timeout: bad duration "x"`},
+		{name: "argument", input: "spdy_origin home", wantErr: "transport spdy_origin takes no arguments"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var tr Transport
+			err := tr.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("want error containing %q, got %v", tc.wantErr, err)
+				}
+				if at := fmt.Sprintf("at Testfile:%d", tc.line); tc.line != 0 && !strings.HasSuffix(err.Error(), at) {
+					t.Fatalf("error %q does not name the line (%s)", err, at)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tr.Pool != tc.want.Pool || tr.DialTimeout != tc.want.DialTimeout || tr.ResponseHeaderTimeout != tc.want.ResponseHeaderTimeout {
+				t.Fatalf("got %+v, want %+v", tr, tc.want)
+			}
+		})
+	}
+}
+
+func TestHandlerValidate(t *testing.T) {
+	h := Handler{Connect: "relative"}
+	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "connect must be a path") {
+		t.Fatalf("want connect error, got %v", err)
+	}
+	h = Handler{Connect: "/x", DialTimeout: -1}
+	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "dial_timeout must not be negative") {
+		t.Fatalf("want dial_timeout error, got %v", err)
+	}
+	h = Handler{Connect: "/x"}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBearerToken(t *testing.T) {
+	for in, want := range map[string]string{
+		"Bearer abc":   "abc",
+		"bearer  abc ": "abc",
+		"BEARER abc":   "abc",
+		"Basic abc":    "",
+		"Bearer ":      "",
+		"":             "",
+		"Bearerabc":    "",
+	} {
+		got, ok := bearerToken(in)
+		if got != want || ok != (want != "") {
+			t.Errorf("bearerToken(%q) = %q, %v; want %q", in, got, ok, want)
+		}
+	}
+}
+
+func TestTokenValid(t *testing.T) {
+	h := Handler{tokens: [][]byte{[]byte("one"), []byte("two-longer")}}
+	for tok, want := range map[string]bool{"one": true, "two-longer": true, "two": false, "": false, "one ": false} {
+		if got := h.tokenValid(tok); got != want {
+			t.Errorf("tokenValid(%q) = %v, want %v", tok, got, want)
+		}
+	}
+}
+
+func TestAuthLimiter(t *testing.T) {
+	l := newAuthLimiter(3, time.Hour)
+	for i := range 2 {
+		if l.fail("192.0.2.1") {
+			t.Fatalf("locked out after %d failures", i+1)
+		}
+	}
+	if l.blocked("192.0.2.1") != 0 {
+		t.Fatal("blocked before reaching the limit")
+	}
+	if !l.fail("192.0.2.1") {
+		t.Fatal("not locked out after 3 failures")
+	}
+	if l.blocked("192.0.2.1") <= 0 {
+		t.Fatal("lockout not reported")
+	}
+	if l.blocked("192.0.2.2") != 0 {
+		t.Fatal("another IP is locked out")
+	}
+	// A short window expires.
+	l = newAuthLimiter(1, time.Millisecond)
+	l.fail("192.0.2.3")
+	time.Sleep(5 * time.Millisecond)
+	if l.blocked("192.0.2.3") != 0 {
+		t.Fatal("lockout did not expire")
+	}
+}
+
+func TestCleanIdentity(t *testing.T) {
+	if got := cleanIdentity(" nas\x00-1\n "); got != "nas-1" {
+		t.Fatalf("got %q", got)
+	}
+	if got := cleanIdentity(strings.Repeat("a", 300)); len(got) != 128 {
+		t.Fatalf("len %d", len(got))
+	}
+}

@@ -1,0 +1,338 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+
+	"github.com/spdy-origin/spdy-origin/spdy"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+	httpcaddyfile.RegisterHandlerDirective("spdy_origin", parseCaddyfileHandler)
+	httpcaddyfile.RegisterDirectiveOrder("spdy_origin", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// Defaults.
+const (
+	DefaultConnect             = "/.well-known/spdy-origin"
+	defaultMaxRegistrationBody = 64 << 10
+	defaultMaxAuthFailures     = 10
+	defaultAuthFailureWindow   = time.Minute
+	defaultRetryAfter          = 5 * time.Second
+)
+
+// Handler accepts origin agents on the connect route and reverse-proxies
+// every other request it handles into a SPDY stream on one of the pool's
+// agent sessions.
+//
+// Agents register with `PUT <connect>` over HTTP/1.1 and
+// `Authorization: Bearer <token>`; the connection is then hijacked and
+// becomes a SPDY/3.1 session in which Caddy is the client. Pools are
+// process-global, so config reloads keep agents connected.
+//
+// Proxying is done by an internal reverse_proxy handler with the
+// spdy_origin transport, so X-Forwarded-* headers, trusted proxies,
+// hop-by-hop header rules, flushing, WebSocket upgrades and error statuses
+// (499 client gone, 502 stream failed, 504 timeout) match reverse_proxy.
+// With no agent connected the handler answers 503 with Retry-After.
+type Handler struct {
+	// Pool names the pool that registering agents join and that requests
+	// are proxied to. Default: "default".
+	Pool string `json:"pool,omitempty"`
+
+	// Connect is the path of the registration route. Requests to exactly
+	// this path are never proxied. Default: "/.well-known/spdy-origin".
+	Connect string `json:"connect,omitempty"`
+
+	// Token lists the bearer tokens agents may register with; at least one
+	// is required. Placeholders such as {env.SPDY_ORIGIN_TOKEN} are resolved
+	// once at provision time. Tokens are compared in constant time.
+	Token []string `json:"token,omitempty"`
+
+	// MaxRegistrationBody caps the registration request body, in bytes;
+	// larger bodies get 413. Default: 65536.
+	MaxRegistrationBody int64 `json:"max_registration_body,omitempty"`
+
+	// MaxSessions caps the sessions in the pool; further registrations get
+	// 503 with Retry-After. Default: 0, unlimited.
+	MaxSessions int `json:"max_sessions,omitempty"`
+
+	// MaxAuthFailures is how many failed registrations (missing or wrong
+	// token) one client IP may make within AuthFailureWindow before it gets
+	// 429 for the rest of the window. Default: 10.
+	MaxAuthFailures int `json:"max_auth_failures,omitempty"`
+
+	// AuthFailureWindow is the window for MaxAuthFailures, also the lockout
+	// time. Default: 1m.
+	AuthFailureWindow caddy.Duration `json:"auth_failure_window,omitempty"`
+
+	// RetryAfter is the Retry-After value sent with 503 (no agent, pool
+	// full) and 429 responses. Default: 5s.
+	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
+
+	// DialTimeout: how long a request waits for an agent when none is
+	// connected before getting 503. Default: 0, answer 503 at once.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+
+	// ResponseHeaderTimeout: the agent must send response headers within
+	// this time or the client gets 504. Streaming bodies and WebSockets
+	// are not limited by it. Default: 0, no limit.
+	ResponseHeaderTimeout caddy.Duration `json:"response_header_timeout,omitempty"`
+
+	// FlushInterval: as reverse_proxy's flush_interval. Responses without
+	// Content-Length and event streams are flushed immediately regardless.
+	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`
+
+	// TrustedProxies: as reverse_proxy's trusted_proxies (CIDRs or IPs
+	// whose X-Forwarded-* headers are kept). Default: none.
+	TrustedProxies []string `json:"trusted_proxies,omitempty"`
+
+	// Headers manipulates request headers to the agent (header_up) and
+	// response headers from it (header_down), as reverse_proxy's headers.
+	Headers *headers.Handler `json:"headers,omitempty"`
+
+	// StreamTimeout: as reverse_proxy's stream_timeout, closes upgraded
+	// streams (WebSockets) after this long. Default: no limit.
+	StreamTimeout caddy.Duration `json:"stream_timeout,omitempty"`
+
+	// StreamCloseDelay: as reverse_proxy's stream_close_delay; upgraded
+	// streams (WebSockets) survive a config reload for this long instead of
+	// being closed when the old config is unloaded. Default: 0.
+	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
+
+	// DrainTimeout: when the pool is removed from the config, agents get
+	// GOAWAY and open streams this long to finish. Default: 10s.
+	DrainTimeout caddy.Duration `json:"drain_timeout,omitempty"`
+
+	// StreamWindow is the per-stream receive window (bytes) advertised to
+	// agents. Default: spdy's default (8 MiB).
+	StreamWindow int64 `json:"stream_window,omitempty"`
+
+	// SessionWindow is the session receive window (bytes). Default: spdy's
+	// default (32 MiB).
+	SessionWindow int64 `json:"session_window,omitempty"`
+
+	// MaxConcurrentStreams is advertised to agents (they open none, but
+	// it bounds misbehaving peers). Default: spdy's default.
+	MaxConcurrentStreams uint32 `json:"max_concurrent_streams,omitempty"`
+
+	// MaxUpgradedStreams caps WebSocket (101) streams per session.
+	// Default: spdy's default (1000).
+	MaxUpgradedStreams int `json:"max_upgraded_streams,omitempty"`
+
+	// PingInterval, PingTimeout and WriteTimeout tune session keepalive
+	// (an agent that stops answering PINGs within PingTimeout is dropped)
+	// and stalled writes. Defaults: spdy's (15s, 10s, 30s).
+	PingInterval caddy.Duration `json:"ping_interval,omitempty"`
+	PingTimeout  caddy.Duration `json:"ping_timeout,omitempty"`
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	tokens    [][]byte // resolved
+	transport *Transport
+	proxy     *reverseproxy.Handler
+	spdyCfg   *spdy.Config
+	limiter   *authLimiter
+	logger    *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.spdy_origin",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves tokens, takes a pool reference and provisions the
+// internal reverse proxy.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Pool == "" {
+		h.Pool = DefaultPool
+	}
+	if h.Connect == "" {
+		h.Connect = DefaultConnect
+	}
+	if h.MaxRegistrationBody == 0 {
+		h.MaxRegistrationBody = defaultMaxRegistrationBody
+	}
+	if h.MaxAuthFailures == 0 {
+		h.MaxAuthFailures = defaultMaxAuthFailures
+	}
+	if h.AuthFailureWindow == 0 {
+		h.AuthFailureWindow = caddy.Duration(defaultAuthFailureWindow)
+	}
+	if h.RetryAfter == 0 {
+		h.RetryAfter = caddy.Duration(defaultRetryAfter)
+	}
+	if h.DrainTimeout == 0 {
+		h.DrainTimeout = caddy.Duration(defaultDrainTimeout)
+	}
+
+	repl := caddy.NewReplacer()
+	h.tokens = h.tokens[:0]
+	for i, tok := range h.Token {
+		v := repl.ReplaceAll(tok, "")
+		if v == "" {
+			return fmt.Errorf("spdy_origin: token %d (%q) is empty after resolving placeholders; is the environment variable set?", i+1, tok)
+		}
+		h.tokens = append(h.tokens, []byte(v))
+	}
+	if len(h.tokens) == 0 {
+		return errors.New("spdy_origin: at least one token is required (agents authenticate with it)")
+	}
+
+	cfg, err := h.buildSpdyConfig()
+	if err != nil {
+		return err
+	}
+	h.spdyCfg = cfg
+	h.limiter = newAuthLimiter(h.MaxAuthFailures, time.Duration(h.AuthFailureWindow))
+
+	h.transport = &Transport{
+		Pool:                  h.Pool,
+		DialTimeout:           h.DialTimeout,
+		ResponseHeaderTimeout: h.ResponseHeaderTimeout,
+	}
+	if err := h.transport.Provision(ctx); err != nil {
+		return err
+	}
+	p := h.transport.pool
+	p.logger.Store(h.logger)
+	p.drain.Store(int64(h.DrainTimeout))
+
+	rp := &reverseproxy.Handler{
+		Upstreams:        reverseproxy.UpstreamPool{{Dial: placeholderUpstream}},
+		Transport:        h.transport,
+		FlushInterval:    h.FlushInterval,
+		TrustedProxies:   h.TrustedProxies,
+		Headers:          h.Headers,
+		StreamTimeout:    h.StreamTimeout,
+		StreamCloseDelay: h.StreamCloseDelay,
+	}
+	// Only a fully provisioned reverse proxy may be cleaned up.
+	if err := rp.Provision(ctx); err != nil {
+		return fmt.Errorf("spdy_origin: provisioning reverse proxy: %w", err)
+	}
+	h.proxy = rp
+	return nil
+}
+
+func (h *Handler) buildSpdyConfig() (*spdy.Config, error) {
+	cfg := spdy.DefaultConfig()
+	if h.StreamWindow != 0 {
+		if h.StreamWindow < 0 || h.StreamWindow > math.MaxInt32 {
+			return nil, fmt.Errorf("spdy_origin: stream_window %d out of range (1..%d)", h.StreamWindow, math.MaxInt32)
+		}
+		cfg.StreamWindow = int32(h.StreamWindow)
+	}
+	if h.SessionWindow != 0 {
+		if h.SessionWindow < 0 || h.SessionWindow > math.MaxInt32 {
+			return nil, fmt.Errorf("spdy_origin: session_window %d out of range (1..%d)", h.SessionWindow, math.MaxInt32)
+		}
+		cfg.SessionWindow = int32(h.SessionWindow)
+	}
+	if h.MaxConcurrentStreams != 0 {
+		cfg.MaxConcurrentStreams = h.MaxConcurrentStreams
+	}
+	if h.MaxUpgradedStreams != 0 {
+		cfg.MaxUpgradedStreams = h.MaxUpgradedStreams
+	}
+	if h.PingInterval != 0 {
+		cfg.PingInterval = time.Duration(h.PingInterval)
+	}
+	if h.PingTimeout != 0 {
+		cfg.PingTimeout = time.Duration(h.PingTimeout)
+	}
+	if h.WriteTimeout != 0 {
+		cfg.WriteTimeout = time.Duration(h.WriteTimeout)
+	}
+	cfg.Logger = h.logger.Named("spdy").Sugar()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("spdy_origin: session settings: %w", err)
+	}
+	return cfg, nil
+}
+
+// Validate checks the configuration without side effects.
+func (h *Handler) Validate() error {
+	if !strings.HasPrefix(h.Connect, "/") {
+		return fmt.Errorf("spdy_origin: connect must be a path starting with '/', got %q", h.Connect)
+	}
+	if h.MaxRegistrationBody < 0 {
+		return errors.New("spdy_origin: max_registration_body must not be negative")
+	}
+	if h.MaxSessions < 0 {
+		return errors.New("spdy_origin: max_sessions must not be negative")
+	}
+	if h.MaxAuthFailures < 0 {
+		return errors.New("spdy_origin: max_auth_failures must not be negative")
+	}
+	for name, d := range map[string]caddy.Duration{
+		"auth_failure_window": h.AuthFailureWindow, "retry_after": h.RetryAfter, "dial_timeout": h.DialTimeout,
+		"response_header_timeout": h.ResponseHeaderTimeout, "stream_timeout": h.StreamTimeout,
+		"stream_close_delay": h.StreamCloseDelay, "drain_timeout": h.DrainTimeout,
+		"ping_interval": h.PingInterval, "ping_timeout": h.PingTimeout, "write_timeout": h.WriteTimeout,
+	} {
+		if d < 0 {
+			return fmt.Errorf("spdy_origin: %s must not be negative", name)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases the internal proxy and the pool reference. Safe after a
+// partial Provision. Fields stay set: requests of this config may still be
+// finishing during a reload.
+func (h *Handler) Cleanup() error {
+	var err error
+	if h.proxy != nil {
+		err = h.proxy.Cleanup()
+	}
+	if h.transport != nil {
+		_ = h.transport.Cleanup()
+	}
+	return err
+}
+
+// ServeHTTP handles agent registrations on the connect path and proxies
+// everything else into the pool.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.URL.Path == h.Connect {
+		return h.serveRegistration(w, r)
+	}
+	err := h.proxy.ServeHTTP(w, r, next)
+	if err != nil && errors.Is(err, ErrNoSession) {
+		w.Header().Set("Retry-After", h.retryAfterSeconds())
+	}
+	return err
+}
+
+func (h *Handler) retryAfterSeconds() string {
+	secs := int(math.Ceil(time.Duration(h.RetryAfter).Seconds()))
+	if secs < 1 {
+		secs = 1
+	}
+	return strconv.Itoa(secs)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

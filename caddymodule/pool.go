@@ -1,0 +1,342 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/spdy-origin/spdy-origin/spdy"
+)
+
+// pools holds every live pool, keyed by pool name. It is process-global and
+// reference counted, so a config reload (which provisions the new config
+// before cleaning up the old one) keeps agents and in-flight streams, while a
+// config without the pool destructs it and sends GOAWAY to its agents.
+var pools = caddy.NewUsagePool()
+
+// defaultDrainTimeout bounds how long a removed pool waits for open streams
+// after sending GOAWAY before closing its sessions.
+const defaultDrainTimeout = 10 * time.Second
+
+var (
+	// errPoolClosed: the pool was removed from the config while an agent registered.
+	errPoolClosed = errors.New("pool is closed")
+	// errPoolFull: max_sessions is reached.
+	errPoolFull = errors.New("pool is full")
+)
+
+// sessionIDs numbers sessions process-wide, for logs and the admin API.
+var sessionIDs atomic.Uint64
+
+// agentIdentity is what an agent says about itself in its registration headers.
+type agentIdentity struct {
+	Name       string `json:"name,omitempty"`
+	Version    string `json:"version,omitempty"`
+	Instance   string `json:"instance,omitempty"`
+	Connection string `json:"connection,omitempty"`
+}
+
+func (a agentIdentity) fields() []zap.Field {
+	return []zap.Field{
+		zap.String("agent_name", a.Name),
+		zap.String("agent_version", a.Version),
+		zap.String("agent_instance", a.Instance),
+		zap.String("agent_connection", a.Connection),
+	}
+}
+
+// session is one registered agent connection in a pool.
+type session struct {
+	id       uint64
+	s        *spdy.Session
+	agent    agentIdentity
+	remote   string
+	since    time.Time
+	pool     *pool
+	rtt      atomic.Int64 // handshake RTT in ns, until the session measures its own
+	released bool         // guarded by pool.mu: removed from the pool
+}
+
+func (s *session) logFields() []zap.Field {
+	return append([]zap.Field{
+		zap.String("pool", s.pool.name),
+		zap.Uint64("session", s.id),
+		zap.String("remote_addr", s.remote),
+	}, s.agent.fields()...)
+}
+
+// currentRTT prefers the session's own keepalive measurement.
+func (s *session) currentRTT(st spdy.Stats) time.Duration {
+	if st.RTT > 0 {
+		return st.RTT
+	}
+	return time.Duration(s.rtt.Load())
+}
+
+// pool is a set of agent sessions that serve one pool name.
+type pool struct {
+	name   string
+	logger atomic.Pointer[zap.Logger]
+	drain  atomic.Int64 // drain timeout in ns for Destruct
+	// noSessionLogged rate-limits the "no agent" warning to one per second.
+	noSessionLogged atomic.Int64
+
+	mu       sync.Mutex
+	sessions map[*session]struct{}
+	order    []*session // sessions in join order, for rotation
+	rr       uint64     // rotation counter for ties
+	closed   bool
+	changed  chan struct{} // closed and replaced whenever a session joins
+
+	// counters of sessions that left, so totals stay monotonic
+	goneBytesIn, goneBytesOut, goneStreams uint64
+	connects                               uint64
+}
+
+func newPool(name string) *pool {
+	p := &pool{
+		name:     name,
+		sessions: make(map[*session]struct{}),
+		changed:  make(chan struct{}),
+	}
+	p.logger.Store(zap.NewNop())
+	p.drain.Store(int64(defaultDrainTimeout))
+	return p
+}
+
+// loadPool returns the pool for name, creating it, and takes a reference
+// that the caller must give back with releasePool.
+func loadPool(name string) (*pool, error) {
+	v, _, err := pools.LoadOrNew(name, func() (caddy.Destructor, error) {
+		return newPool(name), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*pool), nil
+}
+
+func releasePool(name string) {
+	_, _ = pools.Delete(name)
+}
+
+func (p *pool) log() *zap.Logger { return p.logger.Load() }
+
+// Destruct runs when the last config using the pool is unloaded: refuse new
+// sessions, send GOAWAY to every agent, let open streams finish for up to the
+// drain timeout, then close. It does not block Caddy's config unload.
+func (p *pool) Destruct() error {
+	p.mu.Lock()
+	p.closed = true
+	list := make([]*session, 0, len(p.sessions))
+	for s := range p.sessions {
+		list = append(list, s)
+	}
+	p.mu.Unlock()
+	drain := time.Duration(p.drain.Load())
+	p.log().Info("pool removed from config; sending GOAWAY to agents",
+		zap.String("pool", p.name), zap.Int("sessions", len(list)), zap.Duration("drain_timeout", drain))
+	for _, s := range list {
+		go func(s *session) {
+			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			defer cancel()
+			_ = s.s.Shutdown(ctx)
+			_ = s.s.Close()
+		}(s)
+	}
+	return nil
+}
+
+// add puts a fresh session in the pool and watches it so it leaves the pool
+// the moment it dies. maxSessions <= 0 means unlimited.
+func (p *pool) add(s *session, maxSessions int) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return errPoolClosed
+	}
+	if maxSessions > 0 && len(p.sessions) >= maxSessions {
+		n := len(p.sessions)
+		p.mu.Unlock()
+		return fmt.Errorf("%w: %d of max_sessions %d connected", errPoolFull, n, maxSessions)
+	}
+	p.sessions[s] = struct{}{}
+	p.order = append(p.order, s)
+	p.connects++
+	close(p.changed)
+	p.changed = make(chan struct{})
+	p.mu.Unlock()
+
+	go p.watch(s)
+	return nil
+}
+
+// watch removes s from the pool as soon as its session ends, and logs why.
+func (p *pool) watch(s *session) {
+	<-s.s.Done()
+	p.mu.Lock()
+	st := s.s.Stats()
+	if !s.released {
+		s.released = true
+		delete(p.sessions, s)
+		p.order = slices.DeleteFunc(p.order, func(x *session) bool { return x == s })
+		p.goneBytesIn += st.BytesIn
+		p.goneBytesOut += st.BytesOut
+		p.goneStreams += st.StreamsTotal
+	}
+	left := len(p.sessions)
+	p.mu.Unlock()
+
+	cause := s.s.Err()
+	fields := append(s.logFields(),
+		zap.Duration("connected_for", time.Since(s.since)),
+		zap.Duration("rtt", s.currentRTT(st)),
+		zap.Uint64("streams_total", st.StreamsTotal),
+		zap.Uint64("bytes_from_agent", st.BytesIn),
+		zap.Uint64("bytes_to_agent", st.BytesOut),
+		zap.Int("sessions_left", left),
+	)
+	if cause != nil {
+		fields = append(fields, zap.String("cause", cause.Error()))
+	} else {
+		fields = append(fields, zap.String("cause", "closed"))
+	}
+	p.log().Info("agent disconnected", fields...)
+}
+
+// pick returns the usable session with the fewest open streams, skipping
+// exclude and sessions that are going away or already dead. Ties rotate, so
+// sequential requests spread over idle sessions too.
+func (p *pool) pick(exclude *session) *session {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.order)
+	if n == 0 {
+		return nil
+	}
+	start := int(p.rr % uint64(n))
+	p.rr++
+	var best *session
+	bestOpen := 0
+	for i := range n {
+		s := p.order[(start+i)%n]
+		if s == exclude || s.s.GoingAway() {
+			continue
+		}
+		select {
+		case <-s.s.Done():
+			continue
+		default:
+		}
+		open := s.s.Stats().OpenStreams
+		if best == nil || open < bestOpen {
+			best, bestOpen = s, open
+		}
+	}
+	return best
+}
+
+// waitForSession waits until a session is usable, ctx ends, or the pool closes.
+func (p *pool) waitForSession(ctx context.Context) *session {
+	for {
+		if s := p.pick(nil); s != nil {
+			return s
+		}
+		p.mu.Lock()
+		ch, closed := p.changed, p.closed
+		p.mu.Unlock()
+		if closed {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// poolSnapshot is the admin API and metrics view of a pool.
+type poolSnapshot struct {
+	Name     string            `json:"pool"`
+	Closed   bool              `json:"closed,omitempty"`
+	Sessions []sessionSnapshot `json:"sessions"`
+
+	bytesIn, bytesOut, streamsTotal, connects uint64
+	openStreams, upgraded                     int
+}
+
+type sessionSnapshot struct {
+	ID              uint64        `json:"id"`
+	RemoteAddr      string        `json:"remote_addr"`
+	Agent           agentIdentity `json:"agent"`
+	ConnectedSince  time.Time     `json:"connected_since"`
+	OpenStreams     int           `json:"open_streams"`
+	UpgradedStreams int           `json:"upgraded_streams"`
+	StreamsTotal    uint64        `json:"streams_total"`
+	BytesFromAgent  uint64        `json:"bytes_from_agent"`
+	BytesToAgent    uint64        `json:"bytes_to_agent"`
+	RTT             string        `json:"rtt"`
+	RTTSeconds      float64       `json:"rtt_seconds"`
+	GoingAway       bool          `json:"going_away"`
+}
+
+func (p *pool) snapshot() poolSnapshot {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ps := poolSnapshot{
+		Name:         p.name,
+		Closed:       p.closed,
+		Sessions:     make([]sessionSnapshot, 0, len(p.sessions)),
+		bytesIn:      p.goneBytesIn,
+		bytesOut:     p.goneBytesOut,
+		streamsTotal: p.goneStreams,
+		connects:     p.connects,
+	}
+	for s := range p.sessions {
+		st := s.s.Stats()
+		rtt := s.currentRTT(st)
+		ps.Sessions = append(ps.Sessions, sessionSnapshot{
+			ID:              s.id,
+			RemoteAddr:      s.remote,
+			Agent:           s.agent,
+			ConnectedSince:  s.since,
+			OpenStreams:     st.OpenStreams,
+			UpgradedStreams: st.UpgradedStreams,
+			StreamsTotal:    st.StreamsTotal,
+			BytesFromAgent:  st.BytesIn,
+			BytesToAgent:    st.BytesOut,
+			RTT:             rtt.String(),
+			RTTSeconds:      rtt.Seconds(),
+			GoingAway:       s.s.GoingAway(),
+		})
+		ps.bytesIn += st.BytesIn
+		ps.bytesOut += st.BytesOut
+		ps.streamsTotal += st.StreamsTotal
+		ps.openStreams += st.OpenStreams
+		ps.upgraded += st.UpgradedStreams
+	}
+	sort.Slice(ps.Sessions, func(i, j int) bool { return ps.Sessions[i].ID < ps.Sessions[j].ID })
+	return ps
+}
+
+// allPools snapshots every live pool, sorted by name.
+func allPools() []poolSnapshot {
+	var out []poolSnapshot
+	pools.Range(func(_, v any) bool {
+		if p, ok := v.(*pool); ok {
+			out = append(out, p.snapshot())
+		}
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestBuildProxy(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"https://proxy.golang.org,direct", "https://proxy.golang.org|off"},
+		{"https://a.example,https://b.example|direct", "https://a.example|https://b.example|off"},
+		{"https://proxy.golang.org", "https://proxy.golang.org|off"},
+		{"off", "off"},
+		{"direct", "direct"},
+		{"https://a.example,off,https://ignored.example", "https://a.example|off"},
+	} {
+		if got := buildProxy(tc.in); got != tc.want {
+			t.Errorf("buildProxy(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// writeModule makes a throwaway module with a plugin package and an
+// xcaddy.json, and returns the recipe path.
+func writeModule(t *testing.T, recipe string) (dir, path string) {
+	t.Helper()
+	dir = t.TempDir()
+	files := map[string]string{
+		"go.mod":         "module example.com/plug\n\ngo 1.22\n\nreplace example.com/other => ./other\n",
+		"plug/plug.go":   "package plug\n\nimport _ \"example.com/plug/inner\"\n",
+		"plug/x_test.go": "package plug\n",
+		"inner/inner.go": "package inner\n",
+		"unused/u.go":    "package unused\n",
+		"xcaddy.json":    recipe,
+	}
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, filepath.Join(dir, "xcaddy.json")
+}
+
+const testRecipe = `{"caddy_version": "v2.11.9",
+ "plugins": [{"module_path": "example.com/plug/plug"}],
+ "replacements": [{"old": "example.com/plug", "new": "."}]}`
+
+func TestLoadRecipe(t *testing.T) {
+	dir, path := writeModule(t, testRecipe)
+	rec, err := loadRecipe(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.repoDir != dir {
+		t.Errorf("repoDir = %q, want %q", rec.repoDir, dir)
+	}
+	got := map[string]string{}
+	for _, r := range rec.Replacements {
+		got[string(r.Old)] = string(r.New)
+	}
+	if got["example.com/plug"] != dir {
+		t.Errorf("relative replacement not resolved against xcaddy.json: %v", got)
+	}
+	if got["example.com/other"] != filepath.Join(dir, "other") {
+		t.Errorf("go.mod replace not carried over: %v", got)
+	}
+}
+
+func TestLoadRecipeErrors(t *testing.T) {
+	for name, recipe := range map[string]string{
+		"unknown field":    `{"caddy_version": "v2.11.9", "plugin": []}`,
+		"no version":       `{"plugins": [{"module_path": "example.com/plug/plug"}]}`,
+		"not json":         `caddy_version: v2`,
+		"trailing comma":   `{"caddy_version": "v2.11.9",}`,
+		"wrong type":       `{"caddy_version": 2}`,
+		"plugins not list": `{"caddy_version": "v2.11.9", "plugins": {}}`,
+	} {
+		_, path := writeModule(t, recipe)
+		if _, err := loadRecipe(path); err == nil {
+			t.Errorf("%s: no error for %s", name, recipe)
+		}
+	}
+}
+
+func TestInputHashFollowsPluginSources(t *testing.T) {
+	dir, path := writeModule(t, testRecipe)
+	hash := func() string {
+		t.Helper()
+		rec, err := loadRecipe(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := inputHash(context.Background(), rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	edit := func(name, body string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h0 := hash()
+	if hash() != h0 {
+		t.Fatal("hash is not stable")
+	}
+	// Files that are not compiled into the plugin do not count.
+	edit("plug/x_test.go", "package plug\n\n// changed\n")
+	edit("unused/u.go", "package unused\n\n// changed\n")
+	if h := hash(); h != h0 {
+		t.Error("hash changed for a test file or an unused package")
+	}
+	// A dependency of the plugin in the same module does.
+	edit("inner/inner.go", "package inner\n\n// changed\n")
+	h1 := hash()
+	if h1 == h0 {
+		t.Error("hash did not change with a dependency's source")
+	}
+	// So do the recipe and go.mod.
+	edit("xcaddy.json", strings.Replace(testRecipe, "v2.11.9", "v2.11.8", 1))
+	h2 := hash()
+	if h2 == h1 {
+		t.Error("hash did not change with xcaddy.json")
+	}
+	edit("go.mod", "module example.com/plug\n\ngo 1.23\n")
+	if hash() == h2 {
+		t.Error("hash did not change with go.mod")
+	}
+}
+
+func TestUpToDate(t *testing.T) {
+	dir := t.TempDir()
+	bin, stamp := filepath.Join(dir, "caddy"), filepath.Join(dir, "caddy.stamp")
+	if upToDate(bin, stamp, "h") {
+		t.Error("up to date without a binary")
+	}
+	os.WriteFile(bin, []byte("x"), 0o755)
+	if upToDate(bin, stamp, "h") {
+		t.Error("up to date without a stamp")
+	}
+	os.WriteFile(stamp, []byte("h\n"), 0o644)
+	if !upToDate(bin, stamp, "h") {
+		t.Error("not up to date with a matching stamp")
+	}
+	if upToDate(bin, stamp, "other") {
+		t.Error("up to date with a stale stamp")
+	}
+}

@@ -1,0 +1,311 @@
+package spdy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+
+	"github.com/moby/spdystream/spdy"
+)
+
+// RoundTrip sends req on a new stream and returns the response, with
+// http.RoundTripper semantics. Request and response bodies stream. When the
+// peer's SETTINGS_MAX_CONCURRENT_STREAMS is reached, RoundTrip waits for a
+// free stream (as long as req's context allows). Cancelling the context, or
+// closing the response body before EOF, resets the stream (RST_STREAM
+// CANCEL). A response body cut short by a reset or a dead session returns an
+// error from Read, never io.EOF.
+//
+// A request with an Upgrade header keeps its stream open after the request
+// body; if the answer is 101 Switching Protocols, the response Body is an
+// io.ReadWriteCloser carrying the new protocol's bytes both ways.
+func (s *Session) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := s.roundTrip(req)
+	if err != nil && req.Body != nil {
+		req.Body.Close()
+	}
+	return resp, err
+}
+
+func (s *Session) roundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL == nil {
+		return nil, errors.New("spdy: request has no URL")
+	}
+	ctx := req.Context()
+	upgrade := isUpgrade(req.Header)
+	body := req.Body
+	if body == http.NoBody {
+		body = nil
+	}
+	fin := body == nil && !upgrade
+	st, err := s.openStream(ctx, requestHeaders(req, upgrade), fin)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { st.resetLocal(StatusCancel) })
+	if body != nil {
+		go st.sendBody(body, req.ContentLength, !upgrade)
+	}
+
+	select {
+	case <-st.reply:
+	case <-st.done:
+		select {
+		case <-st.reply:
+		default:
+			stop()
+			return nil, st.failure(ctx)
+		}
+	case <-ctx.Done():
+		stop()
+		st.resetLocal(StatusCancel)
+		return nil, ctx.Err()
+	}
+
+	st.mu.Lock()
+	block := st.replyHdr
+	st.mu.Unlock()
+	pseudo, h := splitHeaders(block)
+	code, err := parseStatus(pseudo[":status"])
+	if err != nil {
+		stop()
+		st.resetLocal(StatusProtocolError)
+		return nil, err
+	}
+	proto, major, minor := parseVersion(pseudo[":version"])
+	resp := &http.Response{
+		Status:        statusLine(code),
+		StatusCode:    code,
+		Proto:         proto,
+		ProtoMajor:    major,
+		ProtoMinor:    minor,
+		Header:        h,
+		ContentLength: contentLength(h),
+		Request:       req,
+	}
+	noBody := req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+	st.mu.Lock()
+	if !noBody {
+		st.contentLn = resp.ContentLength
+	}
+	st.mu.Unlock()
+	if noBody && resp.ContentLength < 0 {
+		resp.ContentLength = 0
+	}
+	if code == http.StatusSwitchingProtocols && upgrade {
+		if err := s.markUpgraded(st); err != nil {
+			stop()
+			st.resetLocal(StatusRefusedStream)
+			return nil, err
+		}
+		// SPDY carries no Connection header; HTTP/1.1 clients of the
+		// response (reverse proxies, WebSocket libraries) need it back.
+		resp.Header.Set("Connection", "Upgrade")
+		resp.Body = &upgradeBody{st: st, stop: stop}
+		return resp, nil
+	}
+	if upgrade {
+		// No switch: our half of the stream ends here.
+		go st.closeWrite()
+	}
+	resp.Body = &responseBody{st: st, stop: stop}
+	return resp, nil
+}
+
+// failure explains why a stream ended before its reply.
+func (st *stream) failure(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	st.mu.Lock()
+	err := st.err
+	st.mu.Unlock()
+	if err == nil {
+		err = fmt.Errorf("%w: stream %d ended without a reply", ErrProtocol, st.id)
+	}
+	return err
+}
+
+// openStream waits for a free stream slot, then sends SYN_STREAM.
+func (s *Session) openStream(ctx context.Context, h http.Header, fin bool) (*stream, error) {
+	s.mu.Lock()
+	for {
+		if err := s.Err(); err != nil {
+			s.mu.Unlock()
+			return nil, notProcessed{sessionClosedError(err)}
+		}
+		if s.goAwayRecv {
+			s.mu.Unlock()
+			return nil, ErrGoAway
+		}
+		if s.goAwaySent {
+			s.mu.Unlock()
+			return nil, notProcessed{sessionClosedError(ErrShutdown)}
+		}
+		if !s.client {
+			s.mu.Unlock()
+			return nil, errors.New("spdy: RoundTrip on a server session")
+		}
+		if uint32(s.localStreams) < s.peerMaxStreams {
+			break
+		}
+		wait := s.slotFree
+		s.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		s.mu.Lock()
+	}
+	if s.nextID > 1<<31-1 {
+		// Stream ids are spent: this session can open no more.
+		s.goAwaySent = true
+		s.mu.Unlock()
+		go s.Shutdown(context.Background())
+		return nil, notProcessed{sessionClosedError(errors.New("spdy: stream ids exhausted"))}
+	}
+	id := s.nextID
+	s.nextID += 2
+	st := s.newStreamLocked(id)
+	st.localFin = fin
+	s.localStreams++
+	flags := spdy.ControlFlags(0)
+	if fin {
+		flags = spdy.ControlFlagFin
+	}
+	syn := &spdy.SynStreamFrame{StreamId: spdy.StreamId(id), Headers: h}
+	syn.CFHeader.Flags = flags
+	// Queue SYN_STREAM while holding s.mu so stream ids reach the wire in order.
+	s.wmu.Lock()
+	s.ctrlQ = append(s.ctrlQ, writeReq{frame: syn})
+	s.wmu.Unlock()
+	s.mu.Unlock()
+	signal(s.wsignal)
+	s.streamsTot.Add(1)
+	return st, nil
+}
+
+func (s *Session) markUpgraded(st *stream) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.upgraded >= s.cfg.MaxUpgradedStreams {
+		return ErrTooManyUpgrades
+	}
+	if s.streams[st.id] == st {
+		st.upgraded = true
+		s.upgraded++
+	}
+	return nil
+}
+
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// sendBody copies a request body onto the stream. A body that fails, or
+// that disagrees with its declared length, resets the stream: the peer must
+// not take a cut body for a whole one. With fin, FIN follows the body.
+func (st *stream) sendBody(body io.ReadCloser, declared int64, fin bool) {
+	defer body.Close()
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	buf := *bp
+	var sent int64
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if _, err := st.write(buf[:n], false); err != nil {
+				return
+			}
+			sent += int64(n)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			st.s.log.Debugw("spdy: request body failed; resetting stream", "stream", st.id, "error", rerr)
+			st.resetLocal(StatusCancel)
+			return
+		}
+	}
+	if declared > 0 && sent != declared {
+		st.s.log.Warnw("spdy: request body length differs from Content-Length; resetting stream", "stream", st.id, "sent", sent, "declared", declared)
+		st.resetLocal(StatusCancel)
+		return
+	}
+	if fin {
+		st.closeWrite()
+	}
+}
+
+// responseBody is a client response body.
+type responseBody struct {
+	st     *stream
+	stop   func() bool
+	closed bool
+}
+
+func (b *responseBody) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, errReadClosed
+	}
+	n, err := b.st.read(p)
+	if err != nil {
+		b.stop()
+	}
+	return n, err
+}
+
+// Close ends the stream; before EOF that is RST_STREAM CANCEL.
+func (b *responseBody) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	b.stop()
+	if !b.st.bodyComplete() {
+		b.st.resetLocal(StatusCancel)
+	}
+	b.st.closeRead()
+	return nil
+}
+
+// upgradeBody is the body of a 101 response: the stream as a byte pipe.
+type upgradeBody struct {
+	st   *stream
+	stop func() bool
+	once sync.Once
+}
+
+func (b *upgradeBody) Read(p []byte) (int, error)  { return b.st.read(p) }
+func (b *upgradeBody) Write(p []byte) (int, error) { return b.st.write(p, false) }
+
+// CloseWrite sends FIN: the peer reads EOF, and may still send.
+func (b *upgradeBody) CloseWrite() error { return b.st.closeWrite() }
+
+// Close ends both directions: FIN for what we sent, and a reset if the peer
+// has not finished.
+func (b *upgradeBody) Close() error {
+	b.once.Do(func() {
+		b.stop()
+		b.st.closePipe()
+	})
+	return nil
+}
+
+// closePipe ends an upgraded stream from our side.
+func (st *stream) closePipe() {
+	if st.writeMu.TryLock() {
+		st.writeMu.Unlock()
+		st.closeWrite()
+	} else {
+		// A writer is blocked (on flow control, say): cut the stream.
+		st.resetLocal(StatusCancel)
+	}
+	if !st.bodyComplete() {
+		st.resetLocal(StatusCancel)
+	}
+	st.closeRead()
+}

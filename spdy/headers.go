@@ -1,0 +1,161 @@
+package spdy
+
+import (
+	"fmt"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+)
+
+// hopHeaders are connection-specific headers SPDY forbids in header blocks
+// (SPDY/3 section 3.2.1; RFC 9110 section 7.6.1): the session is the
+// connection. Upgrade is carried for upgrade requests only (see below).
+var hopHeaders = map[string]bool{
+	"Connection":        true,
+	"Keep-Alive":        true,
+	"Proxy-Connection":  true,
+	"Transfer-Encoding": true,
+	"Te":                true,
+	"Trailer":           true,
+	"Upgrade":           true,
+	"Host":              true,
+}
+
+// isUpgrade reports whether h asks to switch protocols (RFC 9110 7.8).
+func isUpgrade(h http.Header) bool {
+	return h.Get("Upgrade") != "" && headerHasToken(h, "Connection", "upgrade")
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h[name] {
+		for f := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(f), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// copyHeaders adds h to dst with lowercase names, leaving out hop-by-hop
+// headers and those the Connection header names. With keepUpgrade the
+// Upgrade header survives: it is what makes a stream an upgrade request.
+func copyHeaders(dst, h http.Header, keepUpgrade bool) {
+	var named map[string]bool
+	for _, v := range h["Connection"] {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				if named == nil {
+					named = make(map[string]bool)
+				}
+				named[textproto.CanonicalMIMEHeaderKey(f)] = true
+			}
+		}
+	}
+	for k, vv := range h {
+		ck := k
+		if hopHeaders[ck] && !(keepUpgrade && ck == "Upgrade") || named[ck] && !(keepUpgrade && ck == "Upgrade") {
+			continue
+		}
+		if len(vv) == 0 {
+			continue
+		}
+		dst[strings.ToLower(k)] = vv
+	}
+}
+
+// requestHeaders builds a SYN_STREAM header block for req.
+func requestHeaders(req *http.Request, upgrade bool) http.Header {
+	h := make(http.Header, len(req.Header)+6)
+	copyHeaders(h, req.Header, upgrade)
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	scheme := req.URL.Scheme
+	if scheme == "" {
+		scheme = "https"
+	}
+	path := req.URL.RequestURI()
+	method := req.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	h[":method"] = []string{method}
+	h[":path"] = []string{path}
+	h[":version"] = []string{"HTTP/1.1"}
+	h[":host"] = []string{host}
+	h[":scheme"] = []string{scheme}
+	if req.ContentLength > 0 {
+		h["content-length"] = []string{strconv.FormatInt(req.ContentLength, 10)}
+	}
+	return h
+}
+
+// responseHeaders builds a SYN_REPLY header block.
+func responseHeaders(status int, hdr http.Header) http.Header {
+	h := make(http.Header, len(hdr)+2)
+	copyHeaders(h, hdr, status == http.StatusSwitchingProtocols)
+	h[":status"] = []string{statusLine(status)}
+	h[":version"] = []string{"HTTP/1.1"}
+	return h
+}
+
+func statusLine(code int) string {
+	if text := http.StatusText(code); text != "" {
+		return strconv.Itoa(code) + " " + text
+	}
+	return strconv.Itoa(code)
+}
+
+// parseStatus reads ":status", which peers send as "200" or "200 OK".
+func parseStatus(v string) (int, error) {
+	code := v
+	if i := strings.IndexByte(v, ' '); i >= 0 {
+		code = v[:i]
+	}
+	n, err := strconv.Atoi(code)
+	if err != nil || n < 100 || n > 999 {
+		return 0, fmt.Errorf("%w: bad :status %q", ErrProtocol, v)
+	}
+	return n, nil
+}
+
+// parseVersion reads ":version" ("HTTP/1.1"), defaulting to 1.1.
+func parseVersion(v string) (string, int, int) {
+	if major, minor, ok := http.ParseHTTPVersion(v); ok {
+		return v, major, minor
+	}
+	return "HTTP/1.1", 1, 1
+}
+
+// splitHeaders moves regular headers from a received block into an
+// http.Header (names canonical, as net/http has them); pseudo-headers stay.
+func splitHeaders(block http.Header) (pseudo map[string]string, h http.Header) {
+	pseudo = make(map[string]string, 5)
+	h = make(http.Header, len(block))
+	for k, vv := range block {
+		if strings.HasPrefix(k, ":") {
+			if len(vv) > 0 {
+				pseudo[k] = vv[0]
+			}
+			continue
+		}
+		h[textproto.CanonicalMIMEHeaderKey(k)] = vv
+	}
+	return pseudo, h
+}
+
+// contentLength parses a Content-Length header; -1 if absent or invalid.
+func contentLength(h http.Header) int64 {
+	v := h.Get("Content-Length")
+	if v == "" {
+		return -1
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil || n < 0 {
+		return -1
+	}
+	return n
+}

@@ -1,0 +1,75 @@
+package spdy
+
+import (
+	"net"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// testConfig is DefaultConfig with timers short enough for tests.
+func testConfig() *Config {
+	c := DefaultConfig()
+	c.PingInterval = 0
+	c.WriteTimeout = 5 * time.Second
+	return c
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- nil
+			return
+		}
+		ch <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-ch
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	return a, b
+}
+
+// pair starts a client session and a server session serving h over loopback
+// TCP, and closes both when the test ends.
+func pair(t testing.TB, h http.Handler, ccfg, scfg *Config) (*Session, *Session) {
+	t.Helper()
+	if ccfg == nil {
+		ccfg = testConfig()
+	}
+	if scfg == nil {
+		scfg = testConfig()
+	}
+	a, b := tcpPair(t)
+	cs, err := NewClient(a, ccfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss, err := NewServer(b, scfg, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cs.Close()
+		ss.Close()
+		<-cs.readerDone
+		<-ss.readerDone
+		<-cs.writerDone
+		<-ss.writerDone
+		ss.handlersWG.Wait()
+	})
+	return cs, ss
+}

@@ -1,0 +1,361 @@
+package spdy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+
+	"github.com/moby/spdystream/spdy"
+)
+
+var (
+	errReadClosed  = errors.New("spdy: read on closed body")
+	errWriteClosed = errors.New("spdy: write after the stream's half-close")
+)
+
+// stream is one SPDY stream: a receive buffer filled by the session's reader
+// goroutine and drained by the application, and a send side that spends
+// flow-control credit frame by frame.
+type stream struct {
+	s  *Session
+	id uint32
+
+	// sendWin is guarded by s.mu (the reader goroutine updates it).
+	sendWin sendWindow
+
+	mu         sync.Mutex // guards the fields below
+	recvWin    recvWindow
+	chunks     [][]byte // unread DATA payloads, oldest first
+	chunkOff   int      // read offset into chunks[0]
+	buffered   int      // unread bytes in chunks
+	received   int64    // DATA bytes received in all
+	contentLn  int64    // declared content-length of what we receive, -1 if none
+	remoteFin  bool
+	localFin   bool
+	readClosed bool  // the application will read no more: discard what comes
+	err        error // why the stream was reset or aborted
+	finished   bool
+	replyHdr   http.Header
+	upgraded   bool // guarded by s.mu
+	onFinish   func()
+
+	readWake chan struct{} // data, FIN or error arrived
+	sendWake chan struct{} // window grew, or the stream ended
+	reply    chan struct{} // closed when SYN_REPLY arrives
+	done     chan struct{} // closed when the stream is finished
+
+	writeMu sync.Mutex // one writer at a time, so frames go out in order
+	written chan error // writer acknowledgements for this stream's frames
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+func (st *stream) wakeSender() { signal(st.sendWake) }
+
+// recvBufferSize is the size of the pooled buffers that hold received data.
+const recvBufferSize = 64 << 10
+
+var recvBufPool = sync.Pool{New: func() any { return new([recvBufferSize]byte) }}
+
+// releaseChunk returns a drained receive buffer to the pool.
+func releaseChunk(c []byte) {
+	if cap(c) == recvBufferSize {
+		recvBufPool.Put((*[recvBufferSize]byte)(c[:recvBufferSize]))
+	}
+}
+
+// appendLocked stores p, packing it into the last buffer when it fits so
+// that many small frames do not each pin a buffer. With owned, p is ours to
+// keep and is stored without a copy.
+func (st *stream) appendLocked(p []byte, owned bool) {
+	if owned {
+		st.chunks = append(st.chunks, p)
+		return
+	}
+	if k := len(st.chunks); k > 0 {
+		last := st.chunks[k-1]
+		if cap(last) == recvBufferSize && cap(last)-len(last) >= len(p) {
+			st.chunks[k-1] = append(last, p...)
+			return
+		}
+	}
+	buf := recvBufPool.Get().(*[recvBufferSize]byte)[:0]
+	st.chunks = append(st.chunks, append(buf, p...))
+}
+
+// dropLocked discards all buffered data and returns how much it was.
+func (st *stream) dropLocked() int {
+	n := st.buffered
+	for _, c := range st.chunks {
+		releaseChunk(c)
+	}
+	st.chunks, st.chunkOff, st.buffered = nil, 0, 0
+	return n
+}
+
+// receiveData is called by the reader goroutine with one DATA payload; p
+// is only valid during the call unless owned.
+func (st *stream) receiveData(p []byte, owned, fin bool) {
+	n := int64(len(p))
+	st.mu.Lock()
+	if st.remoteFin {
+		st.mu.Unlock()
+		st.s.sessionConsumed(n)
+		st.resetLocal(StatusStreamAlreadyClosed)
+		return
+	}
+	if err := st.recvWin.received(n); err != nil {
+		st.mu.Unlock()
+		st.s.sessionConsumed(n)
+		st.s.log.Warnw("spdy: peer overran a stream's window", "stream", st.id, "error", err)
+		st.resetLocal(StatusFlowControlError)
+		return
+	}
+	st.received += n
+	if st.contentLn >= 0 && st.received > st.contentLn {
+		st.mu.Unlock()
+		st.s.sessionConsumed(n)
+		st.resetLocal(StatusProtocolError)
+		return
+	}
+	discard := st.readClosed || st.err != nil
+	if n > 0 && !discard {
+		st.appendLocked(p, owned)
+		st.buffered += len(p)
+	}
+	if fin {
+		st.remoteFin = true
+	}
+	st.mu.Unlock()
+	if discard {
+		st.s.sessionConsumed(n)
+	}
+	signal(st.readWake)
+	if fin {
+		st.maybeFinish()
+	}
+}
+
+// receiveReply records SYN_REPLY (client streams).
+func (st *stream) receiveReply(h http.Header, fin bool) {
+	st.mu.Lock()
+	if st.replyHdr != nil {
+		st.mu.Unlock()
+		st.resetLocal(StatusStreamInUse)
+		return
+	}
+	st.replyHdr = h
+	if fin {
+		st.remoteFin = true
+	}
+	st.mu.Unlock()
+	close(st.reply)
+	if fin {
+		signal(st.readWake)
+		st.maybeFinish()
+	}
+}
+
+// read copies buffered data into p, waiting for it if needed, and returns
+// credit to the peer for what it hands over.
+func (st *stream) read(p []byte) (int, error) {
+	st.mu.Lock()
+	for {
+		if st.buffered > 0 {
+			n := 0
+			for n < len(p) && len(st.chunks) > 0 {
+				c := st.chunks[0][st.chunkOff:]
+				k := copy(p[n:], c)
+				n += k
+				st.chunkOff += k
+				if st.chunkOff == len(st.chunks[0]) {
+					releaseChunk(st.chunks[0])
+					st.chunks[0] = nil
+					st.chunks = st.chunks[1:]
+					st.chunkOff = 0
+				}
+			}
+			st.buffered -= n
+			if len(st.chunks) == 0 {
+				st.chunks = nil
+			}
+			var update int64
+			if !st.remoteFin && st.err == nil {
+				update = st.recvWin.consumed(int64(n))
+			}
+			st.mu.Unlock()
+			st.s.sessionConsumed(int64(n))
+			if update > 0 {
+				st.s.queueControl(&spdy.WindowUpdateFrame{StreamId: spdy.StreamId(st.id), DeltaWindowSize: uint32(update)})
+			}
+			return n, nil
+		}
+		if st.remoteFin {
+			err := io.EOF
+			if st.contentLn >= 0 && st.received != st.contentLn {
+				err = fmt.Errorf("%w: got %d of %d bytes: %w", ErrBodyLength, st.received, st.contentLn, io.ErrUnexpectedEOF)
+			}
+			st.mu.Unlock()
+			return 0, err
+		}
+		if st.err != nil {
+			err := st.err
+			st.mu.Unlock()
+			return 0, err
+		}
+		if st.readClosed {
+			st.mu.Unlock()
+			return 0, errReadClosed
+		}
+		st.mu.Unlock()
+		<-st.readWake
+		st.mu.Lock()
+	}
+}
+
+// closeRead tells the stream the application reads no more; buffered and
+// future data is discarded and its credit returned.
+func (st *stream) closeRead() {
+	st.mu.Lock()
+	st.readClosed = true
+	dropped := st.dropLocked()
+	st.mu.Unlock()
+	st.s.sessionConsumed(int64(dropped))
+	signal(st.readWake)
+}
+
+// bodyComplete reports whether the peer's side ended cleanly.
+func (st *stream) bodyComplete() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.remoteFin
+}
+
+// write sends p as DATA frames within both windows; with fin the last frame
+// carries FIN (an empty one if p is empty).
+func (st *stream) write(p []byte, fin bool) (int, error) {
+	st.writeMu.Lock()
+	defer st.writeMu.Unlock()
+	s := st.s
+	total := 0
+	for {
+		st.mu.Lock()
+		err, localFin := st.err, st.localFin
+		st.mu.Unlock()
+		if err != nil {
+			return total, err
+		}
+		if localFin {
+			return total, errWriteClosed
+		}
+		if len(p) == 0 && !fin {
+			return total, nil
+		}
+		s.mu.Lock()
+		n := min(int64(len(p)), st.sendWin.available(), s.sendWin.available(), maxDataFrame)
+		if n == 0 && len(p) > 0 {
+			if s.sendWin.available() == 0 {
+				s.winWaiters = append(s.winWaiters, st)
+			}
+			s.mu.Unlock()
+			<-st.sendWake
+			continue
+		}
+		st.sendWin.take(n)
+		s.sendWin.take(n)
+		s.mu.Unlock()
+		last := fin && n == int64(len(p))
+		err = s.writeFrame(writeReq{data: &dataFrame{id: st.id, fin: last, data: p[:n]}, done: st.written}, false)
+		if err != nil {
+			st.abort(err)
+			return total, err
+		}
+		total += int(n)
+		p = p[n:]
+		if last {
+			st.mu.Lock()
+			st.localFin = true
+			st.mu.Unlock()
+			st.maybeFinish()
+			return total, nil
+		}
+	}
+}
+
+// closeWrite sends FIN if it was not sent.
+func (st *stream) closeWrite() error {
+	st.mu.Lock()
+	sent := st.localFin
+	st.mu.Unlock()
+	if sent {
+		return nil
+	}
+	_, err := st.write(nil, true)
+	return err
+}
+
+// resetLocal resets the stream with RST_STREAM status and ends it.
+func (st *stream) resetLocal(status uint32) {
+	if st.abortWith(&StreamError{StreamID: st.id, Status: status}) {
+		st.s.queueControl(&spdy.RstStreamFrame{StreamId: spdy.StreamId(st.id), Status: spdy.RstStreamStatus(status)})
+	}
+}
+
+// abort ends the stream with err without telling the peer (the peer reset
+// it, or the session is gone).
+func (st *stream) abort(err error) { st.abortWith(err) }
+
+// abortWith records err and finishes the stream; it reports false if the
+// stream had already finished. Data the peer completed (FIN received) stays
+// readable; otherwise buffered data is dropped and its credit returned.
+func (st *stream) abortWith(err error) bool {
+	st.mu.Lock()
+	if st.finished {
+		st.mu.Unlock()
+		return false
+	}
+	st.err = err
+	dropped := 0
+	if !st.remoteFin {
+		dropped = st.dropLocked()
+	}
+	st.mu.Unlock()
+	st.s.sessionConsumed(int64(dropped))
+	signal(st.readWake)
+	signal(st.sendWake)
+	st.finish()
+	return true
+}
+
+// maybeFinish finishes the stream once both sides sent FIN.
+func (st *stream) maybeFinish() {
+	st.mu.Lock()
+	both := st.localFin && st.remoteFin
+	st.mu.Unlock()
+	if both {
+		st.finish()
+	}
+}
+
+func (st *stream) finish() {
+	st.mu.Lock()
+	if st.finished {
+		st.mu.Unlock()
+		return
+	}
+	st.finished = true
+	onFinish := st.onFinish
+	st.mu.Unlock()
+	close(st.done)
+	st.s.removeStream(st)
+	if onFinish != nil {
+		onFinish()
+	}
+}
