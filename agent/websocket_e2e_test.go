@@ -43,6 +43,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/coder/websocket"
+	"golang.org/x/net/http2"
 
 	_ "github.com/spdy-origin/spdy-origin/caddymodule"
 )
@@ -108,7 +109,8 @@ func e2eConfig(p e2ePorts, pool string, handler, server map[string]any) string {
 		srv[k] = v
 	}
 	cfg := map[string]any{
-		"admin": map[string]any{"listen": "localhost:" + strconv.Itoa(p.admin), "config": map[string]any{"persist": false}},
+		"admin":   map[string]any{"listen": "localhost:" + strconv.Itoa(p.admin), "config": map[string]any{"persist": false}},
+		"storage": map[string]any{"module": "file_system", "root": e2eStorageDir()},
 		"logging": map[string]any{"logs": map[string]any{
 			"default": map[string]any{"level": "ERROR"},
 		}},
@@ -166,10 +168,16 @@ func loadCaddy(t *testing.T, cfg string) {
 	}
 }
 
-// caddyRootFile is where Caddy's internal CA keeps its root certificate (the
-// storage lives under XDG_DATA_HOME, which TestMain points at a temporary directory).
+// e2eStorageDir is Caddy's storage (internal CA, certificates) in the tests' configs:
+// under XDG_DATA_HOME, which TestMain points at a temporary directory. (Caddy's
+// default storage path is fixed at package init, before TestMain runs.)
+func e2eStorageDir() string {
+	return filepath.Join(os.Getenv("XDG_DATA_HOME"), "caddy-e2e")
+}
+
+// caddyRootFile is where Caddy's internal CA keeps its root certificate.
 func caddyRootFile() string {
-	return filepath.Join(caddy.AppDataDir(), "pki", "authorities", "local", "root.crt")
+	return filepath.Join(e2eStorageDir(), "pki", "authorities", "local", "root.crt")
 }
 
 // caddyRoots returns a pool with Caddy's root; with must, a missing root fails the
@@ -691,9 +699,10 @@ func TestWebSocketAgentKilled(t *testing.T) {
 	for i, c := range conns {
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 		_, _, err := c.Read(rctx)
+		timedOut := rctx.Err() != nil
 		rcancel()
-		if err == nil || rctx.Err() != nil {
-			t.Fatalf("socket %d: after the agent died Read returned %v (timed out: %v)", i, err, rctx.Err() != nil)
+		if err == nil || timedOut {
+			t.Fatalf("socket %d: after the agent died Read returned %v (timed out: %v)", i, err, timedOut)
 		}
 		t.Logf("socket %d ended %s after the kill: %v", i, time.Since(start).Round(time.Millisecond), err)
 	}
@@ -869,11 +878,12 @@ func TestWebSocketUpgradeLimit(t *testing.T) {
 	}
 	dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
 	_, resp, err := websocket.Dial(dctx, e.url("/echo"), &websocket.DialOptions{HTTPClient: client})
+	timedOut := dctx.Err() != nil
 	dcancel()
 	if err == nil {
 		t.Fatal("a third socket was accepted beyond max_upgraded_streams 2")
 	}
-	if dctx.Err() != nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+	if timedOut || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
@@ -984,12 +994,11 @@ func TestWebSocketHTTP2ExtendedConnect(t *testing.T) {
 // h2Client speaks HTTP/2 to Caddy; WebSocket handshakes become extended CONNECTs.
 func h2Client(t *testing.T) *http.Client {
 	t.Helper()
-	tr := &http.Transport{
-		TLSClientConfig:   &tls.Config{ServerName: "localhost", RootCAs: caddyRoots(t, true), NextProtos: []string{"h2"}},
-		ForceAttemptHTTP2: true,
+	// golang.org/x/net/http2's Transport, not net/http's: net/http rejects the
+	// ":protocol" pseudo-header before its bundled HTTP/2 client could send it.
+	tr := &http2.Transport{
+		TLSClientConfig: &tls.Config{ServerName: "localhost", RootCAs: caddyRoots(t, true), NextProtos: []string{"h2"}},
 	}
-	tr.Protocols = new(http.Protocols)
-	tr.Protocols.SetHTTP2(true)
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: &h2WebSocketTransport{rt: tr}}
 }
@@ -997,7 +1006,7 @@ func h2Client(t *testing.T) *http.Client {
 // h2WebSocketTransport turns coder/websocket's HTTP/1.1 handshake into an RFC 8441
 // extended CONNECT (:protocol websocket) and the 200 answer back into the 101 the
 // library checks, with the response body and the request body pipe as the socket.
-type h2WebSocketTransport struct{ rt *http.Transport }
+type h2WebSocketTransport struct{ rt *http2.Transport }
 
 func (h *h2WebSocketTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	key := req.Header.Get("Sec-WebSocket-Key")

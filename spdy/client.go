@@ -69,13 +69,13 @@ func (s *Session) roundTrip(req *http.Request) (*http.Response, error) {
 	block := st.replyHdr
 	st.mu.Unlock()
 	pseudo, h := splitHeaders(block)
-	code, err := parseStatus(pseudo[":status"])
+	code, err := parseStatus(pseudo.status)
 	if err != nil {
 		stop()
 		st.resetLocal(StatusProtocolError)
 		return nil, err
 	}
-	proto, major, minor := parseVersion(pseudo[":version"])
+	proto, major, minor := parseVersion(pseudo.version)
 	resp := &http.Response{
 		Status:        statusLine(code),
 		StatusCode:    code,

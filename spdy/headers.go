@@ -130,21 +130,45 @@ func parseVersion(v string) (string, int, int) {
 	return "HTTP/1.1", 1, 1
 }
 
-// splitHeaders moves regular headers from a received block into an
-// http.Header (names canonical, as net/http has them); pseudo-headers stay.
-func splitHeaders(block http.Header) (pseudo map[string]string, h http.Header) {
-	pseudo = make(map[string]string, 5)
-	h = make(http.Header, len(block))
+// pseudoHeaders are the SPDY/3 pseudo-headers of requests and responses.
+type pseudoHeaders struct {
+	method, path, version, host, scheme, status string
+}
+
+// splitHeaders takes the pseudo-headers out of a received block and returns
+// the rest as an http.Header. The codec stored names with Header.Add, so
+// they are canonical already (pseudo-header names, not being tokens, are
+// left as they are), and the block's map is reused.
+func splitHeaders(block http.Header) (pseudoHeaders, http.Header) {
+	var p pseudoHeaders
 	for k, vv := range block {
-		if strings.HasPrefix(k, ":") {
-			if len(vv) > 0 {
-				pseudo[k] = vv[0]
-			}
+		if !strings.HasPrefix(k, ":") {
 			continue
 		}
-		h[textproto.CanonicalMIMEHeaderKey(k)] = vv
+		v := ""
+		if len(vv) > 0 {
+			v = vv[0]
+		}
+		switch k {
+		case ":method":
+			p.method = v
+		case ":path":
+			p.path = v
+		case ":version":
+			p.version = v
+		case ":host":
+			p.host = v
+		case ":scheme":
+			p.scheme = v
+		case ":status":
+			p.status = v
+		}
+		delete(block, k)
 	}
-	return pseudo, h
+	if block == nil {
+		block = make(http.Header)
+	}
+	return p, block
 }
 
 // contentLength parses a Content-Length header; -1 if absent or invalid.

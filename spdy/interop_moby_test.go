@@ -46,6 +46,7 @@ import (
 	"time"
 
 	"github.com/moby/spdystream"
+	mspdy "github.com/moby/spdystream/spdy"
 
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
@@ -991,4 +992,91 @@ func iopWaitStreams(t *testing.T, s *spdy.Session, want int) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Errorf("OpenStreams = %d, want %d", s.Stats().OpenStreams, want)
+}
+
+// TestRawPeerResetAfterFin: a peer that has sent its whole response
+// (DATA with FIN) may then reset the stream, for instance node-spdy answers a
+// WINDOW_UPDATE for a stream it already closed with RST_STREAM
+// INVALID_STREAM. The body was complete, so reading it must still give every
+// byte and a clean EOF, not the reset.
+func TestRawPeerResetAfterFin(t *testing.T) {
+	ours, theirs := iopTCPPair(t)
+	sess, err := spdy.NewClient(ours, iopConfig(t, "client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		sess.Close()
+		iopWaitDone(t, sess, 10*time.Second, "close")
+	}()
+	fr, err := mspdy.NewFramer(theirs, theirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames := make(chan mspdy.Frame, 100)
+	go func() {
+		defer close(frames)
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			frames <- f
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	rt := make(chan result, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://raw.test/", nil)
+		resp, err := sess.RoundTrip(req)
+		rt <- result{resp, err}
+	}()
+	var id mspdy.StreamId
+	for id == 0 {
+		select {
+		case f, ok := <-frames:
+			if !ok {
+				t.Fatal("connection closed before SYN_STREAM")
+			}
+			if s, ok := f.(*mspdy.SynStreamFrame); ok {
+				id = s.StreamId
+			}
+		case <-ctx.Done():
+			t.Fatal("no SYN_STREAM")
+		}
+	}
+	body := bytes.Repeat([]byte("z"), 1000)
+	for _, f := range []mspdy.Frame{
+		&mspdy.SynReplyFrame{StreamId: id, Headers: http.Header{":status": {"200"}, ":version": {"HTTP/1.1"}, "content-length": {"1000"}}},
+		&mspdy.DataFrame{StreamId: id, Flags: mspdy.DataFlagFin, Data: body},
+		&mspdy.RstStreamFrame{StreamId: id, Status: mspdy.InvalidStream},
+		&mspdy.PingFrame{Id: 2}, // its echo proves the frames above were processed
+	} {
+		if err := fr.WriteFrame(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := <-rt
+	if r.err != nil {
+		t.Fatalf("RoundTrip: %v", r.err)
+	}
+	defer r.resp.Body.Close()
+	for {
+		f, ok := <-frames
+		if !ok {
+			t.Fatal("connection closed before the PING echo")
+		}
+		if p, ok := f.(*mspdy.PingFrame); ok && p.Id == 2 {
+			break
+		}
+	}
+	got, err := io.ReadAll(r.resp.Body)
+	if err != nil || len(got) != len(body) {
+		t.Errorf("complete body (FIN received) then RST_STREAM: read %d/%d bytes, err %v; want the whole body and a clean EOF", len(got), len(body), err)
+	}
 }

@@ -54,7 +54,7 @@ func (s *Session) serve(st *stream, block http.Header, fin bool) {
 
 func (s *Session) newServerRequest(st *stream, block http.Header, fin bool) (*http.Request, error) {
 	pseudo, h := splitHeaders(block)
-	method, path, host := pseudo[":method"], pseudo[":path"], pseudo[":host"]
+	method, path, host := pseudo.method, pseudo.path, pseudo.host
 	if method == "" || path == "" {
 		return nil, fmt.Errorf("%w: request without :method or :path", ErrProtocol)
 	}
@@ -62,7 +62,7 @@ func (s *Session) newServerRequest(st *stream, block http.Header, fin bool) (*ht
 	if err != nil {
 		return nil, fmt.Errorf("%w: bad :path %q: %v", ErrProtocol, path, err)
 	}
-	proto, major, minor := parseVersion(pseudo[":version"])
+	proto, major, minor := parseVersion(pseudo.version)
 	if host == "" {
 		host = h.Get("Host")
 	}

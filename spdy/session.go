@@ -12,6 +12,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -464,6 +465,12 @@ func (s *Session) writeLoop() {
 	}
 	for err == nil {
 		r, ok := s.next()
+		if !ok && s.bw.Buffered() > 0 {
+			// Give goroutines about to queue a frame one chance to do so,
+			// so that frames share a write (and a TLS record).
+			runtime.Gosched()
+			r, ok = s.next()
+		}
 		if !ok {
 			if s.bw.Buffered() > 0 {
 				touchDeadline()
