@@ -189,7 +189,7 @@ func (b *bench) startAgent(ctx context.Context, name string, ci *caddyInst, pool
 		"--ca-file", b.caRootPath(),
 		"--connections", strconv.Itoa(conns),
 		// Enough streams per session for the open-streams measurement.
-		"--max-streams", strconv.Itoa(max(b.streams, 1000)+100),
+		"--max-streams", strconv.Itoa(max(b.streams, 1000) + 100),
 		"--name", name,
 		"--log-level", "warn",
 	}
