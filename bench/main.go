@@ -30,6 +30,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -64,6 +65,7 @@ type bench struct {
 	rep        *report
 
 	caddyP, agentP *proc // the main Caddy and agent, for CPU accounting
+	loadStart      string
 }
 
 var sections = []string{"small", "bulk", "parallel", "streams", "ttfb", "rtt"}
@@ -234,6 +236,8 @@ func (b *bench) run(ctx context.Context, keep bool) error {
 		atCleanup("temp dir", func() { os.RemoveAll(b.dir) })
 	}
 	b.rep.machine = machineInfo(b.caddyBin, b.agentBin)
+	b.loadStart = loadAvg()
+	step("load average at start (1/5/15 min): %s", b.loadStart)
 	b.token = fmt.Sprintf("bench-%d-%d", os.Getpid(), time.Now().UnixNano())
 
 	// The origin, in this process.
@@ -277,32 +281,46 @@ func (b *bench) run(ctx context.Context, keep bool) error {
 		return nil
 	}
 
-	// The far network for the 50 ms RTT measurement, before Caddy so its sites can
-	// be part of the one config.
-	var far *farNet
-	var farErr error
-	if b.only["rtt"] {
-		step("setting up network namespace with 50 ms RTT (netem)")
-		far, farErr = setupFarNet(b.dir, b.rttNoDelay)
-		if farErr != nil {
-			step("RTT measurement not possible: %v", farErr)
-		}
-	}
-
 	ports := map[string]int{}
 	for _, k := range []string{"tun", "rp", "fartun", "farrp"} {
 		if ports[k], err = freePort(); err != nil {
 			return err
 		}
 	}
+
+	// The far network for the 50 ms RTT measurement, before Caddy so its sites can
+	// be part of the one config: netem in a network namespace if the kernel has it,
+	// else delay relays in this process.
+	var far *farNet
+	var farErr error
+	var relays *rttRelays
+	if b.only["rtt"] {
+		step("setting up network namespace with 50 ms RTT (netem)")
+		far, farErr = setupFarNet(b.dir, b.rttNoDelay)
+		if farErr != nil {
+			step("netem not usable: %v", farErr)
+			step("50 ms RTT falls back to a userspace %s/way delay relay", fmtMS(rttOneWay))
+			if relays, err = startRTTRelays(ports["fartun"], b.originPlain, b.originTLS, farErr); err != nil {
+				return err
+			}
+		}
+	}
 	sites := []site{
 		{port: ports["tun"], hosts: []string{"localhost"}, body: "spdy_origin {\n\ttoken " + b.token + "\n}"},
 		{port: ports["rp"], hosts: []string{"localhost"}, body: "reverse_proxy " + b.originPlain},
 	}
-	if far != nil && farErr == nil {
+	switch {
+	case far != nil && farErr == nil:
 		sites = append(sites,
 			site{port: ports["fartun"], hosts: []string{"localhost", nsHostIP}, body: "spdy_origin {\n\tpool far\n\ttoken " + b.token + "\n}"},
 			site{port: ports["farrp"], hosts: []string{"localhost"}, body: "reverse_proxy " + nsFarIP + ":" + nsOriginHP},
+		)
+	case relays != nil:
+		// The agent reaches this site through relays.tun; reverse_proxy reaches the
+		// origin through relays.rp.
+		sites = append(sites,
+			site{port: ports["fartun"], hosts: []string{"localhost"}, body: "spdy_origin {\n\tpool far\n\ttoken " + b.token + "\n}"},
+			site{port: ports["farrp"], hosts: []string{"localhost"}, body: "reverse_proxy " + relays.rp.addr()},
 		)
 	}
 	step("starting Caddy (tunnel site :%d, reverse_proxy site :%d)", ports["tun"], ports["rp"])
@@ -353,7 +371,7 @@ func (b *bench) run(ctx context.Context, keep bool) error {
 		}
 	}
 	if b.only["rtt"] {
-		if err := b.runRTT(ctx, ci, far, farErr, ports); err != nil {
+		if err := b.runRTT(ctx, ci, far, farErr, relays, ports); err != nil {
 			return err
 		}
 	}
@@ -362,6 +380,9 @@ func (b *bench) run(ctx context.Context, keep bool) error {
 }
 
 func (b *bench) finish(start time.Time) {
+	end := loadAvg()
+	step("load average at end (1/5/15 min): %s", end)
+	b.rep.machine = append(b.rep.machine, fmt.Sprintf("load average (1/5/15 min) at start: %s; at end: %s (%d cores; other work on the machine shows here)", b.loadStart, end, runtime.NumCPU()))
 	b.rep.note("paths: tunnel = client → Caddy (HTTPS, tls internal) → spdy_origin → SPDY/3.1 session (TLS) → agent → origin (HTTP/1.1); " +
 		"reverse_proxy = client → same Caddy (HTTPS) → reverse_proxy → origin (HTTP/1.1); direct = client → origin (HTTPS, self-signed ECDSA P-256 like Caddy's) — every path pays one TLS termination on the client leg")
 	b.rep.note("clients: HTTP/1.1 keep-alive, one connection each (the 10k-streams test: HTTP/2, %d streams per connection); MB = 10^6 bytes; figures are the median of %d round(s), paths alternated; every body byte is checked; CPU = user+system time from /proc (client&origin = this bench process)", streamsPerConn, b.rounds)
@@ -714,9 +735,12 @@ func (b *bench) addStreamRows(path string, res *streamsResult) {
 	}
 }
 
-func (b *bench) runRTT(ctx context.Context, ci *caddyInst, far *farNet, farErr error, ports map[string]int) error {
+func (b *bench) runRTT(ctx context.Context, ci *caddyInst, far *farNet, farErr error, relays *rttRelays, ports map[string]int) error {
 	r := &row{metric: fmt.Sprintf("%d MiB download, one stream, 50 ms RTT", b.rttSize>>20), unit: "MB/s", prec: 1, vals: map[string]float64{}, target: "≥ 0.80× rp"}
 	b.rep.add(r)
+	if relays != nil {
+		return b.runRTTRelay(ctx, ci, relays, ports, r)
+	}
 	if farErr != nil {
 		r.note = "NOT MEASURED: " + farErr.Error()
 		return nil

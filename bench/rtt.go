@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
 // The 50 ms RTT measurement puts the far end of the proxied leg in its own network
@@ -204,4 +206,124 @@ func measureRTT(ctx context.Context, ts []*target, size int64, rounds int) (map[
 		out[k] = medianF(v)
 	}
 	return out, nil
+}
+
+// rttOneWay is the delay added in each direction: 50 ms RTT.
+const rttOneWay = 25 * time.Millisecond
+
+// rttRelayQueue is each relay direction's queue: like a real link's buffer, big enough
+// (about 1.3 GB/s × 25 ms) that the relay is not what limits either path.
+const rttRelayQueue = 32 << 20
+
+// rttRelays are the fallback for kernels without netem: one delay relay on the same
+// leg the netem set-up slows down.
+//
+//	client ── Caddy ══ relay.tun ══ agent ── origin      (tunnel: agent dials Caddy through it)
+//	client ── Caddy ══ relay.rp ═══════════ origin       (reverse_proxy upstream)
+//	client ══════════ relay.direct ═══════ origin (TLS)  (direct)
+type rttRelays struct {
+	tun, rp, direct *delayRelay
+	why             error // why netem was not used
+}
+
+func startRTTRelays(caddyFarTunPort int, originPlain, originTLS string, why error) (*rttRelays, error) {
+	rs := &rttRelays{why: why}
+	for _, x := range []struct {
+		r  **delayRelay
+		to string
+	}{
+		{&rs.tun, "127.0.0.1:" + strconv.Itoa(caddyFarTunPort)},
+		{&rs.rp, originPlain},
+		{&rs.direct, originTLS},
+	} {
+		r, err := startDelayRelay(x.to, rttOneWay, rttRelayQueue)
+		if err != nil {
+			return nil, err
+		}
+		atCleanup("delay relay to "+x.to, r.close)
+		*x.r = r
+	}
+	return rs, nil
+}
+
+// label names the relay in the table, with why netem was not used.
+func (rs *rttRelays) label() string {
+	why := "netem not usable here"
+	if strings.Contains(rs.why.Error(), "qdisc kind is unknown") {
+		why = "kernel lacks netem"
+	}
+	return fmt.Sprintf("userspace %s/way delay relay (%s)", fmtMS(rttOneWay), why)
+}
+
+func fmtMS(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', -1, 64) + " ms"
+}
+
+// runRTTRelay measures the 50 ms RTT row through the delay relays.
+func (b *bench) runRTTRelay(ctx context.Context, ci *caddyInst, rs *rttRelays, ports map[string]int, r *row) error {
+	r.metric = fmt.Sprintf("%d MiB download, one stream, 50 ms RTT via %s", b.rttSize>>20, rs.label())
+	step("rtt: starting agent whose connection to Caddy goes through the delay relay (%s)", rs.tun.addr())
+	// Same host name as Caddy's site (SNI and certificate match); only the port is
+	// the relay's. TLS passes through the relay untouched.
+	if _, err := b.startAgent(ctx, "agent-far", ci, "far",
+		fmt.Sprintf("https://localhost:%s/.well-known/spdy-origin", rs.tun.port()),
+		"http://"+b.originPlain, 1, ""); err != nil {
+		return err
+	}
+	tun, err := b.caddyTarget(pTunnel, ports["fartun"])
+	if err != nil {
+		return err
+	}
+	rp, err := b.caddyTarget(pRP, ports["farrp"])
+	if err != nil {
+		return err
+	}
+	direct, err := b.directTarget()
+	if err != nil {
+		return err
+	}
+	direct.addr = rs.direct.addr()
+	direct.host = "localhost:" + rs.direct.port()
+	ts := b.selectPaths(tun, rp, direct)
+	for _, t := range ts {
+		if _, err := download(ctx, t, 1<<20); err != nil {
+			return fmt.Errorf("rtt warm-up: %w", err)
+		}
+	}
+	// Check that the delay is there: a 1 KiB GET on a warm keep-alive connection must
+	// take one round trip of the slow link.
+	lat, err := measureTTFB(ctx, ts, 0, 10)
+	if err != nil {
+		return err
+	}
+	var seen []string
+	for _, t := range ts {
+		w := lat[t.name].warm
+		if w < 2*rttOneWay*9/10 {
+			return fmt.Errorf("rtt: the delay relay does not delay: a keep-alive GET via %s took %s, want ≥ %s", t.name, w, 2*rttOneWay)
+		}
+		seen = append(seen, fmt.Sprintf("%s %.1f", t.name, float64(w)/float64(time.Millisecond)))
+	}
+	rounds := 1
+	if !b.quick && b.rounds > 1 {
+		rounds = 2
+	}
+	step("rtt: %d MiB download per path through the delay relays, %d round(s)", b.rttSize>>20, rounds)
+	got, err := measureRTT(ctx, ts, b.rttSize, rounds)
+	if err != nil {
+		return err
+	}
+	r.vals = got
+	if v, ok := r.ratio(pRP); ok {
+		r.targetMet = boolp(v >= 0.8)
+	}
+	win := float64(spdy.DefaultStreamWindow) / (2 * rttOneWay).Seconds() / mb
+	r.note = fmt.Sprintf("NOT netem (%v). Instead a TCP relay in the bench process delays each direction by %s, "+
+		"%d MiB queue per direction, on the leg netem would slow: agent↔Caddy (tunnel), Caddy↔origin (reverse_proxy), client↔origin (direct); "+
+		"keep-alive 1 KiB GET through it, median ms: %s. Both TCP connections a relay joins run on loopback, so TCP congestion control and TCP windows see loopback RTT: "+
+		"this exposes only application-level windows — the tunnel's SPDY flow control (defaults %d MiB per stream, %d MiB per session: one stream ≤ %d MiB ÷ 50 ms ≈ %.0f MB/s); "+
+		"reverse_proxy and direct have none",
+		rs.why, fmtMS(rttOneWay), rttRelayQueue>>20, strings.Join(seen, ", "),
+		spdy.DefaultStreamWindow>>20, spdy.DefaultSessionWindow>>20, spdy.DefaultStreamWindow>>20, win)
+	return nil
 }

@@ -41,7 +41,7 @@ func (s *Session) roundTrip(req *http.Request) (*http.Response, error) {
 		body = nil
 	}
 	fin := body == nil && !upgrade
-	st, err := s.openStream(ctx, requestHeaders(req, upgrade), fin)
+	st, err := s.openStream(ctx, requestHeaders(req, upgrade), fin, req.Method == http.MethodHead)
 	if err != nil {
 		return nil, err
 	}
@@ -87,11 +87,6 @@ func (s *Session) roundTrip(req *http.Request) (*http.Response, error) {
 		Request:       req,
 	}
 	noBody := req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
-	st.mu.Lock()
-	if !noBody {
-		st.contentLn = resp.ContentLength
-	}
-	st.mu.Unlock()
 	if noBody && resp.ContentLength < 0 {
 		resp.ContentLength = 0
 	}
@@ -130,7 +125,7 @@ func (st *stream) failure(ctx context.Context) error {
 }
 
 // openStream waits for a free stream slot, then sends SYN_STREAM.
-func (s *Session) openStream(ctx context.Context, h http.Header, fin bool) (*stream, error) {
+func (s *Session) openStream(ctx context.Context, h http.Header, fin, head bool) (*stream, error) {
 	s.mu.Lock()
 	for {
 		if err := s.Err(); err != nil {
@@ -172,6 +167,7 @@ func (s *Session) openStream(ctx context.Context, h http.Header, fin bool) (*str
 	s.nextID += 2
 	st := s.newStreamLocked(id)
 	st.localFin = fin
+	st.head = head
 	s.localStreams++
 	flags := spdy.ControlFlags(0)
 	if fin {

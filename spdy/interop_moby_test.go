@@ -994,12 +994,39 @@ func iopWaitStreams(t *testing.T, s *spdy.Session, want int) {
 	t.Errorf("OpenStreams = %d, want %d", s.Stats().OpenStreams, want)
 }
 
-// TestRawPeerResetAfterFin: a peer that has sent its whole response
-// (DATA with FIN) may then reset the stream, for instance node-spdy answers a
-// WINDOW_UPDATE for a stream it already closed with RST_STREAM
-// INVALID_STREAM. The body was complete, so reading it must still give every
-// byte and a clean EOF, not the reset.
-func TestRawPeerResetAfterFin(t *testing.T) {
+// TestRawPeerResetAfterBody checks what a reset right after a body means to
+// the client: after FIN, or after every byte of a declared Content-Length
+// (node-spdy can reset a stream it just finished, ahead of its FIN), the body
+// is whole; without either, it is cut and Read must fail.
+func TestRawPeerResetAfterBody(t *testing.T) {
+	body := bytes.Repeat([]byte("z"), 1000)
+	for _, tc := range []struct {
+		name     string
+		length   string // content-length header, "" for none
+		data     []byte
+		fin      bool
+		wantFull bool
+	}{
+		{"fin-then-rst", "1000", body, true, true},
+		{"all-declared-bytes-then-rst", "1000", body, false, true},
+		{"short-body-then-rst", "1000", body[:600], false, false},
+		{"no-length-no-fin-then-rst", "", body, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := rawResetAfterBody(t, tc.length, tc.data, tc.fin)
+			if tc.wantFull && (err != nil || !bytes.Equal(got, body)) {
+				t.Errorf("read %d/%d bytes, err %v; want the whole body and a clean EOF", len(got), len(body), err)
+			}
+			if !tc.wantFull && err == nil {
+				t.Errorf("read %d bytes and a clean EOF; want an error for a cut body", len(got))
+			}
+		})
+	}
+}
+
+// rawResetAfterBody has a raw peer answer one request with a SYN_REPLY, data
+// and RST_STREAM INVALID_STREAM, and returns what the client read.
+func rawResetAfterBody(t *testing.T, length string, data []byte, fin bool) ([]byte, error) {
 	ours, theirs := iopTCPPair(t)
 	sess, err := spdy.NewClient(ours, iopConfig(t, "client"))
 	if err != nil {
@@ -1050,10 +1077,17 @@ func TestRawPeerResetAfterFin(t *testing.T) {
 			t.Fatal("no SYN_STREAM")
 		}
 	}
-	body := bytes.Repeat([]byte("z"), 1000)
+	hdr := http.Header{":status": {"200"}, ":version": {"HTTP/1.1"}}
+	if length != "" {
+		hdr["content-length"] = []string{length}
+	}
+	flags := mspdy.DataFlags(0)
+	if fin {
+		flags = mspdy.DataFlagFin
+	}
 	for _, f := range []mspdy.Frame{
-		&mspdy.SynReplyFrame{StreamId: id, Headers: http.Header{":status": {"200"}, ":version": {"HTTP/1.1"}, "content-length": {"1000"}}},
-		&mspdy.DataFrame{StreamId: id, Flags: mspdy.DataFlagFin, Data: body},
+		&mspdy.SynReplyFrame{StreamId: id, Headers: hdr},
+		&mspdy.DataFrame{StreamId: id, Flags: flags, Data: data},
 		&mspdy.RstStreamFrame{StreamId: id, Status: mspdy.InvalidStream},
 		&mspdy.PingFrame{Id: 2}, // its echo proves the frames above were processed
 	} {
@@ -1075,8 +1109,5 @@ func TestRawPeerResetAfterFin(t *testing.T) {
 			break
 		}
 	}
-	got, err := io.ReadAll(r.resp.Body)
-	if err != nil || len(got) != len(body) {
-		t.Errorf("complete body (FIN received) then RST_STREAM: read %d/%d bytes, err %v; want the whole body and a clean EOF", len(got), len(body), err)
-	}
+	return io.ReadAll(r.resp.Body)
 }

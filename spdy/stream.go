@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 
 	"github.com/moby/spdystream/spdy"
@@ -39,6 +40,7 @@ type stream struct {
 	finished   bool
 	replyHdr   http.Header
 	upgraded   bool // guarded by s.mu
+	head       bool // a HEAD request we sent: its response has no body
 	onFinish   func()
 
 	readWake chan struct{} // data, FIN or error arrived
@@ -152,6 +154,11 @@ func (st *stream) receiveReply(h http.Header, fin bool) {
 		return
 	}
 	st.replyHdr = h
+	// The declared length is known from here on, so that a reset racing
+	// with the last bytes is judged against it (see abortWith).
+	if status := h.Get(":status"); !st.head && !strings.HasPrefix(status, "204") && !strings.HasPrefix(status, "304") {
+		st.contentLn = contentLength(h)
+	}
 	if fin {
 		st.remoteFin = true
 	}
@@ -322,6 +329,13 @@ func (st *stream) abortWith(err error) bool {
 		return false
 	}
 	st.err = err
+	var local *StreamError
+	if !st.remoteFin && st.contentLn >= 0 && st.received == st.contentLn && !(errors.As(err, &local) && !local.Remote) {
+		// Every byte the peer declared has arrived: the body is whole even
+		// though its FIN did not come (node-spdy may reset a stream it has
+		// just finished, ahead of the FIN).
+		st.remoteFin = true
+	}
 	dropped := 0
 	if !st.remoteFin {
 		dropped = st.dropLocked()

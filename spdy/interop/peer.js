@@ -90,7 +90,7 @@ const DEBUG = process.env.SPDY_INTEROP_DEBUG === '1'
 {
   const path = require('path')
   const transport = require(require.resolve('spdy-transport', { paths: [path.dirname(require.resolve('spdy'))] }))
-  const Connection = transport.connection
+  const Connection = transport.Connection
   const orig = Connection.prototype._handleFrame
   Connection.prototype._handleFrame = function _handleFrame (frame) {
     const state = this._spdyState
