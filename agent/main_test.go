@@ -12,10 +12,10 @@ import (
 	"go.uber.org/goleak"
 )
 
-// TestMain keeps the in-process Caddy of the end-to-end tests (its internal CA,
-// certificates and autosaved config) out of the user's home directory, stops it after
-// the tests, and then checks for leaked goroutines, ignoring the few that an
-// in-process Caddy keeps for the life of the process.
+// TestMain points XDG_DATA_HOME at a temporary directory, where the end-to-end tests'
+// Caddy configs keep Caddy's storage (internal CA, certificates); stops that in-process
+// Caddy after the tests; and then checks for leaked goroutines, ignoring the few that
+// an in-process Caddy keeps for the life of the process.
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "agent-test-")
 	if err != nil {
