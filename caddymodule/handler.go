@@ -118,11 +118,11 @@ type Handler struct {
 	DrainTimeout caddy.Duration `json:"drain_timeout,omitempty"`
 
 	// StreamWindow is the per-stream receive window (bytes) advertised to
-	// agents. Default: spdy's default (8 MiB).
+	// agents. Default: spdy's default (16 MiB).
 	StreamWindow int64 `json:"stream_window,omitempty"`
 
 	// SessionWindow is the session receive window (bytes). Default: spdy's
-	// default (32 MiB).
+	// default (64 MiB).
 	SessionWindow int64 `json:"session_window,omitempty"`
 
 	// MaxConcurrentStreams is advertised to agents (they open none, but

@@ -9,10 +9,11 @@ import (
 // Default values of Config.
 const (
 	// DefaultStreamWindow lets one stream fill a 1 Gbit/s link at 50 ms RTT
-	// (bandwidth-delay product 6.25 MB).
-	DefaultStreamWindow = 8 << 20
+	// (bandwidth-delay product 6.25 MB) with room to spare: up to about
+	// 16 MiB × 7/8 per round trip, as credit returns every eighth of the window.
+	DefaultStreamWindow = 16 << 20
 	// DefaultSessionWindow bounds what one session buffers for all its streams.
-	DefaultSessionWindow        = 32 << 20
+	DefaultSessionWindow        = 64 << 20
 	DefaultMaxConcurrentStreams = 1000
 	DefaultPingInterval         = 15 * time.Second
 	DefaultPingTimeout          = 10 * time.Second
@@ -34,12 +35,12 @@ type Config struct {
 	// StreamWindow is the receive window of each stream, advertised to the
 	// peer in SETTINGS_INITIAL_WINDOW_SIZE. Larger windows let one stream go
 	// faster over long round trips; each stream may buffer this much unread
-	// data. Default 8 MiB. Range 64 KiB .. 2^31-1.
+	// data. Default 16 MiB. Range 64 KiB .. 2^31-1.
 	StreamWindow int32
 
 	// SessionWindow is the receive window of the whole session (SPDY/3.1
 	// WINDOW_UPDATE on stream 0): the most unread data the session buffers
-	// across all streams. Default 32 MiB. Must be >= StreamWindow.
+	// across all streams. Default 64 MiB. Must be >= StreamWindow.
 	SessionWindow int32
 
 	// MaxConcurrentStreams is how many streams the peer may have open to us

@@ -288,6 +288,11 @@ func (w *responseWriter) sendReply(fin bool) error {
 	if err != nil {
 		return err
 	}
+	if fin {
+		st.s.mu.Lock()
+		st.s.markFinQueuedLocked(st)
+		st.s.mu.Unlock()
+	}
 	if err := st.s.writeFrame(writeReq{frame: rep, done: st.written}, true); err != nil {
 		st.abort(err)
 		return err

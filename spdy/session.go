@@ -27,11 +27,15 @@ const (
 	ioBufferSize = 64 << 10
 	// maxQueuedControl bounds control frames waiting to be written; a peer
 	// that floods PINGs while not reading hits it and loses the session.
-	maxQueuedControl = 4096
+	maxQueuedControl = 16384
 	// smallUpdateThreshold is how much a stream consumes before we return
 	// credit to a peer that never told us it knows SETTINGS (amahi/spdy
 	// assumes a fixed 64 KiB window whatever we advertise).
 	smallUpdateThreshold = 16 << 10
+	// updateFraction: credit goes back to the peer each time this fraction
+	// of a window has been consumed, so the sender keeps 7/8 of the window
+	// in flight while few WINDOW_UPDATE frames are sent.
+	updateFraction = 8
 	// goAwayFlushTimeout bounds how long Close waits to put GOAWAY on the wire.
 	goAwayFlushTimeout = time.Second
 )
@@ -58,6 +62,7 @@ type Session struct {
 	nextID         uint32 // next stream id we open
 	lastPeerID     uint32 // highest stream id the peer opened
 	peerStreams    int    // open streams the peer opened
+	peerClosing    int    // of those, streams whose FIN we queued (see stream.finQueued)
 	localStreams   int    // open streams we opened
 	upgraded       int
 	peerMaxStreams uint32     // the peer's SETTINGS_MAX_CONCURRENT_STREAMS
@@ -169,7 +174,7 @@ func newSession(conn net.Conn, cfg *Config, client bool, h http.Handler) (*Sessi
 	if s.log == nil {
 		s.log = nopLogger{}
 	}
-	s.recvWin = newRecvWindow(int64(cfg.SessionWindow), int64(cfg.SessionWindow)/4)
+	s.recvWin = newRecvWindow(int64(cfg.SessionWindow), int64(cfg.SessionWindow)/updateFraction)
 	if client {
 		s.nextID, s.nextPingID = 1, 1
 	} else {
@@ -724,15 +729,19 @@ func (s *Session) readData(id uint32, flags uint8, length uint32) error {
 		}
 		return nil
 	}
-	// Payloads up to a buffer's size are read into the reader's scratch
-	// buffer and copied into the stream's pooled buffers; larger ones
-	// (amahi/spdy sends frames up to 16 MiB) get their own allocation.
+	// Small payloads are read into the reader's scratch buffer and packed
+	// into the stream's buffers; big ones are read straight into a pooled
+	// buffer the stream keeps (no copy); huge ones (amahi/spdy sends frames
+	// up to 16 MiB) get their own allocation.
 	var buf []byte
 	owned := false
 	if length > 0 {
-		if length <= uint32(len(s.rbuf)) {
+		switch {
+		case length < recvBufferSize/4:
 			buf = s.rbuf[:length]
-		} else {
+		case length <= recvBufferSize:
+			buf, owned = recvBufPool.Get().(*[recvBufferSize]byte)[:length], true
+		default:
 			buf, owned = make([]byte, length), true
 		}
 		if _, err := io.ReadFull(s.br, buf); err != nil {
@@ -919,7 +928,10 @@ func (s *Session) handleSynStream(f *spdy.SynStreamFrame) error {
 		s.queueControl(&spdy.RstStreamFrame{StreamId: f.StreamId, Status: spdy.RefusedStream})
 		return nil
 	}
-	if s.goAwaySent || uint32(s.peerStreams) >= s.cfg.MaxConcurrentStreams {
+	// Streams whose final frame is queued do not count: the peer may have
+	// seen that FIN and reused the slot before the handler goroutine
+	// removed the stream from the table.
+	if s.goAwaySent || uint32(s.peerStreams-s.peerClosing) >= s.cfg.MaxConcurrentStreams {
 		s.mu.Unlock()
 		s.queueControl(&spdy.RstStreamFrame{StreamId: f.StreamId, Status: spdy.RefusedStream})
 		return nil
@@ -940,7 +952,7 @@ func (s *Session) handleSynStream(f *spdy.SynStreamFrame) error {
 func (s *Session) newStreamLocked(id uint32) *stream {
 	threshold := int64(smallUpdateThreshold)
 	if s.peerKnowsFlow {
-		threshold = int64(s.cfg.StreamWindow) / 4
+		threshold = int64(s.cfg.StreamWindow) / updateFraction
 	}
 	st := &stream{
 		s:         s,
@@ -958,6 +970,18 @@ func (s *Session) newStreamLocked(id uint32) *stream {
 	return st
 }
 
+// markFinQueuedLocked records that st's FIN is about to be queued; s.mu is
+// held. A peer stream stops counting against MaxConcurrentStreams here.
+func (s *Session) markFinQueuedLocked(st *stream) {
+	if st.finQueued || s.streams[st.id] != st {
+		return
+	}
+	st.finQueued = true
+	if s.isPeerID(st.id) {
+		s.peerClosing++
+	}
+}
+
 // removeStream drops a finished stream from the table.
 func (s *Session) removeStream(st *stream) {
 	s.mu.Lock()
@@ -968,6 +992,9 @@ func (s *Session) removeStream(st *stream) {
 	delete(s.streams, st.id)
 	if s.isPeerID(st.id) {
 		s.peerStreams--
+		if st.finQueued {
+			s.peerClosing--
+		}
 	} else {
 		s.localStreams--
 	}

@@ -351,12 +351,32 @@ func TestMaxConcurrentStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	results := make([]<-chan result, n)
+	results := make([]chan result, n)
+	failed := make(chan error, n)
 	for i := range n {
-		results[i] = goRoundTrip(cs, newReq(t, "GET", fmt.Sprintf("https://x/%d", i), nil))
+		results[i] = make(chan result, 1)
+		go func() {
+			r := recvResult(t, goRoundTrip(cs, newReq(t, "GET", fmt.Sprintf("https://x/%d", i), nil)))
+			if r.err != nil {
+				failed <- r.err
+			}
+			results[i] <- r
+		}()
 	}
-	<-entered
-	<-entered
+	// waitEntered waits for a handler to start, failing fast if a request
+	// failed instead of waiting for its slot.
+	waitEntered := func() {
+		t.Helper()
+		select {
+		case <-entered:
+		case err := <-failed:
+			t.Fatalf("a request failed instead of waiting for a slot: %v", err)
+		case <-time.After(rawTimeout):
+			t.Fatal("no handler started")
+		}
+	}
+	waitEntered()
+	waitEntered()
 	// Both slots are taken: a request with a deadline gives up waiting.
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	_, err := cs.RoundTrip(newReq(t, "GET", "https://x/late", nil).WithContext(ctx))
@@ -368,7 +388,7 @@ func TestMaxConcurrentStreams(t *testing.T) {
 	for i := range n {
 		release <- struct{}{}
 		if i < n-2 {
-			<-entered
+			waitEntered()
 		}
 	}
 	seen := map[string]bool{}
@@ -387,6 +407,37 @@ func TestMaxConcurrentStreams(t *testing.T) {
 	}
 	if tot := ss.Stats().StreamsTotal; tot != n {
 		t.Fatalf("server saw %d streams, want %d (the timed-out request must never be sent)", tot, n)
+	}
+}
+
+// TestMaxConcurrentStreamsSequential: back-to-back requests on a session
+// limited to one stream are never refused: the server must not count a
+// stream whose FIN it already sent against the limit, since the client may
+// have seen that FIN and sent the next SYN_STREAM before the server's
+// handler goroutine removed the stream.
+func TestMaxConcurrentStreamsSequential(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "x") })
+	scfg := testConfig()
+	scfg.MaxConcurrentStreams = 1
+	cs, _ := pair(t, h, nil, scfg)
+	if _, err := cs.Ping(context.Background()); err != nil { // SETTINGS applied
+		t.Fatal(err)
+	}
+	const n = 300
+	refused := 0
+	var last error
+	for range n {
+		resp, err := cs.RoundTrip(newReq(t, "GET", "https://x/", nil))
+		if err != nil {
+			refused++
+			last = err
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if refused > 0 {
+		t.Fatalf("%d of %d sequential requests failed, last: %v", refused, n, last)
 	}
 }
 

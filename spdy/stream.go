@@ -40,6 +40,7 @@ type stream struct {
 	finished   bool
 	replyHdr   http.Header
 	upgraded   bool // guarded by s.mu
+	finQueued  bool // guarded by s.mu: our FIN went to the writer, the peer may see the stream closed
 	head       bool // a HEAD request we sent: its response has no body
 	onFinish   func()
 
@@ -106,6 +107,14 @@ func (st *stream) dropLocked() int {
 // is only valid during the call unless owned.
 func (st *stream) receiveData(p []byte, owned, fin bool) {
 	n := int64(len(p))
+	kept := false
+	if owned {
+		defer func() {
+			if !kept {
+				releaseChunk(p)
+			}
+		}()
+	}
 	st.mu.Lock()
 	if st.remoteFin {
 		st.mu.Unlock()
@@ -131,6 +140,7 @@ func (st *stream) receiveData(p []byte, owned, fin bool) {
 	if n > 0 && !discard {
 		st.appendLocked(p, owned)
 		st.buffered += len(p)
+		kept = owned
 	}
 	if fin {
 		st.remoteFin = true
@@ -277,8 +287,11 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 		}
 		st.sendWin.take(n)
 		s.sendWin.take(n)
-		s.mu.Unlock()
 		last := fin && n == int64(len(p))
+		if last {
+			s.markFinQueuedLocked(st)
+		}
+		s.mu.Unlock()
 		err = s.writeFrame(writeReq{data: &dataFrame{id: st.id, fin: last, data: p[:n]}, done: st.written}, false)
 		if err != nil {
 			st.abort(err)

@@ -432,9 +432,9 @@ func TestRawContentLengthMismatch(t *testing.T) {
 		p.expectSynStream()
 		p.mustWrite(synReply(1, replyBlock("200", "content-length", "10"), false))
 		p.mustWrite(dataFrameOf(1, make([]byte, 20), true))
-		// Our client resets the stream (PROTOCOL_ERROR) if it knows the
-		// declared length when the DATA arrives, and fails the read at EOF
-		// otherwise (see spdy-requests.md); either way it is an error.
+		if rst := p.expectRst(1); rst.Status != spdy.ProtocolError {
+			t.Fatalf("reset status %d", rst.Status)
+		}
 		if r := recvResult(t, res); r.err == nil {
 			t.Fatalf("long body read cleanly: %d bytes", len(r.body))
 		}
