@@ -533,7 +533,12 @@ func (s *Session) writeOne(r writeReq) error {
 		err = s.bw.Flush()
 	}
 	if r.done != nil {
-		r.done <- err
+		if err != nil {
+			// The writer stops here and the session closes with this cause.
+			r.done <- sessionClosedError(fmt.Errorf("spdy: writing to connection: %w", err))
+		} else {
+			r.done <- nil
+		}
 	}
 	return err
 }

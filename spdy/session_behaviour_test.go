@@ -799,8 +799,8 @@ func TestStats(t *testing.T) {
 	}
 }
 
-// TestPingTimeoutPair: Ping on a healthy session measures an RTT; keepalive
-// keeps a healthy session open.
+// TestKeepaliveHealthy: keepalive PINGs on a healthy session measure an RTT and
+// keep the session open.
 func TestKeepaliveHealthy(t *testing.T) {
 	cfg := testConfig()
 	cfg.PingInterval = 5 * time.Millisecond
