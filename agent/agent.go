@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"sync"
 	"time"
 
@@ -269,7 +270,7 @@ func (a *Agent) connLoop(ctx context.Context, proxy *url.URL, idx int) {
 				rejected.reset()
 				delay = bo.next()
 			}
-			if msg := err.Error(); msg != lastErr {
+			if msg := errKey(err); msg != lastErr {
 				lastErr = msg
 				log.Warn("cannot connect to proxy; will keep retrying (repeats of this error are logged at debug level)",
 					zap.Error(err), zap.Duration("retry_in", delay.Round(time.Millisecond)))
@@ -317,6 +318,18 @@ func (a *Agent) connLoop(ctx context.Context, proxy *url.URL, idx int) {
 			return
 		}
 	}
+}
+
+// ephemeralSource matches the "local-address->" part of a net.OpError's text
+// ("read tcp 10.0.0.2:51234->203.0.113.7:443: ..."), which names a fresh
+// source port on every attempt.
+var ephemeralSource = regexp.MustCompile(`\S+:\d+->`)
+
+// errKey is the text two connection failures are compared by when deciding
+// whether a failure is new (warn) or a repeat (debug): the error without the
+// local address, so one failure that recurs is not logged as a new one each time.
+func errKey(err error) string {
+	return ephemeralSource.ReplaceAllString(err.Error(), "")
 }
 
 // waitSession blocks until sess ends (false) or the proxy sent GOAWAY while streams

@@ -661,3 +661,44 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// A proxy that resets every connection: each error names a fresh local port
+// ("read tcp 127.0.0.1:54321->..."), yet it is the same failure and must be
+// warned about once, not on every attempt.
+func TestReconnectResetsLoggedOnce(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			// Read the request (TLS ClientHello or PUT), then reset.
+			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			_, _ = c.Read(make([]byte, 4096))
+			_ = c.(*net.TCPConn).SetLinger(0)
+			_ = c.Close()
+		}
+	}()
+	for _, scheme := range []string{"https", "http"} {
+		t.Run(scheme, func(t *testing.T) {
+			u, _ := url.Parse(scheme + "://" + l.Addr().String() + "/.well-known/spdy-origin")
+			o := Options{Proxies: []*url.URL{u}, Token: testToken, Root: t.TempDir(), Connections: 1, DrainTimeout: time.Second}
+			ta := newTestAgent(t, o, nil)
+			ta.start(t)
+			waitFor(t, func() bool { return len(ta.delays.get()) >= 5 })
+			ta.stop(t)
+			if n := ta.count(zapcore.WarnLevel, "cannot connect"); n != 1 {
+				var msgs []string
+				for _, e := range ta.logs.FilterMessageSnippet("cannot connect").All() {
+					msgs = append(msgs, fmt.Sprint(e.ContextMap()["error"]))
+				}
+				t.Errorf("%d warnings for one repeated failure, want 1: %q", n, msgs)
+			}
+		})
+	}
+}

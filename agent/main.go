@@ -94,7 +94,7 @@ func parseArgs(args []string, getenv func(string) string, usage io.Writer) (*cli
 	fs.Usage = func() {
 		fmt.Fprintf(usage, "Usage: spdy-origin-agent --proxy URL --token TOKEN (--to URL | --root DIR) [flags]\n\n")
 		fmt.Fprintf(usage, "Serves a local HTTP server or directory on the internet through Caddy's spdy_origin handler.\n")
-		fmt.Fprintf(usage, "Every flag can also be set by an environment variable %s<FLAG>, e.g. %s, %s.\n\nFlags:\n",
+		fmt.Fprintf(usage, "Every flag except --version can also be set by an environment variable %s<FLAG>, e.g. %s, %s.\n\nFlags:\n",
 			envPrefix, envName("token"), envName("proxy"))
 		fs.PrintDefaults()
 	}
@@ -109,7 +109,9 @@ func parseArgs(args []string, getenv func(string) string, usage io.Writer) (*cli
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || envErr != nil {
+		// --version has no environment variable: a SPDY_ORIGIN_VERSION that a
+		// container image or package sets for its own purposes must not stop the agent.
+		if set[f.Name] || envErr != nil || f.Name == "version" {
 			return
 		}
 		v := getenv(envName(f.Name))

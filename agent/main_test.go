@@ -105,6 +105,29 @@ func TestParseArgs(t *testing.T) {
 		{name: "bad connections", args: []string{"--proxy", "https://x", "--token", "t", "--to", "http://x:1", "--connections", "0"}, wantErr: "--connections"},
 		{name: "bad log format", args: []string{"--proxy", "https://x", "--token", "t", "--to", "http://x:1", "--log-format", "xml"}, wantErr: "--log-format"},
 		{name: "bad env value", env: map[string]string{"SPDY_ORIGIN_CONNECTIONS": "many"}, wantErr: "SPDY_ORIGIN_CONNECTIONS"},
+		{
+			// Only real flags come from the environment: --version has none (a
+			// SPDY_ORIGIN_VERSION set by a container image must neither break
+			// parsing nor turn the agent into "print the version and exit").
+			name: "SPDY_ORIGIN_VERSION is not --version",
+			env: map[string]string{"SPDY_ORIGIN_VERSION": "1.4.2", "SPDY_ORIGIN_PROXY": "https://a.example",
+				"SPDY_ORIGIN_TOKEN": "t", "SPDY_ORIGIN_TO": "http://127.0.0.1:1"},
+			check: func(t *testing.T, c *cliConfig) {
+				if c.showVersion || c.opts.Token != "t" {
+					t.Fatalf("c = %+v", c)
+				}
+			},
+		},
+		{
+			name: "SPDY_ORIGIN_VERSION=true is not --version",
+			env: map[string]string{"SPDY_ORIGIN_VERSION": "true", "SPDY_ORIGIN_PROXY": "https://a.example",
+				"SPDY_ORIGIN_TOKEN": "t", "SPDY_ORIGIN_TO": "http://127.0.0.1:1"},
+			check: func(t *testing.T, c *cliConfig) {
+				if c.showVersion {
+					t.Fatal("SPDY_ORIGIN_VERSION=true made the agent print its version instead of running")
+				}
+			},
+		},
 		{name: "stray argument", args: []string{"--proxy", "https://x", "extra"}, wantErr: "unexpected argument"},
 	}
 	for _, tt := range tests {

@@ -80,7 +80,8 @@ type Handler struct {
 	AuthFailureWindow caddy.Duration `json:"auth_failure_window,omitempty"`
 
 	// RetryAfter is the Retry-After value sent with 503 (no agent, pool
-	// full) and 429 responses. Default: 5s.
+	// full). A 429 carries the time left in the IP's lockout instead.
+	// Default: 5s.
 	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
 
 	// DialTimeout: how long a request waits for an agent when none is
@@ -185,7 +186,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	repl := caddy.NewReplacer()
 	h.tokens = h.tokens[:0]
 	for i, tok := range h.Token {
-		v := repl.ReplaceAll(tok, "")
+		// A bearer token in a header never has surrounding whitespace (HTTP
+		// trims it), so a trailing newline from an env var or secrets file
+		// would make the token unusable: trim it.
+		v := strings.TrimSpace(repl.ReplaceAll(tok, ""))
 		if v == "" {
 			return fmt.Errorf("spdy_origin: token %d (%q) is empty after resolving placeholders; is the environment variable set?", i+1, tok)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"sort"
 	"sync"
@@ -62,6 +63,7 @@ type session struct {
 	since    time.Time
 	pool     *pool
 	rtt      atomic.Int64 // handshake RTT in ns, until the session measures its own
+	picked   atomic.Int64 // requests picked for this session whose stream is not open yet
 	released bool         // guarded by pool.mu: removed from the pool
 }
 
@@ -136,6 +138,8 @@ func (p *pool) log() *zap.Logger { return p.logger.Load() }
 func (p *pool) Destruct() error {
 	p.mu.Lock()
 	p.closed = true
+	close(p.changed) // wake requests waiting for an agent (dial_timeout): none can join now
+	p.changed = make(chan struct{})
 	list := make([]*session, 0, len(p.sessions))
 	for s := range p.sessions {
 		list = append(list, s)
@@ -236,12 +240,24 @@ func (p *pool) pick(exclude *session) *session {
 			continue
 		default:
 		}
-		open := s.s.Stats().OpenStreams
+		// Requests picked but not yet opened count too, or a burst that
+		// arrives at once would all go to the same session.
+		open := s.s.OpenStreams() + int(s.picked.Load())
 		if best == nil || open < bestOpen {
 			best, bestOpen = s, open
 		}
 	}
+	if best != nil {
+		best.picked.Add(1)
+	}
 	return best
+}
+
+// roundTrip sends req on a session pick chose, ending its "picked" count.
+func (s *session) roundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := s.s.RoundTrip(req)
+	s.picked.Add(-1)
+	return resp, err
 }
 
 // waitForSession waits until a session is usable, ctx ends, or the pool closes.

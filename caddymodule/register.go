@@ -39,7 +39,9 @@ func (h *Handler) serveRegistration(w http.ResponseWriter, r *http.Request) erro
 
 	if wait := h.limiter.blocked(ip); wait > 0 {
 		countRegistrationFailure(h.Pool, reasonLockedOut)
-		log.Warn("agent registration refused: too many failed attempts from this IP")
+		// Debug only: the lockout was logged when it began, and a locked-out
+		// client must not be able to flood the log at request rate.
+		log.Debug("agent registration refused: too many failed attempts from this IP", zap.Duration("locked_for", wait))
 		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
 		return caddyhttp.Error(http.StatusTooManyRequests,
 			fmt.Errorf("spdy_origin: too many failed registrations from %s", ip))

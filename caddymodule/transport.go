@@ -173,7 +173,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.Body = body
 	}
 
-	resp, err := s.s.RoundTrip(out)
+	resp, err := s.roundTrip(out)
 	if err != nil && spdy.IsRetryable(err) && (body == nil || body.read.Load() == 0) {
 		if s2 := p.pick(s); s2 != nil {
 			if c := t.logger.Check(zapcore.DebugLevel, "retrying request on another agent session"); c != nil {
@@ -185,7 +185,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 				out.Body = body
 			}
 			s = s2
-			resp, err = s.s.RoundTrip(out)
+			resp, err = s.roundTrip(out)
 		} else if ctx.Err() == nil {
 			// Nothing processed it and nothing else can: same as no agent.
 			if timer != nil {

@@ -23,14 +23,20 @@ import (
 // body; if the answer is 101 Switching Protocols, the response Body is an
 // io.ReadWriteCloser carrying the new protocol's bytes both ways.
 func (s *Session) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := s.roundTrip(req)
-	if err != nil && req.Body != nil {
-		req.Body.Close()
+	// The body is closed once, by whichever of us and the body sender
+	// gets there first (http.RoundTripper: the transport closes it).
+	closeBody := func() {}
+	if req.Body != nil {
+		closeBody = sync.OnceFunc(func() { req.Body.Close() })
+	}
+	resp, err := s.roundTrip(req, closeBody)
+	if err != nil {
+		closeBody()
 	}
 	return resp, err
 }
 
-func (s *Session) roundTrip(req *http.Request) (*http.Response, error) {
+func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response, error) {
 	if req.URL == nil {
 		return nil, errors.New("spdy: request has no URL")
 	}
@@ -46,8 +52,29 @@ func (s *Session) roundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { st.resetLocal(StatusCancel) })
+	var bodySent chan struct{} // closed when sendBody returns
 	if body != nil {
-		go st.sendBody(body, req.ContentLength, !upgrade)
+		// A stream that fails closes the body, so that a Read blocked in
+		// sendBody returns (in its own goroutine: Close may wait for it).
+		st.mu.Lock()
+		st.onFinish = func() {
+			st.mu.Lock()
+			failed := st.err != nil
+			st.mu.Unlock()
+			if failed {
+				go closeBody()
+			}
+		}
+		failed := st.finished && st.err != nil
+		st.mu.Unlock()
+		if failed {
+			go closeBody()
+		}
+		bodySent = make(chan struct{})
+		go func() {
+			defer close(bodySent)
+			st.sendBody(body, closeBody, req.ContentLength, !upgrade)
+		}()
 	}
 
 	select {
@@ -103,8 +130,13 @@ func (s *Session) roundTrip(req *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	if upgrade {
-		// No switch: our half of the stream ends here.
-		go st.closeWrite()
+		// No switch: our half of the stream ends after the request body.
+		go func() {
+			if bodySent != nil {
+				<-bodySent
+			}
+			st.closeWrite()
+		}()
 	}
 	resp.Body = &responseBody{st: st, stop: stop}
 	return resp, nil
@@ -203,8 +235,8 @@ var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return 
 // sendBody copies a request body onto the stream. A body that fails, or
 // that disagrees with its declared length, resets the stream: the peer must
 // not take a cut body for a whole one. With fin, FIN follows the body.
-func (st *stream) sendBody(body io.ReadCloser, declared int64, fin bool) {
-	defer body.Close()
+func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, fin bool) {
+	defer closeBody()
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
 	buf := *bp
@@ -212,10 +244,16 @@ func (st *stream) sendBody(body io.ReadCloser, declared int64, fin bool) {
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
-			if _, err := st.write(buf[:n], false); err != nil {
+			// The last bytes of a body of known length carry FIN, so the
+			// peer sees the request end with its data, not a frame later.
+			last := fin && declared > 0 && sent+int64(n) == declared
+			if _, err := st.write(buf[:n], last); err != nil {
 				return
 			}
 			sent += int64(n)
+			if last {
+				return
+			}
 		}
 		if rerr == io.EOF {
 			break
@@ -261,7 +299,11 @@ func (b *responseBody) Close() error {
 	}
 	b.closed = true
 	b.stop()
-	if !b.st.bodyComplete() {
+	if !b.st.bodyComplete() || !b.st.sendComplete() {
+		// Before EOF, or while our request body is still going out to a
+		// peer that answered without reading it: the exchange is over,
+		// so end the stream (the upload would otherwise wait for credit
+		// forever, holding its stream slot).
 		b.st.resetLocal(StatusCancel)
 	}
 	b.st.closeRead()

@@ -37,6 +37,14 @@ func (s *Session) serve(st *stream, block http.Header, fin bool) {
 	req = req.WithContext(ctx)
 	rw := &responseWriter{st: st, req: req, header: make(http.Header), bodyAllowed: true}
 	defer func() {
+		// As with net/http, the request body is closed once the handler
+		// returns (unless it hijacked the stream): data it left unread
+		// gives its session-window credit back.
+		if !rw.hijacked {
+			st.closeRead()
+		}
+	}()
+	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
 				s.log.Errorw("spdy: handler panic; resetting stream", "stream", st.id, "method", req.Method, "path", req.URL.Path, "panic", fmt.Sprint(v))

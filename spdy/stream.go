@@ -255,6 +255,20 @@ func (st *stream) bodyComplete() bool {
 	return st.remoteFin
 }
 
+// sendComplete reports whether our side of the stream ended: FIN sent or
+// queued.
+func (st *stream) sendComplete() bool {
+	st.mu.Lock()
+	done := st.localFin
+	st.mu.Unlock()
+	if done {
+		return true
+	}
+	st.s.mu.Lock()
+	defer st.s.mu.Unlock()
+	return st.finQueued
+}
+
 // write sends p as DATA frames within both windows; with fin the last frame
 // carries FIN (an empty one if p is empty).
 func (st *stream) write(p []byte, fin bool) (int, error) {
