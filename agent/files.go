@@ -96,6 +96,12 @@ type escapeGuardFS struct {
 }
 
 func (g escapeGuardFS) Open(name string) (fs.File, error) {
+	// Only files and directories are served: opening a named pipe or a
+	// device would block the stream or read from hardware.
+	if fi, err := fs.Stat(g.fsys, name); err == nil && !fi.Mode().IsRegular() && !fi.IsDir() {
+		g.log.Warn("refused a path that is not a regular file or directory", zap.String("path", name), zap.Stringer("mode", fi.Mode()))
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrPermission}
+	}
 	f, err := g.fsys.Open(name)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, fs.ErrPermission) &&
 		strings.Contains(err.Error(), "path escapes from parent") {

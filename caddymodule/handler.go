@@ -189,7 +189,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		// A bearer token in a header never has surrounding whitespace (HTTP
 		// trims it), so a trailing newline from an env var or secrets file
 		// would make the token unusable: trim it.
-		v := strings.TrimSpace(repl.ReplaceAll(tok, ""))
+		// Unknown or empty placeholders are errors: silently dropping one
+		// would leave a weaker token than the one configured.
+		v, err := repl.ReplaceOrErr(tok, true, true)
+		if err != nil {
+			return fmt.Errorf("spdy_origin: token %d: %w (is the environment variable set?)", i+1, err)
+		}
+		v = strings.TrimSpace(v)
 		if v == "" {
 			return fmt.Errorf("spdy_origin: token %d (%q) is empty after resolving placeholders; is the environment variable set?", i+1, tok)
 		}

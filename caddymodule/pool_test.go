@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	mobyspdy "github.com/moby/spdystream/spdy"
 	"go.uber.org/zap"
@@ -146,6 +147,24 @@ func TestRegistrationPipelinedFrames(t *testing.T) {
 		}
 		if p, ok := f.(*mobyspdy.PingFrame); ok && p.Id == 2 {
 			return
+		}
+	}
+}
+
+// A token whose placeholder is unknown or resolves to nothing must fail the
+// config: dropping the placeholder would leave a weaker token than the one
+// the user wrote.
+func TestTokenPlaceholderErrors(t *testing.T) {
+	for _, tok := range []string{"{env.SPDY_ORIGIN_SURELY_UNSET_VAR}", "prefix-{no.such.placeholder}"} {
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		h := &Handler{Token: []string{tok}}
+		err := h.Provision(ctx)
+		_ = h.Cleanup()
+		cancel()
+		if err == nil {
+			t.Errorf("token %q: Provision succeeded, want an error", tok)
+		} else {
+			t.Logf("token %q: %v", tok, err)
 		}
 	}
 }

@@ -862,6 +862,9 @@ func (s *Session) handleWindowUpdate(id uint32, delta int64) error {
 		}
 		waiters := s.winWaiters
 		s.winWaiters = nil
+		for _, st := range waiters {
+			st.waitsForSession = false
+		}
 		s.mu.Unlock()
 		for _, st := range waiters {
 			st.wakeSender()

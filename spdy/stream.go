@@ -26,23 +26,24 @@ type stream struct {
 	// sendWin is guarded by s.mu (the reader goroutine updates it).
 	sendWin sendWindow
 
-	mu         sync.Mutex // guards the fields below
-	recvWin    recvWindow
-	chunks     [][]byte // unread DATA payloads, oldest first
-	chunkOff   int      // read offset into chunks[0]
-	buffered   int      // unread bytes in chunks
-	received   int64    // DATA bytes received in all
-	contentLn  int64    // declared content-length of what we receive, -1 if none
-	remoteFin  bool
-	localFin   bool
-	readClosed bool  // the application will read no more: discard what comes
-	err        error // why the stream was reset or aborted
-	finished   bool
-	replyHdr   http.Header
-	upgraded   bool // guarded by s.mu
-	finQueued  bool // guarded by s.mu: our FIN went to the writer, the peer may see the stream closed
-	head       bool // a HEAD request we sent: its response has no body
-	onFinish   func()
+	mu              sync.Mutex // guards the fields below
+	recvWin         recvWindow
+	chunks          [][]byte // unread DATA payloads, oldest first
+	chunkOff        int      // read offset into chunks[0]
+	buffered        int      // unread bytes in chunks
+	received        int64    // DATA bytes received in all
+	contentLn       int64    // declared content-length of what we receive, -1 if none
+	remoteFin       bool
+	localFin        bool
+	readClosed      bool  // the application will read no more: discard what comes
+	err             error // why the stream was reset or aborted
+	finished        bool
+	replyHdr        http.Header
+	upgraded        bool // guarded by s.mu
+	waitsForSession bool // guarded by s.mu: in s.winWaiters
+	finQueued       bool // guarded by s.mu: our FIN went to the writer, the peer may see the stream closed
+	head            bool // a HEAD request we sent: its response has no body
+	onFinish        func()
 
 	readWake chan struct{} // data, FIN or error arrived
 	sendWake chan struct{} // window grew, or the stream ended
@@ -292,7 +293,8 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 		s.mu.Lock()
 		n := min(int64(len(p)), st.sendWin.available(), s.sendWin.available(), maxDataFrame)
 		if n == 0 && len(p) > 0 {
-			if s.sendWin.available() == 0 {
+			if s.sendWin.available() == 0 && !st.waitsForSession {
+				st.waitsForSession = true
 				s.winWaiters = append(s.winWaiters, st)
 			}
 			s.mu.Unlock()
