@@ -54,7 +54,8 @@ func spdyRoute(pool string, extra map[string]any) map[string]any {
 func loadConfig(t *testing.T, handlers ...map[string]any) *caddytest.Tester {
 	t.Helper()
 	cfg := map[string]any{
-		"admin": map[string]any{"listen": "localhost:2979", "config": map[string]any{"persist": false}},
+		"admin":   map[string]any{"listen": "localhost:2979", "config": map[string]any{"persist": false}},
+		"storage": map[string]any{"module": "file_system", "root": testStorageDir},
 		"logging": map[string]any{"logs": map[string]any{
 			"default": map[string]any{"level": "ERROR", "exclude": []string{"http.handlers.spdy_origin", "http.reverse_proxy.transport.spdy_origin"}},
 			"spdy":    map[string]any{"level": "INFO", "include": []string{"http.handlers.spdy_origin", "http.reverse_proxy.transport.spdy_origin"}},

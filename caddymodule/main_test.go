@@ -5,6 +5,11 @@ import (
 	"testing"
 )
 
+// testStorageDir holds the in-process Caddy's storage (internal CA,
+// certificates); test configs name it explicitly because Caddy fixes its
+// default storage path before TestMain runs.
+var testStorageDir string
+
 // TestMain keeps the in-process Caddy's storage (internal CA, certificates,
 // autosave) out of the user's home directory.
 func TestMain(m *testing.M) {
@@ -12,6 +17,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
+	testStorageDir = dir + "/storage"
 	os.Setenv("XDG_DATA_HOME", dir+"/data")
 	os.Setenv("XDG_CONFIG_HOME", dir+"/config")
 	code := m.Run()
