@@ -19,6 +19,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
 // upstreamHandler serves SPDY streams from the --to upstream: ordinary requests through
@@ -241,6 +243,11 @@ func (h *upstreamHandler) serveUpgrade(w http.ResponseWriter, r *http.Request, u
 	client, rw, err := hj.Hijack()
 	if err != nil {
 		_ = upConn.Close()
+		if errors.Is(err, spdy.ErrTooManyUpgrades) {
+			// The client got 503 instead of the 101.
+			log.Warn("upgrade refused: this session has its maximum of upgraded streams open; run more --connections", zap.Error(err))
+			return
+		}
 		log.Error("hijacking upgraded stream failed", zap.Error(err))
 		return
 	}

@@ -140,10 +140,12 @@ type responseWriter struct {
 	headersSent bool
 	bodyAllowed bool
 	hijacked    bool
-	declared    int64 // Content-Length the handler set, -1 if none
-	written     int64
-	buf         *[]byte
-	err         error // the stream failed: writes fail
+	// upgradeRefused: the handler's 101 became 503 (MaxUpgradedStreams).
+	upgradeRefused bool
+	declared       int64 // Content-Length the handler set, -1 if none
+	written        int64
+	buf            *[]byte
+	err            error // the stream failed: writes fail
 }
 
 func (w *responseWriter) Header() http.Header { return w.header }
@@ -165,6 +167,7 @@ func (w *responseWriter) WriteHeader(code int) {
 			w.st.s.log.Warnw("spdy: handler answered 101 to a request that did not ask to upgrade", "stream", w.st.id)
 		} else if err := w.st.s.markUpgraded(w.st); err != nil {
 			w.st.s.log.Warnw("spdy: upgrade refused: too many upgraded streams", "stream", w.st.id, "limit", w.st.s.cfg.MaxUpgradedStreams)
+			w.upgradeRefused = true
 			code = http.StatusServiceUnavailable
 			w.header = http.Header{"Content-Type": {"text/plain; charset=utf-8"}}
 		}
@@ -356,6 +359,9 @@ func (w *responseWriter) release() {
 func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.hijacked {
 		return nil, nil, http.ErrHijacked
+	}
+	if w.upgradeRefused {
+		return nil, nil, fmt.Errorf("%w (limit %d); the peer was answered 503", ErrTooManyUpgrades, w.st.s.cfg.MaxUpgradedStreams)
 	}
 	if !w.wroteHeader || w.status != http.StatusSwitchingProtocols {
 		return nil, nil, errors.New("spdy: only a stream answered with 101 Switching Protocols can be hijacked")

@@ -879,8 +879,8 @@ func TestWriteTimeout(t *testing.T) {
 func TestUpgradeLimits(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusSwitchingProtocols)
-		if _, _, err := w.(http.Hijacker).Hijack(); err == nil {
-			t.Error("hijack of a refused upgrade succeeded")
+		if _, _, err := w.(http.Hijacker).Hijack(); !errors.Is(err, ErrTooManyUpgrades) {
+			t.Errorf("hijack of a refused upgrade: %v, want ErrTooManyUpgrades", err)
 		}
 	})
 	upgradeReq := func() *http.Request {
