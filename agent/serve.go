@@ -381,9 +381,14 @@ func singleJoiningSlash(a, b string) string {
 }
 
 // copyBuffers recycles ReverseProxy's body copy buffers across requests.
-var copyBuffers = &bufferPool{pool: sync.Pool{New: func() any { return make([]byte, 32<<10) }}}
+var copyBuffers = &bufferPool{pool: sync.Pool{New: func() any { return new([32 << 10]byte) }}}
 
 type bufferPool struct{ pool sync.Pool }
 
-func (p *bufferPool) Get() []byte  { return p.pool.Get().([]byte) }
-func (p *bufferPool) Put(b []byte) { p.pool.Put(b) } //nolint:staticcheck // slice header allocation is negligible next to 32 KiB
+func (p *bufferPool) Get() []byte { return p.pool.Get().(*[32 << 10]byte)[:] }
+
+func (p *bufferPool) Put(b []byte) {
+	if cap(b) == 32<<10 {
+		p.pool.Put((*[32 << 10]byte)(b[:32<<10]))
+	}
+}

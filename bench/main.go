@@ -447,7 +447,7 @@ func (b *bench) sampleCPU() cpuSample {
 // round, and reports the median of each figure.
 func (b *bench) runSmall(ctx context.Context, ts []*target) error {
 	for ci, clients := range []int{1, 50, 500} {
-		type acc struct{ rps, p50, p99, cpu, caddy, agent, self []float64 }
+		type acc struct{ rps, p50, p99, caddy, agent, self []float64 }
 		got := map[string]*acc{}
 		var notes []string
 		for r := 0; r < b.rounds; r++ {

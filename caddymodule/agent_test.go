@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -95,7 +94,6 @@ type testAgent struct {
 	sess   *spdy.Session
 	served atomic.Int64
 
-	holdMu  sync.Mutex
 	held    chan string   // receives "<agent>:<id>" when /hold starts
 	release chan struct{} // closing it ends every /hold
 }
