@@ -210,7 +210,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.spdyCfg = cfg
-	h.limiter = newAuthLimiter(h.MaxAuthFailures, time.Duration(h.AuthFailureWindow))
+	h.limiter = poolAuthLimiter(h.Pool, h.MaxAuthFailures, time.Duration(h.AuthFailureWindow))
 
 	h.transport = &Transport{
 		Pool:                  h.Pool,

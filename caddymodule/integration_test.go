@@ -319,6 +319,16 @@ func TestRegistrationErrors(t *testing.T) {
 	if reg.status != http.StatusTooManyRequests || reg.header.Get("Retry-After") == "" {
 		t.Fatalf("after 3 failures: %d, Retry-After %q", reg.status, reg.header.Get("Retry-After"))
 	}
+	// A config reload does not lift the lockout (the limiter lives with the
+	// pool name, not with one config's handler).
+	loadConfig(t, spdyRoute("regerr", map[string]any{"max_auth_failures": 3, "retry_after": "3s"}))
+	reg, err = register(t, testConnect, "Bearer "+testToken, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.status != http.StatusTooManyRequests {
+		t.Fatalf("after a reload, a locked-out IP got %d, want 429", reg.status)
+	}
 	waitSessions(t, "regerr", 0)
 }
 

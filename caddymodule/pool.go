@@ -167,8 +167,7 @@ func (p *pool) add(s *session, maxSessions int) error {
 		p.mu.Unlock()
 		return errPoolClosed
 	}
-	if maxSessions > 0 && len(p.sessions) >= maxSessions {
-		n := len(p.sessions)
+	if n := p.activeLocked(); maxSessions > 0 && n >= maxSessions {
 		p.mu.Unlock()
 		return fmt.Errorf("%w: %d of max_sessions %d connected", errPoolFull, n, maxSessions)
 	}
@@ -181,6 +180,19 @@ func (p *pool) add(s *session, maxSessions int) error {
 
 	go p.watch(s)
 	return nil
+}
+
+// activeLocked counts the sessions that still take new requests: one that
+// is draining after GOAWAY does not hold a max_sessions slot against the
+// agent that replaces it. p.mu is held.
+func (p *pool) activeLocked() int {
+	n := 0
+	for s := range p.sessions {
+		if !s.s.GoingAway() {
+			n++
+		}
+	}
+	return n
 }
 
 // watch removes s from the pool as soon as its session ends, and logs why.

@@ -194,8 +194,8 @@ func (p *pool) admissible(maxSessions int) error {
 	if p.closed {
 		return errPoolClosed
 	}
-	if maxSessions > 0 && len(p.sessions) >= maxSessions {
-		return fmt.Errorf("%w: %d of max_sessions %d connected", errPoolFull, len(p.sessions), maxSessions)
+	if n := p.activeLocked(); maxSessions > 0 && n >= maxSessions {
+		return fmt.Errorf("%w: %d of max_sessions %d connected", errPoolFull, n, maxSessions)
 	}
 	return nil
 }
@@ -272,6 +272,21 @@ const authLimiterMaxEntries = 10000
 
 func newAuthLimiter(max int, window time.Duration) *authLimiter {
 	return &authLimiter{max: max, window: window, entries: make(map[string]*authEntry)}
+}
+
+// authLimiters holds one limiter per pool name for the life of the process,
+// so that a config reload (frequent with tools that generate configs) does
+// not lift a lockout.
+var authLimiters sync.Map // pool name → *authLimiter
+
+// poolAuthLimiter returns the pool's limiter with the latest settings.
+func poolAuthLimiter(pool string, max int, window time.Duration) *authLimiter {
+	v, _ := authLimiters.LoadOrStore(pool, newAuthLimiter(max, window))
+	l := v.(*authLimiter)
+	l.mu.Lock()
+	l.max, l.window = max, window
+	l.mu.Unlock()
+	return l
 }
 
 // blocked returns how long ip is still locked out, or 0.
