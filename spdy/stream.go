@@ -38,6 +38,7 @@ type stream struct {
 	readClosed      bool  // the application will read no more: discard what comes
 	err             error // why the stream was reset or aborted
 	finished        bool
+	aborted         bool // abortWith ran: the stream is being finished with err
 	replyHdr        http.Header
 	upgraded        bool // guarded by s.mu
 	waitsForSession bool // guarded by s.mu: in s.winWaiters
@@ -353,10 +354,14 @@ func (st *stream) abort(err error) { st.abortWith(err) }
 // readable; otherwise buffered data is dropped and its credit returned.
 func (st *stream) abortWith(err error) bool {
 	st.mu.Lock()
-	if st.finished {
+	if st.finished || st.aborted {
 		st.mu.Unlock()
 		return false
 	}
+	// aborted, set under the same lock as the check, makes this the one
+	// abort that wins (and the one RST_STREAM that is sent): finish()
+	// below runs after the lock is released.
+	st.aborted = true
 	st.err = err
 	var local *StreamError
 	if !st.remoteFin && st.contentLn >= 0 && st.received == st.contentLn && !(errors.As(err, &local) && !local.Remote) {
