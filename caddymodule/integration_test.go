@@ -283,7 +283,11 @@ func TestProxyBasics(t *testing.T) {
 }
 
 func TestRegistrationErrors(t *testing.T) {
-	tester := loadConfig(t, spdyRoute("regerr", map[string]any{"max_auth_failures": 3}))
+	// Lockouts live as long as the process, per pool name: a fresh name
+	// per run keeps -count=N runs independent.
+	regerrRuns++
+	pool := fmt.Sprintf("regerr-%d", regerrRuns)
+	tester := loadConfig(t, spdyRoute(pool, map[string]any{"max_auth_failures": 3}))
 
 	// 505 over HTTP/2 with a valid token.
 	req, _ := http.NewRequest(http.MethodPut, testBase+testConnect, strings.NewReader("x"))
@@ -321,7 +325,7 @@ func TestRegistrationErrors(t *testing.T) {
 	}
 	// A config reload does not lift the lockout (the limiter lives with the
 	// pool name, not with one config's handler).
-	loadConfig(t, spdyRoute("regerr", map[string]any{"max_auth_failures": 3, "retry_after": "3s"}))
+	loadConfig(t, spdyRoute(pool, map[string]any{"max_auth_failures": 3, "retry_after": "3s"}))
 	reg, err = register(t, testConnect, "Bearer "+testToken, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -329,8 +333,10 @@ func TestRegistrationErrors(t *testing.T) {
 	if reg.status != http.StatusTooManyRequests {
 		t.Fatalf("after a reload, a locked-out IP got %d, want 429", reg.status)
 	}
-	waitSessions(t, "regerr", 0)
+	waitSessions(t, pool, 0)
 }
+
+var regerrRuns int
 
 func TestNoAgent503(t *testing.T) {
 	tester := loadConfig(t, spdyRoute("empty", map[string]any{"retry_after": "7s"}))
