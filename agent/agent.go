@@ -32,6 +32,7 @@ type Options struct {
 	Name               string     // identity sent to the proxy
 	DrainTimeout       time.Duration
 	MaxStreams         uint32 // concurrent streams the proxy may open per session; 0: spdy's default
+	MaxUpgrades        int    // upgraded streams (WebSockets) per session; 0: spdy's default
 }
 
 // tuning holds knobs that users do not set but tests shorten.
@@ -157,9 +158,14 @@ func newAgent(opts Options, tun tuning, log *zap.Logger) (*Agent, error) {
 	if tun.spdy == nil {
 		tun.spdy = spdy.DefaultConfig()
 	}
-	if opts.MaxStreams > 0 {
+	if opts.MaxStreams > 0 || opts.MaxUpgrades > 0 {
 		c := *tun.spdy
-		c.MaxConcurrentStreams = opts.MaxStreams
+		if opts.MaxStreams > 0 {
+			c.MaxConcurrentStreams = opts.MaxStreams
+		}
+		if opts.MaxUpgrades > 0 {
+			c.MaxUpgradedStreams = opts.MaxUpgrades
+		}
 		tun.spdy = &c
 	}
 	if err := tun.spdy.Validate(); err != nil {

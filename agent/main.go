@@ -88,6 +88,7 @@ func parseArgs(args []string, getenv func(string) string, usage io.Writer) (*cli
 		logLevel    = fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 		logFormat   = fs.String("log-format", "console", "log `format`: console or json")
 		maxStreams  = fs.Uint("max-streams", spdy.DefaultMaxConcurrentStreams, "concurrent requests the proxy may send over one session (SPDY MAX_CONCURRENT_STREAMS)")
+		maxUpgrades = fs.Int("max-upgrades", spdy.DefaultMaxUpgradedStreams, "WebSockets (and other upgraded streams) at once per session; more get 503")
 		showVersion = fs.Bool("version", false, "print the version and exit")
 	)
 	fs.Var(&proxies, "proxy", "proxy registration `URL`, e.g. https://example.com/.well-known/spdy-origin (repeatable; env: comma-separated)")
@@ -201,6 +202,10 @@ func parseArgs(args []string, getenv func(string) string, usage io.Writer) (*cli
 		return nil, usageErrorf("--max-streams %d: want 1..2147483647", *maxStreams)
 	}
 	o.MaxStreams = uint32(*maxStreams)
+	if *maxUpgrades < 1 {
+		return nil, usageErrorf("--max-upgrades %d: want at least 1", *maxUpgrades)
+	}
+	o.MaxUpgrades = *maxUpgrades
 	o.Name = *name
 	if o.Name == "" {
 		o.Name, _ = os.Hostname()

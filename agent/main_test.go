@@ -70,6 +70,22 @@ func TestParseArgs(t *testing.T) {
 			},
 		},
 		{
+			name: "stream limits",
+			args: []string{"--proxy", "https://a.example", "--token", "t", "--to", "http://127.0.0.1:1",
+				"--max-streams", "20000"},
+			env: map[string]string{"SPDY_ORIGIN_MAX_UPGRADES": "50"},
+			check: func(t *testing.T, c *cliConfig) {
+				if c.opts.MaxStreams != 20000 || c.opts.MaxUpgrades != 50 {
+					t.Fatalf("max streams/upgrades = %d/%d, want 20000/50", c.opts.MaxStreams, c.opts.MaxUpgrades)
+				}
+			},
+		},
+		{
+			name:    "bad max upgrades",
+			args:    []string{"--proxy", "https://a.example", "--token", "t", "--to", "http://127.0.0.1:1", "--max-upgrades", "0"},
+			wantErr: "--max-upgrades",
+		},
+		{
 			name: "env only, proxies comma separated",
 			env: map[string]string{"SPDY_ORIGIN_PROXY": "https://a.example, https://b.example", "SPDY_ORIGIN_TOKEN": "envtok",
 				"SPDY_ORIGIN_ROOT": dir, "SPDY_ORIGIN_INSECURE_SKIP_VERIFY": "true", "SPDY_ORIGIN_CONNECTIONS": "4"},
@@ -83,6 +99,9 @@ func TestParseArgs(t *testing.T) {
 				}
 				if o.DrainTimeout != 30*time.Second {
 					t.Fatalf("drain timeout default = %v", o.DrainTimeout)
+				}
+				if o.MaxStreams != 1000 || o.MaxUpgrades != 1000 {
+					t.Fatalf("max streams/upgrades defaults = %d/%d", o.MaxStreams, o.MaxUpgrades)
 				}
 			},
 		},
