@@ -1061,6 +1061,16 @@ func TestWebSocketHTTP2ExtendedConnect(t *testing.T) {
 		t.Fatalf("after the server closed: %v", err)
 	}
 
+	// No socket may be open across the reload below: Caddy 2.11.9's reverse_proxy
+	// writes its close frame to an HTTP/2 WebSocket from the unloading config's
+	// goroutine while the copy goroutine may still write to the same stream (a data
+	// race inside Caddy, caught by -race). Wait until the tunnel has no streams.
+	c.CloseNow()
+	waitUntil(t, 5*time.Second, "no open streams before the reload", func() bool {
+		ps := poolState(t, e.pool)
+		return len(ps.Sessions) == 1 && ps.Sessions[0].OpenStreams == 0
+	})
+
 	// The documented limitation: with read_idle_timeout in force, Caddy cuts an h2
 	// WebSocket whose client sends nothing for that long (HTTP/1.1 sockets are not
 	// affected: TestWebSocketIdleSurvivesTimeouts). If this starts passing, Caddy has
