@@ -764,17 +764,10 @@ func (b *bench) runRTT(ctx context.Context, ci *caddyInst, far *farNet, farErr e
 		return err
 	}
 	ts := b.selectPaths(tun, rp, direct)
-	for _, t := range ts {
-		if _, err := download(ctx, t, 1<<20); err != nil {
-			return fmt.Errorf("rtt warm-up: %w", err)
-		}
+	if err := warmUp(ctx, ts); err != nil {
+		return err
 	}
-	rounds := 1
-	if !b.quick && b.rounds > 1 {
-		rounds = 2
-	}
-	step("rtt: %d MiB download per path, %d round(s)", b.rttSize>>20, rounds)
-	got, err := measureRTT(ctx, ts, b.rttSize, rounds)
+	got, err := b.measureRTTRounds(ctx, ts, "")
 	if err != nil {
 		return err
 	}

@@ -189,6 +189,27 @@ func (f *farNet) farDirect(dir string) (*target, error) {
 }
 
 // measureRTT runs one bulk download per path over the far link.
+// warmUp opens each path's connections with a 1 MiB download.
+func warmUp(ctx context.Context, ts []*target) error {
+	for _, t := range ts {
+		if _, err := download(ctx, t, 1<<20); err != nil {
+			return fmt.Errorf("rtt warm-up: %w", err)
+		}
+	}
+	return nil
+}
+
+// measureRTTRounds runs the slow-link bulk download on each path: two rounds
+// in a full run, one in a quick one (each takes seconds at 50 ms RTT).
+func (b *bench) measureRTTRounds(ctx context.Context, ts []*target, via string) (map[string]float64, error) {
+	rounds := 1
+	if !b.quick && b.rounds > 1 {
+		rounds = 2
+	}
+	step("rtt: %d MiB download per path%s, %d round(s)", b.rttSize>>20, via, rounds)
+	return measureRTT(ctx, ts, b.rttSize, rounds)
+}
+
 func measureRTT(ctx context.Context, ts []*target, size int64, rounds int) (map[string]float64, error) {
 	got := map[string][]float64{}
 	for r := 0; r < rounds; r++ {
@@ -285,10 +306,8 @@ func (b *bench) runRTTRelay(ctx context.Context, ci *caddyInst, rs *rttRelays, p
 	direct.addr = rs.direct.addr()
 	direct.host = "localhost:" + rs.direct.port()
 	ts := b.selectPaths(tun, rp, direct)
-	for _, t := range ts {
-		if _, err := download(ctx, t, 1<<20); err != nil {
-			return fmt.Errorf("rtt warm-up: %w", err)
-		}
+	if err := warmUp(ctx, ts); err != nil {
+		return err
 	}
 	// Check that the delay is there: a 1 KiB GET on a warm keep-alive connection must
 	// take one round trip of the slow link.
@@ -304,12 +323,7 @@ func (b *bench) runRTTRelay(ctx context.Context, ci *caddyInst, rs *rttRelays, p
 		}
 		seen = append(seen, fmt.Sprintf("%s %.1f", t.name, float64(w)/float64(time.Millisecond)))
 	}
-	rounds := 1
-	if !b.quick && b.rounds > 1 {
-		rounds = 2
-	}
-	step("rtt: %d MiB download per path through the delay relays, %d round(s)", b.rttSize>>20, rounds)
-	got, err := measureRTT(ctx, ts, b.rttSize, rounds)
+	got, err := b.measureRTTRounds(ctx, ts, " through the delay relays")
 	if err != nil {
 		return err
 	}

@@ -56,8 +56,7 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 	if body != nil {
 		// A stream that fails closes the body, so that a Read blocked in
 		// sendBody returns (in its own goroutine: Close may wait for it).
-		st.mu.Lock()
-		st.onFinish = func() {
+		closeIfFailed := func() {
 			st.mu.Lock()
 			failed := st.err != nil
 			st.mu.Unlock()
@@ -65,11 +64,7 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 				go closeBody()
 			}
 		}
-		failed := st.finished && st.err != nil
-		st.mu.Unlock()
-		if failed {
-			go closeBody()
-		}
+		st.whenFinished(closeIfFailed)
 		bodySent = make(chan struct{})
 		go func() {
 			defer close(bodySent)

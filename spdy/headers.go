@@ -54,11 +54,7 @@ func copyHeaders(dst, h http.Header, keepUpgrade bool) {
 		}
 	}
 	for k, vv := range h {
-		ck := k
-		if hopHeaders[ck] && !(keepUpgrade && ck == "Upgrade") || named[ck] && !(keepUpgrade && ck == "Upgrade") {
-			continue
-		}
-		if len(vv) == 0 {
+		if len(vv) == 0 || (hopHeaders[k] || named[k]) && !(keepUpgrade && k == "Upgrade") {
 			continue
 		}
 		dst[strings.ToLower(k)] = vv
@@ -132,7 +128,7 @@ func parseVersion(v string) (string, int, int) {
 
 // pseudoHeaders are the SPDY/3 pseudo-headers of requests and responses.
 type pseudoHeaders struct {
-	method, path, version, host, scheme, status string
+	method, path, version, host, status string
 }
 
 // splitHeaders takes the pseudo-headers out of a received block and returns
@@ -158,8 +154,6 @@ func splitHeaders(block http.Header) (pseudoHeaders, http.Header) {
 			p.version = v
 		case ":host":
 			p.host = v
-		case ":scheme":
-			p.scheme = v
 		case ":status":
 			p.status = v
 		}

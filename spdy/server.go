@@ -27,13 +27,7 @@ func (s *Session) serve(st *stream, block http.Header, fin bool) {
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
-	st.mu.Lock()
-	st.onFinish = cancel
-	finished := st.finished
-	st.mu.Unlock()
-	if finished {
-		cancel()
-	}
+	st.whenFinished(cancel)
 	req = req.WithContext(ctx)
 	rw := &responseWriter{st: st, req: req, header: make(http.Header), bodyAllowed: true}
 	defer func() {

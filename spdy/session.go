@@ -85,6 +85,7 @@ type Session struct {
 	ctrlQ   []writeReq
 	dataQ   []writeReq
 	wsignal chan struct{}
+	wdone   bool // the writer stopped: enqueue refuses requests
 
 	// Ping state.
 	pingMu      sync.Mutex
@@ -113,7 +114,7 @@ type Session struct {
 // wire).
 type writeReq struct {
 	frame spdy.Frame
-	data  *dataFrame
+	data  dataFrame // a DATA frame when data.id != 0 (kept inline: no allocation per frame)
 	flush bool
 	done  chan error
 }
@@ -379,9 +380,16 @@ func (s *Session) queueControl(f spdy.Frame) {
 }
 
 // enqueue adds a request to the writer's queue. A request queued after the
-// session closed fails at once.
+// writer stopped fails at once (and is not kept).
 func (s *Session) enqueue(r writeReq, control bool) {
 	s.wmu.Lock()
+	if s.wdone {
+		s.wmu.Unlock()
+		if r.done != nil {
+			r.done <- ErrSessionClosed
+		}
+		return
+	}
 	if control {
 		if len(s.ctrlQ) >= maxQueuedControl {
 			s.wmu.Unlock()
@@ -510,12 +518,13 @@ func (s *Session) writeLoop() {
 	if !errors.Is(err, ErrSessionClosed) {
 		s.closeWith(fmt.Errorf("spdy: writing to connection: %w", err), false, 0)
 	}
-	// Fail whatever is left.
-	for {
-		r, ok := s.next()
-		if !ok {
-			break
-		}
+	// Fail whatever is left, and refuse what comes later.
+	s.wmu.Lock()
+	s.wdone = true
+	left := append(s.ctrlQ, s.dataQ...)
+	s.ctrlQ, s.dataQ = nil, nil
+	s.wmu.Unlock()
+	for _, r := range left {
 		if r.done != nil {
 			r.done <- sessionClosedError(s.errOrShutdown())
 		}
@@ -524,8 +533,8 @@ func (s *Session) writeLoop() {
 
 func (s *Session) writeOne(r writeReq) error {
 	var err error
-	if r.data != nil {
-		err = s.writeData(r.data)
+	if r.data.id != 0 {
+		err = s.writeData(&r.data)
 	} else if r.frame != nil {
 		err = s.framer.WriteFrame(r.frame)
 	}

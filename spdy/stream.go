@@ -309,7 +309,7 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 			s.markFinQueuedLocked(st)
 		}
 		s.mu.Unlock()
-		err = s.writeFrame(writeReq{data: &dataFrame{id: st.id, fin: last, data: p[:n]}, done: st.written}, false)
+		err = s.writeFrame(writeReq{data: dataFrame{id: st.id, fin: last, data: p[:n]}, done: st.written}, false)
 		if err != nil {
 			st.abort(err)
 			return total, err
@@ -380,6 +380,17 @@ func (st *stream) abortWith(err error) bool {
 	signal(st.sendWake)
 	st.finish()
 	return true
+}
+
+// whenFinished has f run once the stream finishes, or now if it has.
+func (st *stream) whenFinished(f func()) {
+	st.mu.Lock()
+	st.onFinish = f
+	finished := st.finished
+	st.mu.Unlock()
+	if finished {
+		f()
+	}
 }
 
 // maybeFinish finishes the stream once both sides sent FIN.
