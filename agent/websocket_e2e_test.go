@@ -5,10 +5,9 @@ package main
 // request goes through the SPDY session to this package's real Agent, which dials the
 // --to upstream (an httptest server with coder/websocket handlers) and pipes bytes.
 //
-// Caddy listens on admin localhost:2989, HTTPS :9489, HTTP :9089 (distinct from the
-// caddymodule tests' 2979/9479/9079, which `go test ./...` may run at the same time).
-// The HTTP/2 extended CONNECT test runs in a child process of this test binary (the
-// GODEBUG setting it needs is read once at process start) with Caddy on 2990/9490/9090.
+// Caddy listens on free ports chosen at start (see ports). The HTTP/2 extended
+// CONNECT test runs in a child process of this test binary (the GODEBUG setting it
+// needs is read once at process start), with its own ports.
 //
 // The agent reaches Caddy through tcpForwarder, a plain TCP relay the tests can cut,
 // which is what the network sees when the agent's process is killed.
@@ -53,12 +52,19 @@ type e2ePorts struct{ admin, https, http int }
 
 const h2ChildEnv = "SPDY_ORIGIN_E2E_H2_CHILD"
 
-func ports() e2ePorts {
-	if os.Getenv(h2ChildEnv) == "1" {
-		return e2ePorts{admin: 2990, https: 9490, http: 9090}
+// ports are chosen free once per test process (the HTTP/2 child process picks
+// its own), so runs from other checkouts or packages never collide.
+var ports = sync.OnceValue(func() e2ePorts {
+	free := func() int {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		defer ln.Close()
+		return ln.Addr().(*net.TCPAddr).Port
 	}
-	return e2ePorts{admin: 2989, https: 9489, http: 9089}
-}
+	return e2ePorts{admin: free(), https: free(), http: free()}
+})
 
 // e2eCaddyStarted is set once a test loaded a config; TestMain then stops Caddy.
 var e2eCaddyStarted atomic.Bool

@@ -25,9 +25,8 @@ import (
 // SPDY streams with an http.Handler.
 
 const (
-	testHTTPSAddr = "127.0.0.1:9479"
-	testConnect   = "/.well-known/spdy-origin"
-	testToken     = "test-token-8b1d"
+	testConnect = "/.well-known/spdy-origin"
+	testToken   = "test-token-8b1d"
 )
 
 // registration is the outcome of a registration attempt.

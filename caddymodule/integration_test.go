@@ -21,15 +21,16 @@ import (
 )
 
 // These tests run Caddy in-process (caddytest: one instance per test
-// binary, admin on localhost:2979, HTTPS on 9479 with Caddy's internal CA;
-// ports differ from caddytest's defaults so that other packages' caddytest
-// runs, which `go test ./...` may run at the same time, do not collide)
+// binary, admin and HTTPS on free ports chosen in TestMain, with Caddy's
+// internal CA, so that other packages' caddytest runs and other checkouts
+// running at the same time do not collide)
 // and connect test agents over TLS. Tests share the instance, so they are
 // not parallel and each uses its own pool name.
 
-const (
-	testBase  = "https://localhost:9479"
-	adminBase = "http://localhost:2979"
+// The in-process Caddy's ports, chosen free at start (see TestMain).
+var (
+	testHTTPSPort, testHTTPPort, testAdminPort int
+	testBase, adminBase, testHTTPSAddr         string
 )
 
 // bigSize is the size of the checksummed download and upload: 256 MiB, or
@@ -50,11 +51,11 @@ func spdyRoute(pool string, extra map[string]any) map[string]any {
 	return h
 }
 
-// loadConfig (re)loads Caddy with the given handlers on https://localhost:9479.
+// loadConfig (re)loads Caddy with the given handlers on testBase.
 func loadConfig(t *testing.T, handlers ...map[string]any) *caddytest.Tester {
 	t.Helper()
 	cfg := map[string]any{
-		"admin":   map[string]any{"listen": "localhost:2979", "config": map[string]any{"persist": false}},
+		"admin":   map[string]any{"listen": fmt.Sprintf("localhost:%d", testAdminPort), "config": map[string]any{"persist": false}},
 		"storage": map[string]any{"module": "file_system", "root": testStorageDir},
 		"logging": map[string]any{"logs": map[string]any{
 			"default": map[string]any{"level": "ERROR", "exclude": []string{"http.handlers.spdy_origin", "http.reverse_proxy.transport.spdy_origin"}},
@@ -66,11 +67,11 @@ func loadConfig(t *testing.T, handlers ...map[string]any) *caddytest.Tester {
 				map[string]any{"subjects": []string{"localhost"}, "issuers": []any{map[string]any{"module": "internal"}}},
 			}}},
 			"http": map[string]any{
-				"http_port":    9079,
-				"https_port":   9479,
+				"http_port":    testHTTPPort,
+				"https_port":   testHTTPSPort,
 				"grace_period": "30s",
 				"servers": map[string]any{"srv0": map[string]any{
-					"listen":          []string{":9479"},
+					"listen":          []string{fmt.Sprintf(":%d", testHTTPSPort)},
 					"automatic_https": map[string]any{"disable_redirects": true},
 					"routes": []any{map[string]any{
 						"match":    []any{map[string]any{"host": []string{"localhost"}}},
@@ -85,7 +86,7 @@ func loadConfig(t *testing.T, handlers ...map[string]any) *caddytest.Tester {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: 2979})
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: testAdminPort})
 	tester.InitServer(string(raw), "json")
 	if t.Failed() {
 		t.FailNow()
@@ -174,7 +175,7 @@ func TestProxyBasics(t *testing.T) {
 		t.Fatalf("GET /hello: %d %q", resp.StatusCode, body)
 	}
 	for k, want := range map[string]string{
-		"X-Seen-Host": "localhost:9479", "X-Seen-Forwarded-Proto": "https",
+		"X-Seen-Host": fmt.Sprintf("localhost:%d", testHTTPSPort), "X-Seen-Forwarded-Proto": "https",
 		"X-Seen-Forwarded-For": "127.0.0.1", "X-Seen-Origin-Header": "spdy",
 	} {
 		if got := resp.Header.Get(k); got != want {

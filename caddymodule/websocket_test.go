@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,7 +43,7 @@ func TestWebSocketThroughTunnel(t *testing.T) {
 	client := &http.Client{Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{ServerName: "localhost", InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}},
 	}}
-	c, resp, err := websocket.Dial(ctx, "wss://localhost:9479/ws", &websocket.DialOptions{HTTPClient: client})
+	c, resp, err := websocket.Dial(ctx, "wss"+strings.TrimPrefix(testBase, "https")+"/ws", &websocket.DialOptions{HTTPClient: client})
 	if err != nil {
 		t.Fatalf("dial: %v (response %+v)", err, resp)
 	}
