@@ -7,8 +7,9 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"time"
 
-	"github.com/moby/spdystream/spdy"
+	mspdy "github.com/moby/spdystream/spdy"
 )
 
 // RoundTrip sends req on a new stream and returns the response, with
@@ -47,11 +48,15 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 		body = nil
 	}
 	fin := body == nil && !upgrade
-	st, err := s.openStream(ctx, requestHeaders(req, upgrade), fin, req.Method == http.MethodHead)
+	h := requestHeaders(req, upgrade)
+	if err := checkSendLimits(h, s.limits); err != nil {
+		return nil, fmt.Errorf("request headers: %w", err)
+	}
+	st, err := s.openStream(ctx, h, fin, req.Method == http.MethodHead)
 	if err != nil {
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { st.resetLocal(StatusCancel) })
+	stop := context.AfterFunc(ctx, func() { st.resetLocal(StatusCancel, context.Cause(ctx)) })
 	var bodySent chan struct{} // closed when sendBody returns
 	if body != nil {
 		// A stream that fails closes the body, so that a Read blocked in
@@ -83,7 +88,7 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 		}
 	case <-ctx.Done():
 		stop()
-		st.resetLocal(StatusCancel)
+		st.resetLocal(StatusCancel, context.Cause(ctx))
 		return nil, ctx.Err()
 	}
 
@@ -94,7 +99,7 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 	code, err := parseStatus(pseudo.status)
 	if err != nil {
 		stop()
-		st.resetLocal(StatusProtocolError)
+		st.resetLocal(StatusProtocolError, err)
 		return nil, err
 	}
 	proto, major, minor := parseVersion(pseudo.version)
@@ -115,7 +120,7 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 	if code == http.StatusSwitchingProtocols && upgrade {
 		if err := s.markUpgraded(st); err != nil {
 			stop()
-			st.resetLocal(StatusRefusedStream)
+			st.resetLocal(StatusRefusedStream, err)
 			return nil, err
 		}
 		// SPDY carries no Connection header; HTTP/1.1 clients of the
@@ -151,8 +156,10 @@ func (st *stream) failure(ctx context.Context) error {
 	return err
 }
 
-// openStream waits for a free stream slot, then sends SYN_STREAM.
+// openStream waits for a free stream slot (up to StreamQueueTimeout), then
+// sends SYN_STREAM.
 func (s *Session) openStream(ctx context.Context, h http.Header, fin, head bool) (*stream, error) {
+	var queued <-chan time.Time
 	s.mu.Lock()
 	for {
 		if err := s.Err(); err != nil {
@@ -171,15 +178,23 @@ func (s *Session) openStream(ctx context.Context, h http.Header, fin, head bool)
 			s.mu.Unlock()
 			return nil, errors.New("spdy: RoundTrip on a server session")
 		}
-		if uint32(s.localStreams) < s.peerMaxStreams {
+		limit := min(s.peerMaxStreams, s.cfg.MaxConcurrentStreams)
+		if uint32(s.localStreams) < limit {
 			break
 		}
 		wait := s.slotFree
 		s.mu.Unlock()
+		if queued == nil && s.cfg.StreamQueueTimeout > 0 {
+			t := time.NewTimer(s.cfg.StreamQueueTimeout)
+			defer t.Stop()
+			queued = t.C
+		}
 		select {
 		case <-wait:
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-queued:
+			return nil, notProcessed{fmt.Errorf("%w: all %d streams busy for %s", ErrStreamQueueTimeout, limit, s.cfg.StreamQueueTimeout)}
 		}
 		s.mu.Lock()
 	}
@@ -196,15 +211,20 @@ func (s *Session) openStream(ctx context.Context, h http.Header, fin, head bool)
 	st.localFin = fin
 	st.head = head
 	s.localStreams++
-	flags := spdy.ControlFlags(0)
+	flags := mspdy.ControlFlags(0)
 	if fin {
-		flags = spdy.ControlFlagFin
+		flags = mspdy.ControlFlagFin
 	}
-	syn := &spdy.SynStreamFrame{StreamId: spdy.StreamId(id), Headers: h}
+	syn := &mspdy.SynStreamFrame{StreamId: mspdy.StreamId(id), Headers: h}
 	syn.CFHeader.Flags = flags
-	// Queue SYN_STREAM while holding s.mu so stream ids reach the wire in order.
+	grant := s.grantStart(st)
+	// Queue SYN_STREAM while holding s.mu so stream ids reach the wire in
+	// order, and the window for the response right behind it.
 	s.wmu.Lock()
 	s.ctrlQ = append(s.ctrlQ, writeReq{frame: syn})
+	if grant != nil {
+		s.ctrlQ = append(s.ctrlQ, writeReq{frame: grant})
+	}
 	s.wmu.Unlock()
 	s.mu.Unlock()
 	signal(s.wsignal)
@@ -215,7 +235,7 @@ func (s *Session) openStream(ctx context.Context, h http.Header, fin, head bool)
 func (s *Session) markUpgraded(st *stream) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.upgraded >= s.cfg.MaxUpgradedStreams {
+	if s.upgraded >= max(s.cfg.MaxUpgradedStreams, 0) {
 		return ErrTooManyUpgrades
 	}
 	if s.streams[st.id] == st {
@@ -237,7 +257,13 @@ func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, fin
 	buf := *bp
 	var sent int64
 	for {
+		st.mu.Lock()
+		st.bodyWaitSince = st.s.clock.Load()
+		st.mu.Unlock()
 		n, rerr := body.Read(buf)
+		st.mu.Lock()
+		st.bodyWaitSince = 0
+		st.mu.Unlock()
 		if n > 0 {
 			// The last bytes of a body of known length carry FIN, so the
 			// peer sees the request end with its data, not a frame later.
@@ -255,13 +281,13 @@ func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, fin
 		}
 		if rerr != nil {
 			st.s.log.Debugw("spdy: request body failed; resetting stream", "stream", st.id, "error", rerr)
-			st.resetLocal(StatusCancel)
+			st.resetLocal(StatusCancel, fmt.Errorf("reading the request body: %w", rerr))
 			return
 		}
 	}
 	if declared > 0 && sent != declared {
 		st.s.log.Warnw("spdy: request body length differs from Content-Length; resetting stream", "stream", st.id, "sent", sent, "declared", declared)
-		st.resetLocal(StatusCancel)
+		st.resetLocal(StatusCancel, fmt.Errorf("%w: sent %d of %d request body bytes", ErrBodyLength, sent, declared))
 		return
 	}
 	if fin {
@@ -299,7 +325,7 @@ func (b *responseBody) Close() error {
 		// peer that answered without reading it: the exchange is over,
 		// so end the stream (the upload would otherwise wait for credit
 		// forever, holding its stream slot).
-		b.st.resetLocal(StatusCancel)
+		b.st.resetLocal(StatusCancel, errors.New("response body closed"))
 	}
 	b.st.closeRead()
 	return nil
@@ -335,10 +361,10 @@ func (st *stream) closePipe() {
 		st.closeWrite()
 	} else {
 		// A writer is blocked (on flow control, say): cut the stream.
-		st.resetLocal(StatusCancel)
+		st.resetLocal(StatusCancel, errors.New("pipe closed while a write was blocked"))
 	}
 	if !st.bodyComplete() {
-		st.resetLocal(StatusCancel)
+		st.resetLocal(StatusCancel, errors.New("pipe closed"))
 	}
 	st.closeRead()
 }

@@ -8,48 +8,63 @@ import (
 
 // Default values of Config.
 const (
-	// DefaultStreamWindow lets one stream fill a 1 Gbit/s link at 50 ms RTT
-	// (bandwidth-delay product 6.25 MB) with room to spare: up to about
-	// 16 MiB × 7/8 per round trip, as credit returns every eighth of the window.
+	// DefaultStreamWindow is the largest receive window one stream grows
+	// to: enough for one stream to fill a 1 Gbit/s link at 50 ms RTT
+	// (bandwidth-delay product 6.25 MB) with room to spare.
 	DefaultStreamWindow = 16 << 20
-	// DefaultSessionWindow bounds what one session buffers for all its streams.
+	// DefaultSessionWindow is each session's buffer budget: what its
+	// streams together may be granted beyond their first 64 KiB.
 	DefaultSessionWindow        = 64 << 20
 	DefaultMaxConcurrentStreams = 1000
 	DefaultPingInterval         = 15 * time.Second
 	DefaultPingTimeout          = 10 * time.Second
 	DefaultWriteTimeout         = 30 * time.Second
+	DefaultStreamIdleTimeout    = time.Minute
+	DefaultStreamQueueTimeout   = 10 * time.Second
 	DefaultMaxHeaderBytes       = 1 << 20
 	DefaultMaxHeaderCount       = 1000
 	DefaultMaxUpgradedStreams   = 1000
 
 	// defaultWindow is SPDY/3.1's initial window for streams and sessions
-	// until SETTINGS or WINDOW_UPDATE say otherwise.
+	// until SETTINGS or WINDOW_UPDATE say otherwise. It is also the window
+	// every stream is guaranteed whatever the budget (see flow.go).
 	defaultWindow = 64 << 10
+	// startWindow is what a new stream is granted at once while the
+	// session's budget allows, so that an ordinary response does not wait
+	// for the window to grow.
+	startWindow = 1 << 20
 	// maxWindow is the largest window SPDY allows (2^31-1).
 	maxWindow = 1<<31 - 1
 )
 
-// Config holds a session's tunables. Start from DefaultConfig; the zero
-// value of a field is not a valid setting unless its comment says so.
+// Config holds a session's tunables. A zero field means its default, so
+// callers set only what they change; DefaultConfig spells the defaults out.
+// Durations that can be turned off are off when negative.
 type Config struct {
-	// StreamWindow is the receive window of each stream, advertised to the
-	// peer in SETTINGS_INITIAL_WINDOW_SIZE. Larger windows let one stream go
-	// faster over long round trips; each stream may buffer this much unread
-	// data. Default 16 MiB. Range 64 KiB .. 2^31-1.
+	// StreamWindow is the largest receive window one stream grows to.
+	// Every stream starts with 64 KiB guaranteed plus up to 1 MiB from the
+	// session's budget, and doubles its window while its data is consumed
+	// as fast as the window allows (see flow.go). Larger windows let one
+	// stream go faster over long round trips; a stalled stream may hold
+	// this much unread data. Default 16 MiB. Range 64 KiB .. 2^31-1.
 	StreamWindow int32
 
-	// SessionWindow is the receive window of the whole session (SPDY/3.1
-	// WINDOW_UPDATE on stream 0): the most unread data the session buffers
-	// across all streams. Default 64 MiB. Must be >= StreamWindow.
+	// SessionWindow is the session's receive window and its buffer budget:
+	// what its streams together may be granted beyond the first 64 KiB
+	// each. Credit for the session window goes back as data arrives, so
+	// one stream's slow reader never holds up the others; the data a
+	// session buffers is at most MaxConcurrentStreams × 64 KiB +
+	// SessionWindow. Default 64 MiB. Must be >= StreamWindow.
 	SessionWindow int32
 
 	// MaxConcurrentStreams is how many streams the peer may have open to us
-	// at once (SETTINGS_MAX_CONCURRENT_STREAMS). Streams beyond it are
-	// refused with RST_STREAM REFUSED_STREAM. Default 1000.
+	// at once (SETTINGS_MAX_CONCURRENT_STREAMS), and the most we open to
+	// it whatever it allows. Streams beyond it are refused with
+	// RST_STREAM REFUSED_STREAM. Default 1000.
 	MaxConcurrentStreams uint32
 
-	// PingInterval is how often the session sends a keepalive PING. Zero
-	// disables keepalive (Ping can still be called). Default 15s.
+	// PingInterval is how often the session sends a keepalive PING.
+	// Negative disables keepalive (Ping can still be called). Default 15s.
 	PingInterval time.Duration
 
 	// PingTimeout is how long a PING may go unanswered before the session is
@@ -57,22 +72,42 @@ type Config struct {
 	PingTimeout time.Duration
 
 	// WriteTimeout closes the session when one write to the connection
-	// makes no progress for this long (a peer that stopped reading). Zero
-	// disables it. Default 30s.
+	// makes no progress for this long (a peer that stopped reading).
+	// Negative disables it. Default 30s.
 	WriteTimeout time.Duration
 
-	// MaxHeaderBytes caps the compressed payload of a header-carrying frame
-	// and the length of any one header name or value. Default 1 MiB.
+	// StreamIdleTimeout resets a stream that waits this long on a party
+	// that makes no progress: data buffered for a reader that does not
+	// read, our data held back by a window the peer does not open, or (on
+	// the client, before the response begins) a request body that sends
+	// nothing. It frees the stream's slot and buffers (ErrStreamIdle,
+	// ErrRequestBodyTimeout). Streams that are merely quiet, such as an
+	// event stream waiting for its next event, are not affected. Negative
+	// disables it. Default 1m.
+	StreamIdleTimeout time.Duration
+
+	// StreamQueueTimeout bounds how long RoundTrip waits for a stream slot
+	// when the peer's MAX_CONCURRENT_STREAMS are all in use; then it fails
+	// with ErrStreamQueueTimeout. Negative: wait as long as the request's
+	// context allows. Default 10s.
+	StreamQueueTimeout time.Duration
+
+	// MaxHeaderBytes caps the inflated size of one header block (names,
+	// values and their length fields), received or sent. A received block
+	// over it is inflated to its end and dropped, and its stream reset
+	// (FRAME_TOO_LARGE); the session lives on. A block we would send over
+	// it fails with ErrHeadersTooLarge. Default 1 MiB.
 	MaxHeaderBytes uint32
 
-	// MaxHeaderCount caps the number of header fields in one header block.
+	// MaxHeaderCount caps the header values in one block, counting each
+	// NUL-separated part of a value. Over it, as for MaxHeaderBytes.
 	// Default 1000.
 	MaxHeaderCount uint32
 
 	// MaxUpgradedStreams caps how many streams at once may be turned into
 	// byte pipes by a 101 Switching Protocols response (WebSockets).
 	// Further upgrades are answered 503 (server) or fail (client).
-	// Default 1000.
+	// Negative allows none. Default 1000.
 	MaxUpgradedStreams int
 
 	// Logger receives diagnostics. Nil discards them.
@@ -97,46 +132,74 @@ func DefaultConfig() *Config {
 		PingInterval:         DefaultPingInterval,
 		PingTimeout:          DefaultPingTimeout,
 		WriteTimeout:         DefaultWriteTimeout,
+		StreamIdleTimeout:    DefaultStreamIdleTimeout,
+		StreamQueueTimeout:   DefaultStreamQueueTimeout,
 		MaxHeaderBytes:       DefaultMaxHeaderBytes,
 		MaxHeaderCount:       DefaultMaxHeaderCount,
 		MaxUpgradedStreams:   DefaultMaxUpgradedStreams,
 	}
 }
 
-// Validate reports the first invalid field.
-func (c *Config) Validate() error {
-	var errs []error
-	if c.StreamWindow < defaultWindow {
-		errs = append(errs, fmt.Errorf("stream window %d is below the SPDY minimum of %d", c.StreamWindow, defaultWindow))
+// withDefaults returns c with its zero fields set to their defaults.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.StreamWindow == 0 {
+		c.StreamWindow = d.StreamWindow
 	}
-	if c.SessionWindow < c.StreamWindow {
-		errs = append(errs, fmt.Errorf("session window %d is smaller than the stream window %d", c.SessionWindow, c.StreamWindow))
+	if c.SessionWindow == 0 {
+		c.SessionWindow = max(d.SessionWindow, c.StreamWindow)
 	}
 	if c.MaxConcurrentStreams == 0 {
-		errs = append(errs, errors.New("max concurrent streams must be at least 1"))
+		c.MaxConcurrentStreams = d.MaxConcurrentStreams
 	}
-	if c.PingInterval < 0 {
-		errs = append(errs, errors.New("ping interval must not be negative"))
+	for _, f := range []struct{ v, d *time.Duration }{
+		{&c.PingInterval, &d.PingInterval}, {&c.PingTimeout, &d.PingTimeout},
+		{&c.WriteTimeout, &d.WriteTimeout}, {&c.StreamIdleTimeout, &d.StreamIdleTimeout},
+		{&c.StreamQueueTimeout, &d.StreamQueueTimeout},
+	} {
+		if *f.v == 0 {
+			*f.v = *f.d
+		}
 	}
-	if c.PingTimeout <= 0 {
+	if c.MaxHeaderBytes == 0 {
+		c.MaxHeaderBytes = d.MaxHeaderBytes
+	}
+	if c.MaxHeaderCount == 0 {
+		c.MaxHeaderCount = d.MaxHeaderCount
+	}
+	if c.MaxUpgradedStreams == 0 {
+		c.MaxUpgradedStreams = d.MaxUpgradedStreams
+	}
+	return c
+}
+
+// Validate reports every invalid field (zero fields count as their default).
+func (c *Config) Validate() error {
+	v := c.withDefaults()
+	var errs []error
+	if v.StreamWindow < defaultWindow {
+		errs = append(errs, fmt.Errorf("stream window %d is below the SPDY minimum of %d", v.StreamWindow, defaultWindow))
+	}
+	if v.SessionWindow < v.StreamWindow {
+		errs = append(errs, fmt.Errorf("session window %d is smaller than the stream window %d", v.SessionWindow, v.StreamWindow))
+	}
+	if v.PingTimeout < 0 {
 		errs = append(errs, errors.New("ping timeout must be positive"))
 	}
-	if c.WriteTimeout < 0 {
-		errs = append(errs, errors.New("write timeout must not be negative"))
+	if v.MaxHeaderBytes < 1024 {
+		errs = append(errs, fmt.Errorf("max header bytes %d is below 1024", v.MaxHeaderBytes))
 	}
-	if c.MaxHeaderBytes < 1024 {
-		errs = append(errs, fmt.Errorf("max header bytes %d is below 1024", c.MaxHeaderBytes))
-	}
-	if c.MaxHeaderCount < 16 {
-		errs = append(errs, fmt.Errorf("max header count %d is below 16", c.MaxHeaderCount))
-	}
-	if c.MaxUpgradedStreams < 0 {
-		errs = append(errs, errors.New("max upgraded streams must not be negative"))
+	if v.MaxHeaderCount < 16 {
+		errs = append(errs, fmt.Errorf("max header count %d is below 16", v.MaxHeaderCount))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("spdy: invalid config: %w", err)
 	}
 	return nil
+}
+
+func (c *Config) headerLimits() headerLimits {
+	return headerLimits{bytes: int(c.MaxHeaderBytes), values: int(c.MaxHeaderCount)}
 }
 
 // nopLogger discards everything.

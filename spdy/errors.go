@@ -25,23 +25,43 @@ var (
 	ErrBodyLength = errors.New("spdy: body length does not match content-length")
 	// ErrTooManyUpgrades is returned when MaxUpgradedStreams is reached.
 	ErrTooManyUpgrades = errors.New("spdy: too many upgraded streams")
+	// ErrHeadersTooLarge reports a header block over the limits
+	// (Config.MaxHeaderBytes, MaxHeaderCount) before it is sent: the
+	// peer would refuse it. Proxies answer 431 (requests) or 502.
+	ErrHeadersTooLarge = errors.New("spdy: header block too large")
+	// ErrStreamIdle is the cause of a stream reset because it was blocked
+	// on a party that made no progress for Config.StreamIdleTimeout: data
+	// waiting for a reader that does not read, or a window the peer does
+	// not open.
+	ErrStreamIdle = errors.New("spdy: stream idle")
+	// ErrRequestBodyTimeout is the cause of a stream reset because the
+	// request body sent no bytes for Config.StreamIdleTimeout before the
+	// response began (a slow or stalled client). Proxies answer 408.
+	ErrRequestBodyTimeout = errors.New("spdy: request body idle")
+	// ErrStreamQueueTimeout: RoundTrip waited Config.StreamQueueTimeout
+	// for one of the peer's MAX_CONCURRENT_STREAMS slots. The request was
+	// not sent (IsRetryable reports true).
+	ErrStreamQueueTimeout = errors.New("spdy: no free stream slot")
 )
 
-// RST_STREAM status codes (SPDY/3.1 section 2.6.3).
+// RSTStatus is the status code of RST_STREAM (SPDY/3.1 section 2.6.3).
+type RSTStatus uint32
+
+// RST_STREAM status codes.
 const (
-	StatusProtocolError       uint32 = 1
-	StatusInvalidStream       uint32 = 2
-	StatusRefusedStream       uint32 = 3
-	StatusUnsupportedVersion  uint32 = 4
-	StatusCancel              uint32 = 5
-	StatusInternalError       uint32 = 6
-	StatusFlowControlError    uint32 = 7
-	StatusStreamInUse         uint32 = 8
-	StatusStreamAlreadyClosed uint32 = 9
-	StatusFrameTooLarge       uint32 = 11
+	StatusProtocolError       RSTStatus = 1
+	StatusInvalidStream       RSTStatus = 2
+	StatusRefusedStream       RSTStatus = 3
+	StatusUnsupportedVersion  RSTStatus = 4
+	StatusCancel              RSTStatus = 5
+	StatusInternalError       RSTStatus = 6
+	StatusFlowControlError    RSTStatus = 7
+	StatusStreamInUse         RSTStatus = 8
+	StatusStreamAlreadyClosed RSTStatus = 9
+	StatusFrameTooLarge       RSTStatus = 11
 )
 
-var statusNames = map[uint32]string{
+var statusNames = map[RSTStatus]string{
 	StatusProtocolError:       "PROTOCOL_ERROR",
 	StatusInvalidStream:       "INVALID_STREAM",
 	StatusRefusedStream:       "REFUSED_STREAM",
@@ -54,24 +74,35 @@ var statusNames = map[uint32]string{
 	StatusFrameTooLarge:       "FRAME_TOO_LARGE",
 }
 
+func (s RSTStatus) String() string {
+	if name, ok := statusNames[s]; ok {
+		return name
+	}
+	return fmt.Sprintf("status %d", uint32(s))
+}
+
 // StreamError reports a stream reset with RST_STREAM, by us or by the peer.
+// Cause, when set, is why we reset it (errors.Is sees it).
 type StreamError struct {
 	StreamID uint32
-	Status   uint32 // one of the Status* codes
-	Remote   bool   // the peer sent the reset
+	Status   RSTStatus
+	Remote   bool // the peer sent the reset
+	Cause    error
 }
 
 func (e *StreamError) Error() string {
-	name, ok := statusNames[e.Status]
-	if !ok {
-		name = fmt.Sprintf("status %d", e.Status)
-	}
 	who := "local"
 	if e.Remote {
 		who = "peer"
 	}
-	return fmt.Sprintf("spdy: stream %d reset by %s: %s", e.StreamID, who, name)
+	msg := fmt.Sprintf("spdy: stream %d reset by %s: %s", e.StreamID, who, e.Status)
+	if e.Cause != nil {
+		msg += ": " + e.Cause.Error()
+	}
+	return msg
 }
+
+func (e *StreamError) Unwrap() error { return e.Cause }
 
 // notProcessed marks an error for a request the peer never saw.
 type notProcessed struct{ err error }

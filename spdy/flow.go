@@ -1,6 +1,11 @@
 package spdy
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+
+	mspdy "github.com/moby/spdystream/spdy"
+)
 
 // sendWindow is the credit we may spend sending DATA: the peer's window as
 // we know it. It can go negative when the peer shrinks
@@ -65,4 +70,129 @@ func (w *recvWindow) consumed(n int64) int64 {
 	w.unacked = 0
 	w.inFlight -= d
 	return d
+}
+
+// grow enlarges the window by d; the caller sends d on top of the credit
+// it returns.
+func (w *recvWindow) grow(d int64) {
+	w.size += d
+	w.threshold = max(w.threshold, w.size/updateFraction)
+}
+
+// Receive windows in a tunnel
+//
+// SPDY/3.1 has two windows, one per stream and one per session. The usual
+// way to use the session window, returning its credit only as the
+// application consumes data, does not work for a tunnel: the streams of one
+// session belong to unrelated clients, and a few that stop reading (paused
+// video players) would each hold a full stream window of session credit
+// until none is left and every other stream on the session stops. yamux has
+// no session window for this reason.
+//
+// So session credit goes back as soon as data is off the wire (reader.go):
+// the session window only paces bytes in flight. What a session buffers is
+// bounded by the stream windows instead, and those are sized from a budget:
+//
+//   - every stream is guaranteed 64 KiB (SPDY's default window, which we
+//     also advertise in SETTINGS), whatever the budget, so no stream can be
+//     starved by others;
+//   - a new stream is granted up to 1 MiB more at once (grantStart), so an
+//     ordinary response does not wait for its window to grow;
+//   - a stream whose data is consumed as fast as its window allows (a full
+//     window in under two round trips) doubles its window (growLocked), up
+//     to Config.StreamWindow: windows grow where the bandwidth-delay product
+//     needs them, not everywhere;
+//   - what streams hold beyond their 64 KiB comes from the session's budget
+//     (Config.SessionWindow) and goes back when they end.
+//
+// A stalled stream therefore holds at most its own window, and a session
+// buffers at most MaxConcurrentStreams × 64 KiB + SessionWindow (about
+// 126 MiB with the defaults, reached only if every stream stalls full). A
+// stream that stays stalled is reset after Config.StreamIdleTimeout, which
+// frees its slot, its buffers and its share of the budget.
+//
+// Peers that never sent SETTINGS INITIAL_WINDOW_SIZE (amahi/spdy) get their
+// credit in 16 KiB steps: amahi waits for credit as large as its whole
+// write, and assumes 64 KiB windows whatever SETTINGS say.
+
+// takeBudget takes up to want bytes of the session's budget.
+func (s *Session) takeBudget(want int64) int64 {
+	for {
+		avail := s.budget.Load()
+		g := min(want, avail)
+		if g <= 0 {
+			return 0
+		}
+		if s.budget.CompareAndSwap(avail, avail-g) {
+			return g
+		}
+	}
+}
+
+func (s *Session) giveBudget(n int64) {
+	if n > 0 {
+		s.budget.Add(n)
+	}
+}
+
+// grantStart opens a new stream's receive window beyond the guaranteed
+// 64 KiB, as far as the budget allows, and tells the peer. The caller
+// queues it right after the stream's SYN_STREAM (client) or on receiving
+// it (server).
+func (s *Session) grantStart(st *stream) *mspdy.WindowUpdateFrame {
+	g := s.takeBudget(min(startWindow, int64(s.cfg.StreamWindow)) - defaultWindow)
+	if g <= 0 {
+		return nil
+	}
+	st.mu.Lock()
+	st.recvWin.grow(g)
+	st.extra += g
+	st.mu.Unlock()
+	return &mspdy.WindowUpdateFrame{StreamId: mspdy.StreamId(st.id), DeltaWindowSize: uint32(g)}
+}
+
+// growLocked decides, when st returns credit, whether its window doubles:
+// when a whole window was consumed in less than two round trips, the
+// window and not the reader is what limits the stream. It returns the
+// extra credit to send. st.mu is held.
+func (st *stream) growLocked() int64 {
+	w := &st.recvWin
+	if st.tuneBytes < w.size {
+		return 0
+	}
+	now := time.Now()
+	elapsed := now.Sub(st.tuneStart)
+	st.tuneStart, st.tuneBytes = now, 0
+	s := st.s
+	rtt := time.Duration(s.rtt.Load())
+	if rtt <= 0 || elapsed >= 2*rtt {
+		return 0
+	}
+	g := s.takeBudget(min(w.size, int64(s.cfg.StreamWindow)-w.size))
+	if g > 0 {
+		w.grow(g)
+		st.extra += g
+	}
+	return g
+}
+
+// tolerateOverrunLocked lets a peer that never spoke of flow control (no
+// SETTINGS INITIAL_WINDOW_SIZE; moby/spdystream's connection ignores
+// windows) send n bytes past a stream's window, as long as the session's
+// budget covers the excess and the stream stays within StreamWindow. It
+// records the n bytes and reports whether it did. st.mu is held.
+func (st *stream) tolerateOverrunLocked(n int64) bool {
+	s := st.s
+	w := &st.recvWin
+	over := w.inFlight + n - w.size
+	if s.peerKnowsFlow.Load() || w.size+over > int64(s.cfg.StreamWindow) {
+		return false
+	}
+	if g := s.takeBudget(over); g < over {
+		s.giveBudget(g)
+		return false
+	}
+	w.grow(over)
+	st.extra += over
+	return w.received(n) == nil
 }

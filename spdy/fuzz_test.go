@@ -36,7 +36,7 @@ import (
 
 func fuzzConfig() *spdy.Config {
 	cfg := spdy.DefaultConfig()
-	cfg.PingInterval = 0
+	cfg.PingInterval = -1 // keepalive off
 	cfg.WriteTimeout = 2 * time.Second
 	// smallest windows and limits, so that short inputs can overflow them
 	cfg.StreamWindow = 64 << 10

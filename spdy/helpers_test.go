@@ -10,7 +10,7 @@ import (
 // testConfig is DefaultConfig with timers short enough for tests.
 func testConfig() *Config {
 	c := DefaultConfig()
-	c.PingInterval = 0
+	c.PingInterval = -1 // keepalive off
 	c.WriteTimeout = 5 * time.Second
 	return c
 }

@@ -160,7 +160,7 @@ func (l *iopLogger) Errorw(msg string, kv ...any) { l.add("ERROR", msg, kv) }
 func iopConfig(t testing.TB, name string) *spdy.Config {
 	cfg := spdy.DefaultConfig()
 	cfg.Logger = newIopLogger(t, name)
-	cfg.PingInterval = 0
+	cfg.PingInterval = -1 // keepalive off
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("config: %v", err)
 	}

@@ -90,7 +90,7 @@ func TestResponseCloseEndsUnfinishedUpload(t *testing.T) {
 		t.Fatalf("status %d", r.resp.StatusCode)
 	}
 	rst := p.expectRst(id)
-	if uint32(rst.Status) != StatusCancel {
+	if RSTStatus(rst.Status) != StatusCancel {
 		t.Fatalf("RST status %d, want CANCEL", rst.Status)
 	}
 	waitUntil(t, "the stream leaves the table", func() bool { return cs.OpenStreams() == 0 })

@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/moby/spdystream/spdy"
+	mspdy "github.com/moby/spdystream/spdy"
 )
 
 // serve runs the handler for a stream the peer opened.
@@ -22,7 +22,7 @@ func (s *Session) serve(st *stream, block http.Header, fin bool) {
 	req, err := s.newServerRequest(st, block, fin)
 	if err != nil {
 		s.log.Debugw("spdy: malformed request stream", "stream", st.id, "error", err)
-		st.resetLocal(StatusProtocolError)
+		st.resetLocal(StatusProtocolError, err)
 		return
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
@@ -42,9 +42,9 @@ func (s *Session) serve(st *stream, block http.Header, fin bool) {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
 				s.log.Errorw("spdy: handler panic; resetting stream", "stream", st.id, "method", req.Method, "path", req.URL.Path, "panic", fmt.Sprint(v))
-				st.resetLocal(StatusInternalError)
+				st.resetLocal(StatusInternalError, fmt.Errorf("handler panic: %v", v))
 			} else {
-				st.resetLocal(StatusCancel)
+				st.resetLocal(StatusCancel, http.ErrAbortHandler)
 			}
 			rw.release()
 			return
@@ -280,9 +280,18 @@ func (w *responseWriter) flush(fin bool) error {
 
 func (w *responseWriter) sendReply(fin bool) error {
 	st := w.st
-	rep := &spdy.SynReplyFrame{StreamId: spdy.StreamId(st.id), Headers: responseHeaders(w.status, w.header)}
+	h := responseHeaders(w.status, w.header)
+	if err := checkSendLimits(h, st.s.limits); err != nil {
+		// The peer would refuse the block; a reset tells it at once, and
+		// only this stream is lost (its proxy answers 502).
+		err = fmt.Errorf("response headers: %w", err)
+		st.s.log.Warnw("spdy: response headers over the limit; resetting stream", "stream", st.id, "method", w.req.Method, "path", w.req.URL.Path, "error", err)
+		st.resetLocal(StatusInternalError, err)
+		return err
+	}
+	rep := &mspdy.SynReplyFrame{StreamId: mspdy.StreamId(st.id), Headers: h}
 	if fin {
-		rep.CFHeader.Flags = spdy.ControlFlagFin
+		rep.CFHeader.Flags = mspdy.ControlFlagFin
 	}
 	// Lock the stream's write side so DATA cannot overtake the reply.
 	st.writeMu.Lock()
@@ -327,7 +336,7 @@ func (w *responseWriter) finish() {
 	if w.bodyAllowed && w.declared >= 0 && w.written < w.declared && w.req.Method != http.MethodHead {
 		// Ending now would hand the client a short body that looks whole.
 		w.st.s.log.Warnw("spdy: handler wrote less than its Content-Length; resetting stream", "stream", w.st.id, "written", w.written, "declared", w.declared)
-		w.st.resetLocal(StatusInternalError)
+		w.st.resetLocal(StatusInternalError, fmt.Errorf("%w: handler wrote %d of %d bytes", ErrBodyLength, w.written, w.declared))
 		return
 	}
 	if err := w.flush(true); err != nil {
@@ -336,7 +345,7 @@ func (w *responseWriter) finish() {
 	// The response is complete. A request body the handler did not read
 	// is not wanted any more: tell the peer to stop sending it.
 	if !w.st.bodyComplete() {
-		w.st.resetLocal(StatusCancel)
+		w.st.resetLocal(StatusCancel, errors.New("response complete; request body not wanted"))
 	}
 }
 

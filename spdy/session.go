@@ -2,13 +2,10 @@ package spdy
 
 import (
 	"bufio"
-	"compress/flate"
-	"compress/zlib"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"net/http"
@@ -17,7 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/moby/spdystream/spdy"
+	mspdy "github.com/moby/spdystream/spdy"
 )
 
 const (
@@ -49,9 +46,11 @@ type Session struct {
 	log     Logger
 	client  bool
 	handler http.Handler
-	br      *bufio.Reader
-	bw      *bufio.Writer
-	framer  *spdy.Framer
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	framer   *mspdy.Framer // writes control frames (header compression included)
+	inflater *inflater     // reads header blocks (reader goroutine only)
+	limits   headerLimits
 	ctx     context.Context // cancelled when the session closes
 	cancel  context.CancelFunc
 	since   time.Time
@@ -67,7 +66,6 @@ type Session struct {
 	upgraded       int
 	peerMaxStreams uint32     // the peer's SETTINGS_MAX_CONCURRENT_STREAMS
 	peerInitWindow int64      // the peer's SETTINGS_INITIAL_WINDOW_SIZE
-	peerKnowsFlow  bool       // the peer sent INITIAL_WINDOW_SIZE: it speaks 3.x flow control
 	sendWin        sendWindow // session-level send window
 	winWaiters     []*stream  // streams waiting for session send window
 	slotFree       chan struct{}
@@ -79,6 +77,15 @@ type Session struct {
 	// recvMu guards the session-level receive window.
 	recvMu  sync.Mutex
 	recvWin recvWindow
+
+	// budget is what streams may still be granted beyond their guaranteed
+	// 64 KiB receive window (flow.go).
+	budget atomic.Int64
+	// peerKnowsFlow: the peer sent INITIAL_WINDOW_SIZE, so it speaks
+	// SPDY/3.x flow control and our windows may grow.
+	peerKnowsFlow atomic.Bool
+	// clock counts the idle watchdog's ticks, from 1 (stream.go's marks).
+	clock atomic.Int64
 
 	// Writer queue: control frames go before DATA.
 	wmu     sync.Mutex
@@ -113,7 +120,7 @@ type Session struct {
 // the result once the frame is in the write buffer (or, with flush, on the
 // wire).
 type writeReq struct {
-	frame spdy.Frame
+	frame mspdy.Frame
 	data  dataFrame // a DATA frame when data.id != 0 (kept inline: no allocation per frame)
 	flush bool
 	done  chan error
@@ -142,21 +149,24 @@ func NewServer(conn net.Conn, cfg *Config, h http.Handler) (*Session, error) {
 	return newSession(conn, cfg, false, h)
 }
 
-func newSession(conn net.Conn, cfg *Config, client bool, h http.Handler) (*Session, error) {
-	if cfg == nil {
-		cfg = DefaultConfig()
+func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session, error) {
+	if c == nil {
+		c = &Config{}
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := c.Validate(); err != nil {
 		return nil, err
 	}
+	cfg := c.withDefaults()
 	s := &Session{
 		conn:           conn,
-		cfg:            *cfg,
+		cfg:            cfg,
 		log:            cfg.Logger,
 		client:         client,
 		handler:        h,
 		br:             bufio.NewReaderSize(conn, ioBufferSize),
 		bw:             bufio.NewWriterSize(conn, ioBufferSize),
+		inflater:       newInflater(),
+		limits:         cfg.headerLimits(),
 		since:          time.Now(),
 		streams:        make(map[uint32]*stream),
 		peerMaxStreams: math.MaxUint32,
@@ -176,6 +186,8 @@ func newSession(conn net.Conn, cfg *Config, client bool, h http.Handler) (*Sessi
 		s.log = nopLogger{}
 	}
 	s.recvWin = newRecvWindow(int64(cfg.SessionWindow), int64(cfg.SessionWindow)/updateFraction)
+	s.budget.Store(int64(cfg.SessionWindow))
+	s.clock.Store(1)
 	if client {
 		s.nextID, s.nextPingID = 1, 1
 	} else {
@@ -183,28 +195,28 @@ func newSession(conn net.Conn, cfg *Config, client bool, h http.Handler) (*Sessi
 	}
 	s.tlsState = connTLSState(conn)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	fr, err := spdy.NewFramerWithOptions(s.bw, s.br,
-		spdy.WithMaxControlFramePayloadSize(cfg.MaxHeaderBytes),
-		spdy.WithMaxHeaderFieldSize(cfg.MaxHeaderBytes),
-		spdy.WithMaxHeaderCount(cfg.MaxHeaderCount))
+	fr, err := mspdy.NewFramer(s.bw, nil)
 	if err != nil {
 		return nil, fmt.Errorf("spdy: creating framer: %w", err)
 	}
 	s.framer = fr
 	s.lastRecv.Store(time.Now().UnixNano())
 
-	// Our SETTINGS and the session window go first on the wire.
-	s.queueControl(&spdy.SettingsFrame{FlagIdValues: []spdy.SettingsFlagIdValue{
-		{Id: spdy.SettingsMaxConcurrentStreams, Value: cfg.MaxConcurrentStreams},
-		{Id: spdy.SettingsInitialWindowSize, Value: uint32(cfg.StreamWindow)},
+	// Our SETTINGS and the session window go first on the wire. Streams
+	// start at SPDY's default window and grow from the budget (flow.go);
+	// saying so in SETTINGS tells the peer we speak 3.x flow control.
+	s.queueControl(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{
+		{Id: mspdy.SettingsMaxConcurrentStreams, Value: cfg.MaxConcurrentStreams},
+		{Id: mspdy.SettingsInitialWindowSize, Value: defaultWindow},
 	}})
 	if d := int64(cfg.SessionWindow) - defaultWindow; d > 0 {
-		s.queueControl(&spdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: uint32(d)})
+		s.queueControl(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: uint32(d)})
 	}
 	go s.writeLoop()
 	go s.readLoop()
-	if cfg.PingInterval > 0 {
-		go s.keepalive()
+	go s.keepalive()
+	if cfg.StreamIdleTimeout > 0 {
+		go s.watchdog()
 	}
 	return s, nil
 }
@@ -294,7 +306,7 @@ func (s *Session) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.wakeSlotWaiters()
 	if sendGoAway {
-		s.queueControl(&spdy.GoAwayFrame{LastGoodStreamId: spdy.StreamId(last), Status: spdy.GoAwayOK})
+		s.queueControl(&mspdy.GoAwayFrame{LastGoodStreamId: mspdy.StreamId(last), Status: mspdy.GoAwayOK})
 	}
 	select {
 	case <-wait:
@@ -310,7 +322,7 @@ func (s *Session) Shutdown(ctx context.Context) error {
 
 // closeWith closes the session with cause. With goAway, a GOAWAY with
 // status is written (best effort, bounded) before the connection closes.
-func (s *Session) closeWith(cause error, goAway bool, status spdy.GoAwayStatus) {
+func (s *Session) closeWith(cause error, goAway bool, status mspdy.GoAwayStatus) {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		sendGoAway := goAway && !s.goAwaySent
@@ -323,9 +335,9 @@ func (s *Session) closeWith(cause error, goAway bool, status spdy.GoAwayStatus) 
 		graceful := cause == ErrShutdown || cause == ErrPeerGoneAway
 		if sendGoAway || graceful {
 			done := make(chan error, 1)
-			var f spdy.Frame // nil: flush only
+			var f mspdy.Frame // nil: flush only
 			if sendGoAway {
-				f = &spdy.GoAwayFrame{LastGoodStreamId: spdy.StreamId(last), Status: status}
+				f = &mspdy.GoAwayFrame{LastGoodStreamId: mspdy.StreamId(last), Status: status}
 			}
 			s.enqueue(writeReq{frame: f, flush: true, done: done}, true)
 			t := time.NewTimer(goAwayFlushTimeout)
@@ -364,18 +376,18 @@ func (s *Session) closeWith(cause error, goAway bool, status spdy.GoAwayStatus) 
 	})
 }
 
-// protocolError ends the session because the peer broke the protocol.
-func (s *Session) protocolError(format string, args ...any) {
-	err := fmt.Errorf("%w: "+format, append([]any{ErrProtocol}, args...)...)
+// protocolError ends the session because the peer broke the protocol; err
+// wraps ErrProtocol and says what was wrong.
+func (s *Session) protocolError(err error) {
 	s.log.Warnw("spdy protocol error from peer; closing session", "remote", s.remoteAddr.String(), "error", err)
-	s.closeWith(err, true, spdy.GoAwayProtocolError)
+	s.closeWith(err, true, mspdy.GoAwayProtocolError)
 }
 
 // --- writer -----------------------------------------------------------------
 
 // queueControl queues a control frame without waiting. It is what the
 // reader goroutine uses, so it never blocks on the network.
-func (s *Session) queueControl(f spdy.Frame) {
+func (s *Session) queueControl(f mspdy.Frame) {
 	s.enqueue(writeReq{frame: f}, true)
 }
 
@@ -467,7 +479,7 @@ func (s *Session) writeLoop() {
 	var deadlineSet time.Time
 	wt := s.cfg.WriteTimeout
 	touchDeadline := func() {
-		if wt <= 0 {
+		if wt <= 0 { // disabled
 			return
 		}
 		now := time.Now()
@@ -557,7 +569,7 @@ func (s *Session) writeData(d *dataFrame) error {
 	binary.BigEndian.PutUint32(hd[0:4], d.id&0x7fffffff)
 	flagsLen := uint32(len(d.data))
 	if d.fin {
-		flagsLen |= uint32(spdy.DataFlagFin) << 24
+		flagsLen |= uint32(mspdy.DataFlagFin) << 24
 	}
 	binary.BigEndian.PutUint32(hd[4:8], flagsLen)
 	if _, err := s.bw.Write(hd); err != nil {
@@ -567,133 +579,11 @@ func (s *Session) writeData(d *dataFrame) error {
 	s.bytesOut.Add(uint64(len(d.data)))
 	return err
 }
+// --- stream table -----------------------------------------------------------
 
-// --- reader -----------------------------------------------------------------
-
-func (s *Session) readLoop() {
-	defer close(s.readerDone)
-	for {
-		err := s.readFrame()
-		if err == nil {
-			continue
-		}
-		select {
-		case <-s.closed:
-			return
-		default:
-		}
-		switch {
-		case errors.Is(err, io.EOF):
-			s.closeWith(fmt.Errorf("spdy: connection closed by peer: %w", io.EOF), false, 0)
-		case errors.Is(err, ErrProtocol):
-			s.protocolError("%v", errors.Unwrap(err))
-		default:
-			s.closeWith(fmt.Errorf("spdy: reading from connection: %w", err), false, 0)
-		}
-		return
-	}
-}
-
-// readFrame reads and handles one frame. We look at the 8-byte header
-// ourselves: DATA frames are read here without the codec's allocation, and
-// control frames are checked for version, type and length before the codec
-// (which trusts them) parses them.
-func (s *Session) readFrame() error {
-	hd, err := s.br.Peek(8)
-	if err != nil {
-		if len(hd) > 0 && errors.Is(err, io.EOF) {
-			return io.ErrUnexpectedEOF
-		}
-		return err
-	}
-	s.lastRecv.Store(time.Now().UnixNano())
-	w0 := binary.BigEndian.Uint32(hd[0:4])
-	w1 := binary.BigEndian.Uint32(hd[4:8])
-	flags, length := uint8(w1>>24), w1&0xffffff
-	if w0&0x80000000 == 0 {
-		s.br.Discard(8)
-		return s.readData(w0&0x7fffffff, flags, length)
-	}
-	version, typ := (w0>>16)&0x7fff, spdy.ControlFrameType(w0&0xffff)
-	if version != 3 {
-		return fmt.Errorf("%w: unsupported SPDY version %d", ErrProtocol, version)
-	}
-	if err := checkControlLength(typ, length, s.cfg.MaxHeaderBytes); err != nil {
-		if errors.Is(err, errUnknownFrame) {
-			// Unknown control frames are ignored (SPDY/3 section 2.2.1).
-			s.br.Discard(8)
-			_, err := s.br.Discard(int(length))
-			return err
-		}
-		return err
-	}
-	f, err := s.framer.ReadFrame()
-	if err != nil {
-		var fe *spdy.Error
-		if errors.As(err, &fe) {
-			return s.codecError(fe)
-		}
-		if isCompressionError(err) {
-			// The header block does not decompress: the shared compression
-			// context is lost, so this is a session error.
-			return fmt.Errorf("%w: header block: %v", ErrProtocol, err)
-		}
-		return err
-	}
-	return s.handleControl(f)
-}
-
-var errUnknownFrame = errors.New("unknown control frame")
-
-// isCompressionError reports whether err comes from decompressing a header
-// block (as opposed to reading the connection).
-func isCompressionError(err error) bool {
-	var ce flate.CorruptInputError
-	return errors.Is(err, zlib.ErrHeader) || errors.Is(err, zlib.ErrDictionary) ||
-		errors.Is(err, zlib.ErrChecksum) || errors.As(err, &ce)
-}
-
-// checkControlLength rejects control frames whose length cannot be right for
-// their type; the codec would otherwise read past the frame.
-func checkControlLength(typ spdy.ControlFrameType, length, maxHeader uint32) error {
-	bad := false
-	switch typ {
-	case spdy.TypeSynStream:
-		bad = length < 10 || length > maxHeader
-	case spdy.TypeSynReply, spdy.TypeHeaders:
-		bad = length < 4 || length > maxHeader
-	case spdy.TypeRstStream, spdy.TypeGoAway, spdy.TypeWindowUpdate:
-		bad = length != 8
-	case spdy.TypePing:
-		bad = length != 4
-	case spdy.TypeSettings:
-		bad = length < 4 || (length-4)%8 != 0 || length > 8*1024
-	default:
-		return errUnknownFrame
-	}
-	if bad {
-		return fmt.Errorf("%w: control frame type %d with bad length %d", ErrProtocol, typ, length)
-	}
-	return nil
-}
-
-// codecError turns a codec error into a stream error where the header block
-// was consumed whole (so the compression context is intact) and into a
-// session error otherwise.
-func (s *Session) codecError(fe *spdy.Error) error {
-	switch fe.Err {
-	case spdy.UnlowercasedHeaderName, spdy.DuplicateHeaders, spdy.InvalidHeaderPresent:
-		if fe.StreamId != 0 {
-			s.log.Debugw("spdy: bad header block", "stream", uint32(fe.StreamId), "error", string(fe.Err))
-			s.resetPeerStream(uint32(fe.StreamId), StatusProtocolError)
-			return nil
-		}
-	}
-	return fmt.Errorf("%w: %s (stream %d)", ErrProtocol, fe.Err, fe.StreamId)
-}
-
-// resetPeerStream answers a malformed SYN_STREAM: the id counts as used.
-func (s *Session) resetPeerStream(id uint32, status uint32) {
+// resetPeerStream answers a refused SYN_STREAM or header block: the id
+// counts as used.
+func (s *Session) resetPeerStream(id uint32, status RSTStatus, cause error) {
 	s.mu.Lock()
 	if s.isPeerID(id) && id > s.lastPeerID {
 		s.lastPeerID = id
@@ -701,198 +591,15 @@ func (s *Session) resetPeerStream(id uint32, status uint32) {
 	st := s.streams[id]
 	s.mu.Unlock()
 	if st != nil {
-		st.resetLocal(status)
+		st.resetLocal(status, cause)
 		return
 	}
-	s.queueControl(&spdy.RstStreamFrame{StreamId: spdy.StreamId(id), Status: spdy.RstStreamStatus(status)})
+	s.queueControl(&mspdy.RstStreamFrame{StreamId: mspdy.StreamId(id), Status: mspdy.RstStreamStatus(status)})
 }
 
 func (s *Session) isPeerID(id uint32) bool {
 	odd := id%2 == 1
 	return odd != s.client
-}
-
-func (s *Session) readData(id uint32, flags uint8, length uint32) error {
-	if length > uint32(s.cfg.SessionWindow) {
-		return fmt.Errorf("%w: DATA frame of %d bytes exceeds the session window", ErrProtocol, length)
-	}
-	if id == 0 {
-		return fmt.Errorf("%w: DATA frame on stream 0", ErrProtocol)
-	}
-	// Session window first: even data for a dead stream used it.
-	s.recvMu.Lock()
-	err := s.recvWin.received(int64(length))
-	s.recvMu.Unlock()
-	if err != nil {
-		return err
-	}
-	s.bytesIn.Add(uint64(length))
-	s.mu.Lock()
-	st := s.streams[id]
-	unknown := st == nil && (s.isPeerID(id) && id > s.lastPeerID || !s.isPeerID(id) && id >= s.nextID)
-	s.mu.Unlock()
-	if st == nil {
-		// Data for a stream that ended (in flight when we reset it) is
-		// dropped; data for a stream never opened is an error.
-		if _, err := s.br.Discard(int(length)); err != nil {
-			return err
-		}
-		s.sessionConsumed(int64(length))
-		if unknown {
-			s.queueControl(&spdy.RstStreamFrame{StreamId: spdy.StreamId(id), Status: spdy.InvalidStream})
-		}
-		return nil
-	}
-	// Small payloads are read into the reader's scratch buffer and packed
-	// into the stream's buffers; big ones are read straight into a pooled
-	// buffer the stream keeps (no copy); huge ones (amahi/spdy sends frames
-	// up to 16 MiB) get their own allocation.
-	var buf []byte
-	owned := false
-	if length > 0 {
-		switch {
-		case length < recvBufferSize/4:
-			buf = s.rbuf[:length]
-		case length <= recvBufferSize:
-			buf, owned = recvBufPool.Get().(*[recvBufferSize]byte)[:length], true
-		default:
-			buf, owned = make([]byte, length), true
-		}
-		if _, err := io.ReadFull(s.br, buf); err != nil {
-			return err
-		}
-	}
-	st.receiveData(buf, owned, flags&uint8(spdy.DataFlagFin) != 0)
-	return nil
-}
-
-// sessionConsumed returns session-level credit for n bytes the application
-// consumed or we discarded.
-func (s *Session) sessionConsumed(n int64) {
-	if n <= 0 {
-		return
-	}
-	s.recvMu.Lock()
-	d := s.recvWin.consumed(n)
-	s.recvMu.Unlock()
-	if d > 0 {
-		s.queueControl(&spdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: uint32(d)})
-	}
-}
-
-func (s *Session) handleControl(f spdy.Frame) error {
-	switch f := f.(type) {
-	case *spdy.SynStreamFrame:
-		return s.handleSynStream(f)
-	case *spdy.SynReplyFrame:
-		s.mu.Lock()
-		st := s.streams[uint32(f.StreamId)]
-		s.mu.Unlock()
-		if st == nil || s.isPeerID(uint32(f.StreamId)) {
-			s.queueControl(&spdy.RstStreamFrame{StreamId: f.StreamId, Status: spdy.InvalidStream})
-			return nil
-		}
-		st.receiveReply(f.Headers, f.CFHeader.Flags&spdy.ControlFlagFin != 0)
-	case *spdy.HeadersFrame:
-		// Extra headers (trailers): we do not surface them, but FIN counts.
-		s.mu.Lock()
-		st := s.streams[uint32(f.StreamId)]
-		s.mu.Unlock()
-		if st != nil && f.CFHeader.Flags&spdy.ControlFlagFin != 0 {
-			st.receiveData(nil, false, true)
-		}
-	case *spdy.RstStreamFrame:
-		s.mu.Lock()
-		st := s.streams[uint32(f.StreamId)]
-		s.mu.Unlock()
-		if st != nil {
-			st.abort(&StreamError{StreamID: uint32(f.StreamId), Status: uint32(f.Status), Remote: true})
-		}
-	case *spdy.SettingsFrame:
-		return s.handleSettings(f)
-	case *spdy.PingFrame:
-		s.handlePing(f.Id)
-	case *spdy.GoAwayFrame:
-		s.handleGoAway(uint32(f.LastGoodStreamId), uint32(f.Status))
-	case *spdy.WindowUpdateFrame:
-		return s.handleWindowUpdate(uint32(f.StreamId), int64(f.DeltaWindowSize))
-	}
-	return nil
-}
-
-func (s *Session) handleSettings(f *spdy.SettingsFrame) error {
-	for _, v := range f.FlagIdValues {
-		switch v.Id {
-		case spdy.SettingsMaxConcurrentStreams:
-			s.mu.Lock()
-			grew := v.Value > s.peerMaxStreams
-			s.peerMaxStreams = v.Value
-			s.mu.Unlock()
-			if grew {
-				s.wakeSlotWaiters()
-			}
-		case spdy.SettingsInitialWindowSize:
-			if v.Value > maxWindow {
-				return fmt.Errorf("%w: INITIAL_WINDOW_SIZE %d too large", ErrProtocol, v.Value)
-			}
-			s.mu.Lock()
-			s.peerKnowsFlow = true
-			delta := int64(v.Value) - s.peerInitWindow
-			s.peerInitWindow = int64(v.Value)
-			var wake []*stream
-			for _, st := range s.streams {
-				if err := st.sendWin.add(delta); err != nil {
-					s.mu.Unlock()
-					return err
-				}
-				wake = append(wake, st)
-			}
-			s.mu.Unlock()
-			if delta > 0 {
-				for _, st := range wake {
-					st.wakeSender()
-				}
-			}
-		}
-	}
-	return nil
-}
-
-func (s *Session) handleWindowUpdate(id uint32, delta int64) error {
-	delta &= 0x7fffffff
-	if delta == 0 {
-		return fmt.Errorf("%w: WINDOW_UPDATE with zero delta", ErrProtocol)
-	}
-	s.mu.Lock()
-	if id == 0 {
-		if err := s.sendWin.add(delta); err != nil {
-			s.mu.Unlock()
-			return err
-		}
-		waiters := s.winWaiters
-		s.winWaiters = nil
-		for _, st := range waiters {
-			st.waitsForSession = false
-		}
-		s.mu.Unlock()
-		for _, st := range waiters {
-			st.wakeSender()
-		}
-		return nil
-	}
-	st := s.streams[id]
-	if st == nil {
-		s.mu.Unlock()
-		return nil // the stream ended while the update was in flight
-	}
-	err := st.sendWin.add(delta)
-	s.mu.Unlock()
-	if err != nil {
-		st.resetLocal(StatusFlowControlError)
-		return nil
-	}
-	st.wakeSender()
-	return nil
 }
 
 func (s *Session) handleGoAway(lastGood, status uint32) {
@@ -919,63 +626,19 @@ func (s *Session) handleGoAway(lastGood, status uint32) {
 	}
 }
 
-// --- stream table -----------------------------------------------------------
-
-func (s *Session) handleSynStream(f *spdy.SynStreamFrame) error {
-	id := uint32(f.StreamId)
-	fin := f.CFHeader.Flags&spdy.ControlFlagFin != 0
-	s.mu.Lock()
-	if !s.isPeerID(id) {
-		if s.client && f.CFHeader.Flags&spdy.ControlFlagUnidirectional != 0 {
-			// Server push: we never accept it.
-			s.mu.Unlock()
-			s.queueControl(&spdy.RstStreamFrame{StreamId: f.StreamId, Status: spdy.RefusedStream})
-			return nil
-		}
-		s.mu.Unlock()
-		return fmt.Errorf("%w: peer opened stream %d with our parity", ErrProtocol, id)
-	}
-	if id <= s.lastPeerID {
-		s.mu.Unlock()
-		return fmt.Errorf("%w: stream id %d not above %d", ErrProtocol, id, s.lastPeerID)
-	}
-	s.lastPeerID = id
-	if f.CFHeader.Flags&spdy.ControlFlagUnidirectional != 0 || s.client {
-		s.mu.Unlock()
-		s.queueControl(&spdy.RstStreamFrame{StreamId: f.StreamId, Status: spdy.RefusedStream})
-		return nil
-	}
-	// Streams whose final frame is queued do not count: the peer may have
-	// seen that FIN and reused the slot before the handler goroutine
-	// removed the stream from the table.
-	if s.goAwaySent || uint32(s.peerStreams-s.peerClosing) >= s.cfg.MaxConcurrentStreams {
-		s.mu.Unlock()
-		s.queueControl(&spdy.RstStreamFrame{StreamId: f.StreamId, Status: spdy.RefusedStream})
-		return nil
-	}
-	st := s.newStreamLocked(id)
-	s.peerStreams++
-	if fin {
-		st.remoteFin = true
-	}
-	s.mu.Unlock()
-	s.streamsTot.Add(1)
-	s.handlersWG.Add(1)
-	go s.serve(st, f.Headers, fin)
-	return nil
-}
-
-// newStreamLocked creates and registers a stream; s.mu is held.
+// newStreamLocked creates and registers a stream; s.mu is held. Its
+// receive window starts at SPDY's default (flow.go).
 func (s *Session) newStreamLocked(id uint32) *stream {
 	threshold := int64(smallUpdateThreshold)
-	if s.peerKnowsFlow {
-		threshold = int64(s.cfg.StreamWindow) / updateFraction
+	if s.peerKnowsFlow.Load() {
+		threshold = defaultWindow / updateFraction
 	}
 	st := &stream{
 		s:         s,
 		id:        id,
 		sendWin:   sendWindow{n: s.peerInitWindow},
-		recvWin:   newRecvWindow(int64(s.cfg.StreamWindow), threshold),
+		recvWin:   newRecvWindow(defaultWindow, threshold),
+		tuneStart: time.Now(),
 		readWake:  make(chan struct{}, 1),
 		sendWake:  make(chan struct{}, 1),
 		written:   make(chan error, 1),
@@ -1007,6 +670,11 @@ func (s *Session) removeStream(st *stream) {
 		return
 	}
 	delete(s.streams, st.id)
+	st.mu.Lock()
+	extra := st.extra
+	st.extra = 0
+	st.mu.Unlock()
+	s.giveBudget(extra)
 	if s.isPeerID(st.id) {
 		s.peerStreams--
 		if st.finQueued {
@@ -1057,7 +725,7 @@ func (s *Session) wakeSlotWaiters() {
 func (s *Session) handlePing(id uint32) {
 	ours := id%2 == 1 == s.client
 	if !ours {
-		s.queueControl(&spdy.PingFrame{Id: id})
+		s.queueControl(&mspdy.PingFrame{Id: id})
 		return
 	}
 	s.pingMu.Lock()
@@ -1085,7 +753,7 @@ func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
 	s.pings[id] = ch
 	s.pingMu.Unlock()
 	start := time.Now()
-	s.queueControl(&spdy.PingFrame{Id: id})
+	s.queueControl(&mspdy.PingFrame{Id: id})
 	select {
 	case <-ch:
 		if err := s.Err(); err != nil {
@@ -1102,24 +770,64 @@ func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
 	}
 }
 
-// keepalive pings the peer every PingInterval and closes the session when a
-// ping goes unanswered for PingTimeout.
+// keepalive measures the round trip at once (windows grow by it, see
+// flow.go), then pings the peer every PingInterval and closes the session
+// when a ping goes unanswered for PingTimeout.
 func (s *Session) keepalive() {
+	ping := func() bool {
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.PingTimeout)
+		_, err := s.Ping(ctx)
+		cancel()
+		return err == nil || !errors.Is(err, context.DeadlineExceeded)
+	}
+	ok := ping()
+	if s.cfg.PingInterval <= 0 {
+		return
+	}
 	t := time.NewTicker(s.cfg.PingInterval)
 	defer t.Stop()
+	for ok {
+		select {
+		case <-s.closed:
+			return
+		case <-t.C:
+		}
+		ok = ping()
+	}
+	s.log.Warnw("spdy: peer did not answer PING; closing session", "remote", s.remoteAddr.String(), "timeout", s.cfg.PingTimeout.String())
+	s.closeWith(ErrPingTimeout, true, mspdy.GoAwayOK)
+}
+
+// idleTicks is how many watchdog ticks make StreamIdleTimeout.
+const idleTicks = 4
+
+// watchdog resets streams blocked for StreamIdleTimeout on a party that
+// makes no progress (stream.go sets the marks it reads). It ticks four
+// times per timeout, so a stream is reset between one timeout and one and
+// a quarter after it began to wait.
+func (s *Session) watchdog() {
+	t := time.NewTicker(s.cfg.StreamIdleTimeout / idleTicks)
+	defer t.Stop()
+	var list []*stream
 	for {
 		select {
 		case <-s.closed:
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.PingTimeout)
-		_, err := s.Ping(ctx)
-		cancel()
-		if err != nil && errors.Is(err, context.DeadlineExceeded) {
-			s.log.Warnw("spdy: peer did not answer PING; closing session", "remote", s.remoteAddr.String(), "timeout", s.cfg.PingTimeout.String())
-			s.closeWith(ErrPingTimeout, true, spdy.GoAwayOK)
-			return
+		now := s.clock.Add(1)
+		s.mu.Lock()
+		list = list[:0]
+		for _, st := range s.streams {
+			list = append(list, st)
 		}
+		s.mu.Unlock()
+		for _, st := range list {
+			if cause := st.idle(now); cause != nil {
+				s.log.Debugw("spdy: resetting idle stream", "remote", s.remoteAddr.String(), "stream", st.id, "cause", cause.Error())
+				st.resetLocal(StatusCancel, cause)
+			}
+		}
+		clear(list)
 	}
 }

@@ -820,24 +820,22 @@ func TestConfigValidate(t *testing.T) {
 		wantOK bool
 	}{
 		{"default", func(*Config) {}, true},
-		{"keepalive off", func(c *Config) { c.PingInterval = 0 }, true},
-		{"no write timeout", func(c *Config) { c.WriteTimeout = 0 }, true},
+		{"keepalive off", func(c *Config) { c.PingInterval = -1 }, true},
+		{"no write timeout", func(c *Config) { c.WriteTimeout = -1 }, true},
+		{"no idle timeout", func(c *Config) { c.StreamIdleTimeout = -1 }, true},
+		{"unbounded queue wait", func(c *Config) { c.StreamQueueTimeout = -1 }, true},
 		{"minimum windows", func(c *Config) { c.StreamWindow, c.SessionWindow = 64<<10, 64<<10 }, true},
 		{"max windows", func(c *Config) { c.StreamWindow, c.SessionWindow = maxWindow, maxWindow }, true},
-		{"no upgrades", func(c *Config) { c.MaxUpgradedStreams = 0 }, true},
 		{"minimal header limits", func(c *Config) { c.MaxHeaderBytes, c.MaxHeaderCount = 1024, 16 }, true},
+		{"zero value: all defaults", func(c *Config) { *c = Config{} }, true},
+		{"zero fields are defaults", func(c *Config) { c.StreamWindow, c.MaxConcurrentStreams, c.PingTimeout, c.MaxUpgradedStreams = 0, 0, 0, 0 }, true},
 		{"stream window too small", func(c *Config) { c.StreamWindow = 64<<10 - 1 }, false},
-		{"stream window zero", func(c *Config) { c.StreamWindow = 0 }, false},
 		{"stream window negative", func(c *Config) { c.StreamWindow = -1 }, false},
 		{"session window below stream", func(c *Config) { c.SessionWindow = c.StreamWindow - 1 }, false},
-		{"zero max streams", func(c *Config) { c.MaxConcurrentStreams = 0 }, false},
-		{"negative ping interval", func(c *Config) { c.PingInterval = -time.Second }, false},
-		{"zero ping timeout", func(c *Config) { c.PingTimeout = 0 }, false},
-		{"negative write timeout", func(c *Config) { c.WriteTimeout = -1 }, false},
+		{"negative ping timeout", func(c *Config) { c.PingTimeout = -time.Second }, false},
 		{"header bytes too small", func(c *Config) { c.MaxHeaderBytes = 1023 }, false},
 		{"header count too small", func(c *Config) { c.MaxHeaderCount = 15 }, false},
-		{"negative upgrades", func(c *Config) { c.MaxUpgradedStreams = -1 }, false},
-		{"zero value", func(c *Config) { *c = Config{} }, false},
+		{"no upgrades", func(c *Config) { c.MaxUpgradedStreams = -1 }, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -866,10 +864,10 @@ func TestConfigValidate(t *testing.T) {
 	}
 	// Every problem is reported, not only the first.
 	bad := DefaultConfig()
-	bad.MaxConcurrentStreams = 0
-	bad.PingTimeout = 0
+	bad.StreamWindow = -1
+	bad.PingTimeout = -1
 	err := bad.Validate()
-	if err == nil || !strings.Contains(err.Error(), "concurrent") || !strings.Contains(err.Error(), "ping timeout") {
+	if err == nil || !strings.Contains(err.Error(), "stream window") || !strings.Contains(err.Error(), "ping timeout") {
 		t.Fatalf("combined error %v", err)
 	}
 }

@@ -7,8 +7,9 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
-	"github.com/moby/spdystream/spdy"
+	mspdy "github.com/moby/spdystream/spdy"
 )
 
 var (
@@ -28,7 +29,10 @@ type stream struct {
 
 	mu              sync.Mutex // guards the fields below
 	recvWin         recvWindow
-	chunks          [][]byte // unread DATA payloads, oldest first
+	extra           int64     // budget this stream holds beyond defaultWindow (given back when it ends)
+	tuneStart       time.Time // when the current window's worth of consumption began (see grow)
+	tuneBytes       int64     // consumed since tuneStart
+	chunks          [][]byte  // unread DATA payloads, oldest first
 	chunkOff        int      // read offset into chunks[0]
 	buffered        int      // unread bytes in chunks
 	received        int64    // DATA bytes received in all
@@ -45,6 +49,12 @@ type stream struct {
 	finQueued       bool // guarded by s.mu: our FIN went to the writer, the peer may see the stream closed
 	head            bool // a HEAD request we sent: its response has no body
 	onFinish        func()
+
+	// Idle watchdog marks (session clock ticks; 0: not waiting). See
+	// Session.watchdog.
+	readWaitSince int64 // data is buffered, unread since
+	sendWaitSince int64 // our DATA waits for the stream's send window since
+	bodyWaitSince int64 // (client, before the reply) the request body source has given nothing since
 
 	readWake chan struct{} // data, FIN or error arrived
 	sendWake chan struct{} // window grew, or the stream ended
@@ -95,66 +105,61 @@ func (st *stream) appendLocked(p []byte, owned bool) {
 	st.chunks = append(st.chunks, append(buf, p...))
 }
 
-// dropLocked discards all buffered data and returns how much it was.
-func (st *stream) dropLocked() int {
-	n := st.buffered
+// dropLocked discards all buffered data.
+func (st *stream) dropLocked() {
 	for _, c := range st.chunks {
 		releaseChunk(c)
 	}
 	st.chunks, st.chunkOff, st.buffered = nil, 0, 0
-	return n
 }
 
-// receiveData is called by the reader goroutine with one DATA payload; p
-// is only valid during the call unless owned.
-func (st *stream) receiveData(p []byte, owned, fin bool) {
-	n := int64(len(p))
-	kept := false
-	if owned {
-		defer func() {
-			if !kept {
-				releaseChunk(p)
-			}
-		}()
-	}
+// admitData checks a DATA frame of n bytes against the stream before its
+// payload is read: FIN already seen, the window we granted, the declared
+// length. keep is false when the application reads no more (the payload is
+// discarded). A refusal resets the stream.
+func (st *stream) admitData(n int64) (keep bool, refused *refusal) {
 	st.mu.Lock()
+	defer st.mu.Unlock()
 	if st.remoteFin {
-		st.mu.Unlock()
-		st.s.sessionConsumed(n)
-		st.resetLocal(StatusStreamAlreadyClosed)
-		return
+		return false, &refusal{Status: StatusStreamAlreadyClosed, Reason: "DATA after the stream's FIN"}
 	}
-	if err := st.recvWin.received(n); err != nil {
-		st.mu.Unlock()
-		st.s.sessionConsumed(n)
-		st.s.log.Warnw("spdy: peer overran a stream's window", "stream", st.id, "error", err)
-		st.resetLocal(StatusFlowControlError)
-		return
+	if err := st.recvWin.received(n); err != nil && !st.tolerateOverrunLocked(n) {
+		return false, &refusal{Status: StatusFlowControlError, Reason: err.Error()}
 	}
 	st.received += n
 	if st.contentLn >= 0 && st.received > st.contentLn {
+		return false, &refusal{Status: StatusProtocolError, Reason: fmt.Sprintf("body longer than its content-length %d", st.contentLn)}
+	}
+	return !st.readClosed && st.err == nil, nil
+}
+
+// push stores a payload admitted by admitData; p is only valid during the
+// call unless owned.
+func (st *stream) push(p []byte, owned bool) {
+	st.mu.Lock()
+	if st.readClosed || st.err != nil {
 		st.mu.Unlock()
-		st.s.sessionConsumed(n)
-		st.resetLocal(StatusProtocolError)
+		if owned {
+			releaseChunk(p)
+		}
 		return
 	}
-	discard := st.readClosed || st.err != nil
-	if n > 0 && !discard {
-		st.appendLocked(p, owned)
-		st.buffered += len(p)
-		kept = owned
+	if st.buffered == 0 {
+		st.readWaitSince = st.s.clock.Load()
 	}
-	if fin {
-		st.remoteFin = true
-	}
+	st.appendLocked(p, owned)
+	st.buffered += len(p)
 	st.mu.Unlock()
-	if discard {
-		st.s.sessionConsumed(n)
-	}
 	signal(st.readWake)
-	if fin {
-		st.maybeFinish()
-	}
+}
+
+// endRemote records the peer's FIN.
+func (st *stream) endRemote() {
+	st.mu.Lock()
+	st.remoteFin = true
+	st.mu.Unlock()
+	signal(st.readWake)
+	st.maybeFinish()
 }
 
 // receiveReply records SYN_REPLY (client streams).
@@ -162,7 +167,7 @@ func (st *stream) receiveReply(h http.Header, fin bool) {
 	st.mu.Lock()
 	if st.replyHdr != nil {
 		st.mu.Unlock()
-		st.resetLocal(StatusStreamInUse)
+		st.resetLocal(StatusStreamInUse, errors.New("a second SYN_REPLY"))
 		return
 	}
 	st.replyHdr = h
@@ -205,14 +210,21 @@ func (st *stream) read(p []byte) (int, error) {
 			if len(st.chunks) == 0 {
 				st.chunks = nil
 			}
+			if st.buffered > 0 {
+				st.readWaitSince = st.s.clock.Load()
+			} else {
+				st.readWaitSince = 0
+			}
 			var update int64
 			if !st.remoteFin && st.err == nil {
-				update = st.recvWin.consumed(int64(n))
+				st.tuneBytes += int64(n)
+				if update = st.recvWin.consumed(int64(n)); update > 0 {
+					update += st.growLocked()
+				}
 			}
 			st.mu.Unlock()
-			st.s.sessionConsumed(int64(n))
 			if update > 0 {
-				st.s.queueControl(&spdy.WindowUpdateFrame{StreamId: spdy.StreamId(st.id), DeltaWindowSize: uint32(update)})
+				st.s.queueControl(&mspdy.WindowUpdateFrame{StreamId: mspdy.StreamId(st.id), DeltaWindowSize: uint32(update)})
 			}
 			return n, nil
 		}
@@ -240,13 +252,13 @@ func (st *stream) read(p []byte) (int, error) {
 }
 
 // closeRead tells the stream the application reads no more; buffered and
-// future data is discarded and its credit returned.
+// future data is discarded.
 func (st *stream) closeRead() {
 	st.mu.Lock()
 	st.readClosed = true
-	dropped := st.dropLocked()
+	st.dropLocked()
+	st.readWaitSince = 0
 	st.mu.Unlock()
-	st.s.sessionConsumed(int64(dropped))
 	signal(st.readWake)
 }
 
@@ -294,12 +306,26 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 		s.mu.Lock()
 		n := min(int64(len(p)), st.sendWin.available(), s.sendWin.available(), maxDataFrame)
 		if n == 0 && len(p) > 0 {
+			onStream := st.sendWin.available() == 0
 			if s.sendWin.available() == 0 && !st.waitsForSession {
 				st.waitsForSession = true
 				s.winWaiters = append(s.winWaiters, st)
 			}
 			s.mu.Unlock()
+			// Only the stream's own window counts for the idle watchdog:
+			// the session window is shared, and waiting for it says
+			// nothing about this stream's peer.
+			if onStream {
+				st.mu.Lock()
+				st.sendWaitSince = s.clock.Load()
+				st.mu.Unlock()
+			}
 			<-st.sendWake
+			if onStream {
+				st.mu.Lock()
+				st.sendWaitSince = 0
+				st.mu.Unlock()
+			}
 			continue
 		}
 		st.sendWin.take(n)
@@ -338,10 +364,11 @@ func (st *stream) closeWrite() error {
 	return err
 }
 
-// resetLocal resets the stream with RST_STREAM status and ends it.
-func (st *stream) resetLocal(status uint32) {
-	if st.abortWith(&StreamError{StreamID: st.id, Status: status}) {
-		st.s.queueControl(&spdy.RstStreamFrame{StreamId: spdy.StreamId(st.id), Status: spdy.RstStreamStatus(status)})
+// resetLocal resets the stream with RST_STREAM status and ends it; cause,
+// which may be nil, says why (StreamError.Cause).
+func (st *stream) resetLocal(status RSTStatus, cause error) {
+	if st.abortWith(&StreamError{StreamID: st.id, Status: status, Cause: cause}) {
+		st.s.queueControl(&mspdy.RstStreamFrame{StreamId: mspdy.StreamId(st.id), Status: mspdy.RstStreamStatus(status)})
 	}
 }
 
@@ -351,7 +378,7 @@ func (st *stream) abort(err error) { st.abortWith(err) }
 
 // abortWith records err and finishes the stream; it reports false if the
 // stream had already finished. Data the peer completed (FIN received) stays
-// readable; otherwise buffered data is dropped and its credit returned.
+// readable; otherwise buffered data is dropped.
 func (st *stream) abortWith(err error) bool {
 	st.mu.Lock()
 	if st.finished || st.aborted {
@@ -370,12 +397,11 @@ func (st *stream) abortWith(err error) bool {
 		// just finished, ahead of the FIN).
 		st.remoteFin = true
 	}
-	dropped := 0
 	if !st.remoteFin {
-		dropped = st.dropLocked()
+		st.dropLocked()
 	}
+	st.readWaitSince, st.sendWaitSince, st.bodyWaitSince = 0, 0, 0
 	st.mu.Unlock()
-	st.s.sessionConsumed(int64(dropped))
 	signal(st.readWake)
 	signal(st.sendWake)
 	st.finish()
@@ -417,4 +443,22 @@ func (st *stream) finish() {
 	if onFinish != nil {
 		onFinish()
 	}
+}
+
+// idle reports why the stream has waited too long on a party that makes no
+// progress, at watchdog tick now, or nil.
+func (st *stream) idle(now int64) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	over := func(since int64) bool { return since != 0 && now-since > idleTicks }
+	timeout := st.s.cfg.StreamIdleTimeout
+	switch {
+	case over(st.readWaitSince):
+		return fmt.Errorf("%w: %d bytes unread for %s", ErrStreamIdle, st.buffered, timeout)
+	case over(st.sendWaitSince):
+		return fmt.Errorf("%w: the peer opened no window for %s", ErrStreamIdle, timeout)
+	case over(st.bodyWaitSince) && st.replyHdr == nil:
+		return fmt.Errorf("%w: no request body bytes for %s", ErrRequestBodyTimeout, timeout)
+	}
+	return nil
 }

@@ -1,0 +1,508 @@
+package spdy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	mspdy "github.com/moby/spdystream/spdy"
+)
+
+// The reader goroutine: one frame at a time off the connection. We parse
+// frames ourselves (the codec is used for writing only): every length is
+// checked against its type before anything is read, header blocks go
+// through the session's inflater (headerblock.go), which bounds what they
+// cost, and DATA is read straight into the stream's buffers after its
+// window was checked, never in one allocation the size of its claim.
+
+// Control frame types and flags (SPDY/3 section 2.6).
+const (
+	typeSynStream    = 1
+	typeSynReply     = 2
+	typeRstStream    = 3
+	typeSettings     = 4
+	typePing         = 6
+	typeGoAway       = 7
+	typeHeaders      = 8
+	typeWindowUpdate = 9
+
+	flagFin            = 0x01
+	flagUnidirectional = 0x02
+
+	settingMaxConcurrentStreams = 4
+	settingInitialWindowSize    = 7
+)
+
+func (s *Session) readLoop() {
+	defer close(s.readerDone)
+	for {
+		err := s.readFrame()
+		if err == nil {
+			continue
+		}
+		select {
+		case <-s.closed:
+			return
+		default:
+		}
+		switch {
+		case errors.Is(err, io.EOF):
+			s.closeWith(fmt.Errorf("spdy: connection closed by peer: %w", io.EOF), false, 0)
+		case errors.Is(err, ErrProtocol):
+			s.protocolError(err)
+		default:
+			s.closeWith(fmt.Errorf("spdy: reading from connection: %w", err), false, 0)
+		}
+		return
+	}
+}
+
+// readFrame reads and handles one frame.
+func (s *Session) readFrame() error {
+	hd, err := s.br.Peek(8)
+	if err != nil {
+		if len(hd) > 0 && errors.Is(err, io.EOF) {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	s.lastRecv.Store(time.Now().UnixNano())
+	w0 := binary.BigEndian.Uint32(hd[0:4])
+	w1 := binary.BigEndian.Uint32(hd[4:8])
+	flags, length := uint8(w1>>24), int(w1&0xffffff)
+	s.br.Discard(8)
+	if w0&0x80000000 == 0 {
+		return s.readData(w0&0x7fffffff, flags, length)
+	}
+	version, typ := (w0>>16)&0x7fff, w0&0xffff
+	if version != 3 {
+		return fmt.Errorf("%w: unsupported SPDY version %d", ErrProtocol, version)
+	}
+	switch typ {
+	case typeSynStream:
+		if length < 10 {
+			return badLength("SYN_STREAM", length)
+		}
+		p, err := s.peek(10)
+		if err != nil {
+			return err
+		}
+		id, assoc := binary.BigEndian.Uint32(p)&0x7fffffff, binary.BigEndian.Uint32(p[4:])&0x7fffffff
+		priority := p[8] >> 5
+		s.br.Discard(10)
+		return s.handleSynStream(id, assoc, priority, flags, length-10)
+	case typeSynReply, typeHeaders:
+		if length < 4 {
+			return badLength("SYN_REPLY/HEADERS", length)
+		}
+		p, err := s.peek(4)
+		if err != nil {
+			return err
+		}
+		id := binary.BigEndian.Uint32(p) & 0x7fffffff
+		s.br.Discard(4)
+		if typ == typeSynReply {
+			return s.handleSynReply(id, flags, length-4)
+		}
+		return s.handleHeaders(id, flags, length-4)
+	case typeRstStream, typeGoAway, typeWindowUpdate:
+		if length != 8 {
+			return badLength("RST_STREAM/GOAWAY/WINDOW_UPDATE", length)
+		}
+		p, err := s.peek(8)
+		if err != nil {
+			return err
+		}
+		a, b := binary.BigEndian.Uint32(p), binary.BigEndian.Uint32(p[4:])
+		s.br.Discard(8)
+		switch typ {
+		case typeRstStream:
+			return s.handleRst(a&0x7fffffff, RSTStatus(b))
+		case typeGoAway:
+			s.handleGoAway(a&0x7fffffff, b)
+			return nil
+		default:
+			return s.handleWindowUpdate(a&0x7fffffff, int64(b&0x7fffffff))
+		}
+	case typePing:
+		if length != 4 {
+			return badLength("PING", length)
+		}
+		p, err := s.peek(4)
+		if err != nil {
+			return err
+		}
+		id := binary.BigEndian.Uint32(p)
+		s.br.Discard(4)
+		s.handlePing(id)
+		return nil
+	case typeSettings:
+		if length < 4 || (length-4)%8 != 0 || length > 8<<10 {
+			return badLength("SETTINGS", length)
+		}
+		p, err := s.peek(length)
+		if err != nil {
+			return err
+		}
+		err = s.handleSettings(p)
+		s.br.Discard(length)
+		return err
+	default:
+		// Unknown control frames are ignored (SPDY/3 section 2.2.1).
+		_, err := s.br.Discard(length)
+		return err
+	}
+}
+
+func badLength(what string, length int) error {
+	return fmt.Errorf("%w: %s frame with bad length %d", ErrProtocol, what, length)
+}
+
+// peek returns the next n bytes of the frame without consuming them.
+func (s *Session) peek(n int) ([]byte, error) {
+	p, err := s.br.Peek(n)
+	if err != nil && errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return p, err
+}
+
+// readHeaderBlock inflates the n-byte header block that follows. With keep
+// false (a block for a stream we refuse or do not know) it is inflated and
+// dropped: the compression context must move on either way. A *refusal
+// is a refusal of this block only; any other error ends the session.
+func (s *Session) readHeaderBlock(n int, keep bool) (http.Header, error) {
+	block, over, err := s.inflater.inflate(s.br, n, s.limits)
+	if err != nil {
+		return nil, err
+	}
+	if !keep {
+		return nil, nil
+	}
+	if over {
+		return nil, &refusal{Status: StatusFrameTooLarge, Reason: fmt.Sprintf("header block larger than %d bytes", s.limits.bytes)}
+	}
+	return parseHeaderBlock(block, s.limits.values)
+}
+
+// refuseBlock logs a refused header block and resets its stream.
+func (s *Session) refuseBlock(id uint32, err error) {
+	var be *refusal
+	if !errors.As(err, &be) {
+		return
+	}
+	s.log.Warnw("spdy: refusing a header block; resetting its stream", "remote", s.remoteAddr.String(), "stream", id, "status", be.Status.String(), "reason", be.Reason)
+	s.resetPeerStream(id, be.Status, err)
+}
+
+// connection-specific headers SPDY forbids in a block (section 3.2.1).
+var (
+	forbiddenInRequest  = []string{"Connection", "Host", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding"}
+	forbiddenInResponse = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding"}
+)
+
+func checkForbidden(h http.Header, names []string) error {
+	for _, k := range names {
+		if _, ok := h[k]; ok {
+			return &refusal{Status: StatusProtocolError, Reason: "connection-specific header " + k}
+		}
+	}
+	return nil
+}
+
+func (s *Session) handleSynStream(id, assoc uint32, priority, flags uint8, n int) error {
+	fin := flags&flagFin != 0
+	if id == 0 {
+		return fmt.Errorf("%w: SYN_STREAM for stream 0", ErrProtocol)
+	}
+	refuse := func(why string) error {
+		if _, err := s.readHeaderBlock(n, false); err != nil {
+			return err
+		}
+		s.log.Debugw("spdy: refusing stream", "stream", id, "reason", why)
+		s.queueControl(&mspdy.RstStreamFrame{StreamId: mspdy.StreamId(id), Status: mspdy.RstStreamStatus(StatusRefusedStream)})
+		return nil
+	}
+	s.mu.Lock()
+	if !s.isPeerID(id) {
+		s.mu.Unlock()
+		if s.client && flags&flagUnidirectional != 0 {
+			return refuse("server push is not accepted")
+		}
+		return fmt.Errorf("%w: peer opened stream %d, an id of our parity", ErrProtocol, id)
+	}
+	if id <= s.lastPeerID {
+		last := s.lastPeerID
+		s.mu.Unlock()
+		return fmt.Errorf("%w: peer opened stream %d, not above its last stream %d", ErrProtocol, id, last)
+	}
+	s.lastPeerID = id
+	switch {
+	case flags&flagUnidirectional != 0 || s.client:
+		s.mu.Unlock()
+		return refuse("unidirectional or towards the client")
+	case s.goAwaySent:
+		s.mu.Unlock()
+		return refuse("going away")
+	case uint32(s.peerStreams-s.peerClosing) >= s.cfg.MaxConcurrentStreams:
+		// Streams whose final frame is queued do not count: the peer may
+		// have seen that FIN and reused the slot before the handler
+		// goroutine removed the stream from the table.
+		s.mu.Unlock()
+		return refuse("MAX_CONCURRENT_STREAMS reached")
+	}
+	st := s.newStreamLocked(id)
+	s.peerStreams++
+	st.remoteFin = fin
+	s.mu.Unlock()
+
+	h, err := s.readHeaderBlock(n, true)
+	if err == nil {
+		err = checkForbidden(h, forbiddenInRequest)
+	}
+	if err != nil {
+		var be *refusal
+		if errors.As(err, &be) {
+			s.refuseBlock(id, err)
+			return nil
+		}
+		return err
+	}
+	if !fin {
+		// The request has a body: open its window beyond the guaranteed
+		// 64 KiB at once, as far as the budget allows.
+		if f := s.grantStart(st); f != nil {
+			s.queueControl(f)
+		}
+	}
+	s.streamsTot.Add(1)
+	s.handlersWG.Add(1)
+	go s.serve(st, h, fin)
+	return nil
+}
+
+func (s *Session) handleSynReply(id uint32, flags uint8, n int) error {
+	s.mu.Lock()
+	st := s.streams[id]
+	s.mu.Unlock()
+	if st == nil || s.isPeerID(id) {
+		if _, err := s.readHeaderBlock(n, false); err != nil {
+			return err
+		}
+		s.queueControl(&mspdy.RstStreamFrame{StreamId: mspdy.StreamId(id), Status: mspdy.RstStreamStatus(StatusInvalidStream)})
+		return nil
+	}
+	h, err := s.readHeaderBlock(n, true)
+	if err == nil {
+		err = checkForbidden(h, forbiddenInResponse)
+	}
+	if err != nil {
+		var be *refusal
+		if errors.As(err, &be) {
+			s.refuseBlock(id, err)
+			return nil
+		}
+		return err
+	}
+	st.receiveReply(h, flags&flagFin != 0)
+	return nil
+}
+
+// handleHeaders takes a HEADERS frame (trailers). We do not surface them,
+// but the block must be inflated, and its FIN counts.
+func (s *Session) handleHeaders(id uint32, flags uint8, n int) error {
+	s.mu.Lock()
+	st := s.streams[id]
+	s.mu.Unlock()
+	if _, err := s.readHeaderBlock(n, false); err != nil {
+		return err
+	}
+	if st != nil && flags&flagFin != 0 {
+		st.endRemote()
+	}
+	return nil
+}
+
+func (s *Session) handleRst(id uint32, status RSTStatus) error {
+	if id == 0 || status == 0 {
+		return fmt.Errorf("%w: RST_STREAM for stream %d with status %d", ErrProtocol, id, status)
+	}
+	s.mu.Lock()
+	st := s.streams[id]
+	s.mu.Unlock()
+	if st != nil {
+		st.abort(&StreamError{StreamID: id, Status: status, Remote: true})
+	}
+	return nil
+}
+
+func (s *Session) handleSettings(p []byte) error {
+	count := binary.BigEndian.Uint32(p)
+	if uint64(count)*8 > uint64(len(p)-4) {
+		return fmt.Errorf("%w: SETTINGS claims %d entries in %d bytes", ErrProtocol, count, len(p))
+	}
+	for i := range count {
+		e := p[4+8*i:]
+		id, v := binary.BigEndian.Uint32(e)&0xffffff, binary.BigEndian.Uint32(e[4:])
+		switch id {
+		case settingMaxConcurrentStreams:
+			s.mu.Lock()
+			grew := v > s.peerMaxStreams
+			s.peerMaxStreams = v
+			s.mu.Unlock()
+			if grew {
+				s.wakeSlotWaiters()
+			}
+		case settingInitialWindowSize:
+			if v > maxWindow {
+				return fmt.Errorf("%w: INITIAL_WINDOW_SIZE %d too large", ErrProtocol, v)
+			}
+			if err := s.setPeerInitialWindow(int64(v)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// setPeerInitialWindow applies the peer's INITIAL_WINDOW_SIZE to every open
+// stream by the difference (SPDY/3.1 section 2.6.8).
+func (s *Session) setPeerInitialWindow(v int64) error {
+	s.mu.Lock()
+	s.peerKnowsFlow.Store(true)
+	delta := v - s.peerInitWindow
+	s.peerInitWindow = v
+	wake := make([]*stream, 0, len(s.streams))
+	for _, st := range s.streams {
+		if err := st.sendWin.add(delta); err != nil {
+			s.mu.Unlock()
+			return err
+		}
+		wake = append(wake, st)
+	}
+	s.mu.Unlock()
+	if delta > 0 {
+		for _, st := range wake {
+			st.wakeSender()
+		}
+	}
+	return nil
+}
+
+func (s *Session) handleWindowUpdate(id uint32, delta int64) error {
+	if delta == 0 {
+		return fmt.Errorf("%w: WINDOW_UPDATE with zero delta", ErrProtocol)
+	}
+	s.mu.Lock()
+	if id == 0 {
+		if err := s.sendWin.add(delta); err != nil {
+			s.mu.Unlock()
+			return err
+		}
+		waiters := s.winWaiters
+		s.winWaiters = nil
+		for _, st := range waiters {
+			st.waitsForSession = false
+		}
+		s.mu.Unlock()
+		for _, st := range waiters {
+			st.wakeSender()
+		}
+		return nil
+	}
+	st := s.streams[id]
+	if st == nil {
+		s.mu.Unlock()
+		return nil // the stream ended while the update was in flight
+	}
+	err := st.sendWin.add(delta)
+	s.mu.Unlock()
+	if err != nil {
+		st.resetLocal(StatusFlowControlError, err)
+		return nil
+	}
+	st.wakeSender()
+	return nil
+}
+
+// readData reads one DATA frame's payload. Session credit goes back as soon
+// as the payload is off the wire: the session window only paces what is in
+// flight, and what streams buffer is bounded by their own windows (see
+// flow.go), so one stream's stalled reader cannot hold the others up.
+func (s *Session) readData(id uint32, flags uint8, length int) error {
+	if id == 0 {
+		return fmt.Errorf("%w: DATA frame on stream 0", ErrProtocol)
+	}
+	n := int64(length)
+	s.recvMu.Lock()
+	err := s.recvWin.received(n)
+	s.recvMu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := s.readDataPayload(id, flags&flagFin != 0, length); err != nil {
+		return err
+	}
+	s.bytesIn.Add(uint64(n))
+	s.recvMu.Lock()
+	update := s.recvWin.consumed(n)
+	s.recvMu.Unlock()
+	if update > 0 {
+		s.queueControl(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: uint32(update)})
+	}
+	return nil
+}
+
+func (s *Session) readDataPayload(id uint32, fin bool, length int) error {
+	s.mu.Lock()
+	st := s.streams[id]
+	unknown := st == nil && (s.isPeerID(id) && id > s.lastPeerID || !s.isPeerID(id) && id >= s.nextID)
+	s.mu.Unlock()
+	if st == nil {
+		// Data for a stream that ended (in flight when we reset it) is
+		// dropped; data for a stream never opened is an error.
+		if unknown {
+			s.queueControl(&mspdy.RstStreamFrame{StreamId: mspdy.StreamId(id), Status: mspdy.RstStreamStatus(StatusInvalidStream)})
+		}
+		_, err := s.br.Discard(length)
+		return err
+	}
+	keep, refused := st.admitData(int64(length))
+	if refused != nil {
+		s.log.Debugw("spdy: refusing DATA; resetting its stream", "stream", id, "status", refused.Status.String(), "reason", refused.Reason)
+		st.resetLocal(refused.Status, refused)
+		_, err := s.br.Discard(length)
+		return err
+	}
+	if !keep {
+		if _, err := s.br.Discard(length); err != nil {
+			return err
+		}
+	}
+	// Small payloads are read into the reader's scratch buffer and packed
+	// into the stream's buffers; bigger ones straight into pooled buffers
+	// the stream keeps (no copy), one at a time whatever the frame claims.
+	for keep && length > 0 {
+		k := min(length, recvBufferSize)
+		owned := k >= recvBufferSize/4
+		buf := s.rbuf[:k]
+		if owned {
+			buf = recvBufPool.Get().(*[recvBufferSize]byte)[:k]
+		}
+		if _, err := io.ReadFull(s.br, buf); err != nil {
+			if owned {
+				releaseChunk(buf)
+			}
+			return err
+		}
+		st.push(buf, owned)
+		length -= k
+	}
+	if fin {
+		st.endRemote()
+	}
+	return nil
+}
