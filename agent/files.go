@@ -7,7 +7,9 @@ import (
 	"mime"
 	"net/http"
 	"os"
+	"path"
 	"strings"
+	"syscall"
 
 	"go.uber.org/zap"
 )
@@ -84,7 +86,36 @@ func (h *fileHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "spdy-origin-agent: static files (--root) accept only GET and HEAD")
 		return
 	}
+	if err := h.checkPath(r.URL.Path); err != nil {
+		// The client's mistake, not the agent's: http.FileServer would call it a 500.
+		h.log.Debug("refused an invalid path", zap.String("path", r.URL.Path), zap.Error(err))
+		writeError(w, http.StatusBadRequest, "spdy-origin-agent: invalid path")
+		return
+	}
 	h.files.ServeHTTP(w, r)
+}
+
+// errInvalidPath: a request path that no file under --root can have.
+var errInvalidPath = errors.New("invalid path")
+
+// checkPath reports a request path that no file can have: one with a NUL
+// byte, one that is not a valid fs.FS path (invalid UTF-8), or one the
+// filesystem refuses as a name (EINVAL, ENAMETOOLONG). The filesystem is
+// asked with a Stat of the name http.FileServer will open, so its own rules
+// decide, not a copy of them here.
+func (h *fileHandler) checkPath(p string) error {
+	if strings.IndexByte(p, 0) >= 0 {
+		return fmt.Errorf("%w: NUL byte", errInvalidPath)
+	}
+	name := strings.TrimPrefix(path.Clean("/"+p), "/")
+	if name == "" {
+		name = "."
+	}
+	_, err := fs.Stat(h.root.FS(), name)
+	if errors.Is(err, fs.ErrInvalid) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENAMETOOLONG) {
+		return fmt.Errorf("%w: %w", errInvalidPath, err)
+	}
+	return nil
 }
 
 // escapeGuardFS turns os.Root's "path escapes from parent" (a symlink pointing out of

@@ -37,6 +37,25 @@ func makeRoot(t *testing.T) string {
 	return root
 }
 
+// rootHandler serves a makeRoot tree; it returns the tree's path too.
+func rootHandler(t *testing.T) (*fileHandler, string) {
+	t.Helper()
+	root := makeRoot(t)
+	h, err := newFileHandler(root, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.close)
+	return h, root
+}
+
+// getFile is a GET of target straight to h.
+func getFile(h http.Handler, target string) *httptest.ResponseRecorder {
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, target, nil))
+	return w
+}
+
 // traversalTargets are request targets (as sent on the wire) that must never reach
 // anything outside the root.
 var traversalTargets = []string{
@@ -72,34 +91,21 @@ func checkNoEscape(t *testing.T, target string, status int, body string) {
 }
 
 func TestFileHandlerNoEscape(t *testing.T) {
-	root := makeRoot(t)
-	h, err := newFileHandler(root, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.close()
+	h, _ := rootHandler(t)
 	for _, target := range traversalTargets {
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, target, nil))
+		w := getFile(h, target)
 		checkNoEscape(t, target, w.Code, w.Body.String())
 	}
 	// Symlinks that leave the root are refused with 403, not a 500.
 	for _, target := range []string{"/link-out", "/link-abs-out"} {
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, target, nil))
-		if w.Code != http.StatusForbidden {
+		if w := getFile(h, target); w.Code != http.StatusForbidden {
 			t.Errorf("%s: status %d, want 403", target, w.Code)
 		}
 	}
 }
 
 func TestFileHandlerServes(t *testing.T) {
-	root := makeRoot(t)
-	h, err := newFileHandler(root, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.close()
+	h, _ := rootHandler(t)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	c := &http.Client{Transport: &http.Transport{}}
@@ -180,21 +186,12 @@ func fileCases(t *testing.T, c *http.Client, base string) {
 // A named pipe under the root would block the stream for ever on open;
 // only regular files and directories are served.
 func TestFileHandlerRefusesSpecialFiles(t *testing.T) {
-	root := makeRoot(t)
+	h, root := rootHandler(t)
 	if err := syscall.Mkfifo(filepath.Join(root, "pipe"), 0o644); err != nil {
 		t.Skipf("mkfifo: %v", err)
 	}
-	h, err := newFileHandler(root, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.close()
 	done := make(chan int, 1)
-	go func() {
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/pipe", nil))
-		done <- w.Code
-	}()
+	go func() { done <- getFile(h, "/pipe").Code }()
 	select {
 	case code := <-done:
 		if code != http.StatusForbidden {
@@ -207,5 +204,33 @@ func TestFileHandlerRefusesSpecialFiles(t *testing.T) {
 		}
 		<-done
 		t.Fatal("GET /pipe blocked: a named pipe was opened")
+	}
+}
+
+// A path no file can have (a NUL byte, invalid UTF-8, a name longer than the
+// filesystem allows) is the client's mistake: 400, not a 500 that reads as a
+// fault of the agent.
+func TestFileHandlerInvalidPath(t *testing.T) {
+	h, _ := rootHandler(t)
+	for _, target := range []string{
+		"/%00",
+		"/hello.txt%00",
+		"/sub/%00x",
+		"/hello.txt%00/../../secret.txt",
+		"/%ff%fe",
+		"/" + strings.Repeat("a", 300),
+		"/sub/" + strings.Repeat("b", 5000) + "/c",
+	} {
+		w := getFile(h, target)
+		if w.Code != http.StatusBadRequest {
+			t.Errorf("%.40s: status %d, want 400 (body %.100q)", target, w.Code, w.Body.String())
+		}
+		checkNoEscape(t, target, w.Code, w.Body.String())
+	}
+	// Missing files are still 404, and real ones are served.
+	for target, want := range map[string]int{"/nope.txt": 404, "/hello.txt/x": 404, "/hello.txt": 200} {
+		if w := getFile(h, target); w.Code != want {
+			t.Errorf("%s: status %d, want %d", target, w.Code, want)
+		}
 	}
 }

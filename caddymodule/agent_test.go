@@ -26,7 +26,7 @@ import (
 
 const (
 	testConnect = "/.well-known/spdy-origin"
-	testToken   = "test-token-8b1d"
+	testToken   = "test-token-8b1d-4e07" // 16+ bytes: shorter ones are warned about at load
 )
 
 // registration is the outcome of a registration attempt.
@@ -42,6 +42,16 @@ type registration struct {
 // body. On 200 the connection is left open for SPDY.
 func register(t testing.TB, path, auth string, hdr map[string]string) (*registration, error) {
 	t.Helper()
+	conn, err := dialCaddy()
+	if err != nil {
+		return nil, err
+	}
+	return registerOn(conn, path, auth, hdr)
+}
+
+// dialCaddy opens a TLS connection to the in-process Caddy as an agent
+// does: ALPN offers only http/1.1, so the connection can be hijacked.
+func dialCaddy() (*tls.Conn, error) {
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	conn, err := tls.DialWithDialer(d, "tcp", testHTTPSAddr, &tls.Config{
 		ServerName:         "localhost",
@@ -51,6 +61,12 @@ func register(t testing.TB, path, auth string, hdr map[string]string) (*registra
 	if err != nil {
 		return nil, fmt.Errorf("dialing caddy: %w", err)
 	}
+	return conn, nil
+}
+
+// registerOn is register on a connection already open; it closes conn
+// unless the answer is 200.
+func registerOn(conn net.Conn, path, auth string, hdr map[string]string) (*registration, error) {
 	body := "spdy-origin test agent\n"
 	var req strings.Builder
 	fmt.Fprintf(&req, "PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n", path, len(body))

@@ -264,34 +264,6 @@ func TestTokenValid(t *testing.T) {
 	}
 }
 
-func TestAuthLimiter(t *testing.T) {
-	l := newAuthLimiter(3, time.Hour)
-	for i := range 2 {
-		if l.fail("192.0.2.1") {
-			t.Fatalf("locked out after %d failures", i+1)
-		}
-	}
-	if l.blocked("192.0.2.1") != 0 {
-		t.Fatal("blocked before reaching the limit")
-	}
-	if !l.fail("192.0.2.1") {
-		t.Fatal("not locked out after 3 failures")
-	}
-	if l.blocked("192.0.2.1") <= 0 {
-		t.Fatal("lockout not reported")
-	}
-	if l.blocked("192.0.2.2") != 0 {
-		t.Fatal("another IP is locked out")
-	}
-	// A short window expires.
-	l = newAuthLimiter(1, time.Millisecond)
-	l.fail("192.0.2.3")
-	time.Sleep(5 * time.Millisecond)
-	if l.blocked("192.0.2.3") != 0 {
-		t.Fatal("lockout did not expire")
-	}
-}
-
 func TestCleanIdentity(t *testing.T) {
 	if got := cleanIdentity(" nas\x00-1\n "); got != "nas-1" {
 		t.Fatalf("got %q", got)

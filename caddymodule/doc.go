@@ -6,7 +6,8 @@
 //
 // Where to start reading:
 //   - handler.go: the handler's configuration, provisioning and request dispatch.
-//   - register.go: how an agent registers (auth, lockout, hijack, handshake).
+//   - register.go: how an agent registers (auth, refusals, hijack, handshake);
+//     limiter.go: the lockout of address prefixes that send wrong tokens.
 //   - pool.go: process-global pools of agent sessions that survive config reloads.
 //   - transport.go: the http.RoundTripper that turns a proxied request into a
 //     SPDY stream on the least-busy session of a pool.

@@ -32,6 +32,11 @@ const (
 	defaultMaxAuthFailures     = 10
 	defaultAuthFailureWindow   = time.Minute
 	defaultRetryAfter          = 5 * time.Second
+
+	// minTokenBytes: a shorter token (after placeholders are resolved) is
+	// warned about at load. 16 random bytes (128 bits) stay out of reach of
+	// guessing however many addresses an attacker tries them from.
+	minTokenBytes = 16
 )
 
 // Handler accepts origin agents on the connect route and reverse-proxies
@@ -59,7 +64,8 @@ type Handler struct {
 
 	// Token lists the bearer tokens agents may register with; at least one
 	// is required. Placeholders such as {env.SPDY_ORIGIN_TOKEN} are resolved
-	// once at provision time. Tokens are compared in constant time.
+	// once at provision time. Tokens are compared in constant time. A token
+	// shorter than 16 bytes is logged as a warning at load.
 	Token []string `json:"token,omitempty"`
 
 	// MaxRegistrationBody caps the registration request body, in bytes;
@@ -70,9 +76,10 @@ type Handler struct {
 	// 503 with Retry-After. Default: 0, unlimited.
 	MaxSessions int `json:"max_sessions,omitempty"`
 
-	// MaxAuthFailures is how many failed registrations (missing or wrong
-	// token) one client IP may make within AuthFailureWindow before it gets
-	// 429 for the rest of the window. Default: 10.
+	// MaxAuthFailures is how many missing or wrong tokens one address
+	// prefix (an IPv4 address, an IPv6 /64) may send within
+	// AuthFailureWindow; its further wrong tokens get 429 for
+	// AuthFailureWindow. A valid token is never locked out. Default: 10.
 	MaxAuthFailures int `json:"max_auth_failures,omitempty"`
 
 	// AuthFailureWindow is the window for MaxAuthFailures, also the lockout
@@ -80,7 +87,7 @@ type Handler struct {
 	AuthFailureWindow caddy.Duration `json:"auth_failure_window,omitempty"`
 
 	// RetryAfter is the Retry-After value sent with 503 (no agent, pool
-	// full). A 429 carries the time left in the IP's lockout instead.
+	// full). A 429 carries the time left in the prefix's lockout instead.
 	// Default: 5s.
 	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
 
@@ -198,6 +205,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		v = strings.TrimSpace(v)
 		if v == "" {
 			return fmt.Errorf("spdy_origin: token %d (%q) is empty after resolving placeholders; is the environment variable set?", i+1, tok)
+		}
+		if len(v) < minTokenBytes {
+			// Loud but not fatal: a short token may be what an existing
+			// fleet of agents uses. Never log the token itself.
+			h.logger.Warn("spdy_origin: token is short enough to guess; generate a strong one with "+
+				"`head -c 32 /dev/urandom | base64` or `openssl rand -base64 32`",
+				zap.Int("token", i+1), zap.Int("bytes", len(v)), zap.Int("recommended_min_bytes", minTokenBytes))
 		}
 		h.tokens = append(h.tokens, []byte(v))
 	}

@@ -97,6 +97,7 @@ type pool struct {
 	rr       uint64     // rotation counter for ties
 	closed   bool
 	changed  chan struct{} // closed and replaced whenever a session joins
+	reserved int           // max_sessions slots held by registrations not yet joined
 
 	// counters of sessions that left, so totals stay monotonic
 	goneBytesIn, goneBytesOut, goneStreams uint64
@@ -159,17 +160,54 @@ func (p *pool) Destruct() error {
 	return nil
 }
 
-// add puts a fresh session in the pool and watches it so it leaves the pool
-// the moment it dies. maxSessions <= 0 means unlimited.
-func (p *pool) add(s *session, maxSessions int) error {
+// reserve takes a max_sessions slot for a registration about to be
+// answered 200, so that an agent told 200 always gets its session: two
+// registrations cannot both see the last free slot. The caller fills the
+// slot with join or gives it back with release. maxSessions <= 0 means
+// unlimited.
+func (p *pool) reserve(maxSessions int) (*poolSlot, error) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, errPoolClosed
+	}
+	if n := p.activeLocked() + p.reserved; maxSessions > 0 && n >= maxSessions {
+		return nil, fmt.Errorf("%w: %d of max_sessions %d connected or registering", errPoolFull, n, maxSessions)
+	}
+	p.reserved++
+	return &poolSlot{p: p}, nil
+}
+
+// poolSlot is a place in a pool held for one registration.
+type poolSlot struct {
+	p    *pool
+	used bool // joined or released
+}
+
+// release gives the slot back, unless join has used it.
+func (sl *poolSlot) release() {
+	if sl.used {
+		return
+	}
+	sl.used = true
+	sl.p.mu.Lock()
+	sl.p.reserved--
+	sl.p.mu.Unlock()
+}
+
+// join puts a fresh session in the slot and watches it so it leaves the
+// pool the moment it dies. It fails only if the pool was closed meanwhile.
+func (sl *poolSlot) join(s *session) error {
+	if sl.used {
+		panic("spdy_origin: pool slot used twice")
+	}
+	sl.used = true
+	p := sl.p
+	p.mu.Lock()
+	p.reserved--
 	if p.closed {
 		p.mu.Unlock()
 		return errPoolClosed
-	}
-	if n := p.activeLocked(); maxSessions > 0 && n >= maxSessions {
-		p.mu.Unlock()
-		return fmt.Errorf("%w: %d of max_sessions %d connected", errPoolFull, n, maxSessions)
 	}
 	p.sessions[s] = struct{}{}
 	p.order = append(p.order, s)

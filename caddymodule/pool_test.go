@@ -168,3 +168,39 @@ func TestTokenPlaceholderErrors(t *testing.T) {
 		}
 	}
 }
+
+// A registration holds its max_sessions slot from before its 200 until its
+// session joins or it fails, so two registrations cannot both take the last
+// slot.
+func TestPoolReserve(t *testing.T) {
+	p := newPool("reserve")
+	a, err := p.reserve(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.reserve(1); !errors.Is(err, errPoolFull) {
+		t.Fatalf("second reservation of max_sessions 1: %v, want errPoolFull", err)
+	}
+	a.release()
+	a.release() // a second release gives back nothing more
+	b, err := p.reserve(1)
+	if err != nil {
+		t.Fatalf("after a release: %v", err)
+	}
+	c, err := p.reserve(0) // unlimited
+	if err != nil {
+		t.Fatalf("unlimited: %v", err)
+	}
+	c.release()
+	_ = p.Destruct()
+	if err := b.join(&session{}); !errors.Is(err, errPoolClosed) {
+		t.Fatalf("join after the pool closed: %v, want errPoolClosed", err)
+	}
+	b.release() // no-op after join
+	if _, err := p.reserve(0); !errors.Is(err, errPoolClosed) {
+		t.Fatalf("reserve on a closed pool: %v, want errPoolClosed", err)
+	}
+	if p.reserved != 0 {
+		t.Fatalf("%d slots still reserved", p.reserved)
+	}
+}

@@ -7,15 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
@@ -37,70 +38,62 @@ func (h *Handler) serveRegistration(w http.ResponseWriter, r *http.Request) erro
 	ip := clientIP(r)
 	log := h.logger.With(zap.String("pool", h.Pool), zap.String("client_ip", ip), zap.String("proto", r.Proto))
 
-	if wait := h.limiter.blocked(ip); wait > 0 {
-		countRegistrationFailure(h.Pool, reasonLockedOut)
-		// Debug only: the lockout was logged when it began, and a locked-out
-		// client must not be able to flood the log at request rate.
-		log.Debug("agent registration refused: too many failed attempts from this IP", zap.Duration("locked_for", wait))
-		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
-		return caddyhttp.Error(http.StatusTooManyRequests,
-			fmt.Errorf("spdy_origin: too many failed registrations from %s", ip))
-	}
 	if r.Method != http.MethodPut {
-		countRegistrationFailure(h.Pool, reasonBadMethod)
 		w.Header().Set("Allow", http.MethodPut)
-		return caddyhttp.Error(http.StatusMethodNotAllowed,
-			fmt.Errorf("spdy_origin: registration route %s accepts only PUT, got %s", h.Connect, r.Method))
+		// Debug: no agent sends another method, and anyone can send these
+		// at request rate.
+		return h.refuse(w, r, log, refusal{
+			status: http.StatusMethodNotAllowed, reason: reasonBadMethod, level: zapcore.DebugLevel,
+			msg: "agent registration refused: wrong method",
+			err: fmt.Errorf("registration route %s accepts only PUT, got %s", h.Connect, r.Method),
+		})
 	}
 	if r.ProtoMajor != 1 {
-		countRegistrationFailure(h.Pool, reasonWrongProtocol)
-		log.Warn("agent registration over the wrong protocol; agents must use HTTP/1.1 (ALPN http/1.1)")
-		return writeTextError(w, http.StatusHTTPVersionNotSupported,
-			"spdy-origin agents must register over HTTP/1.1 (offer only \"http/1.1\" in TLS ALPN); got "+r.Proto+"\n")
+		return h.refuse(w, r, log, refusal{
+			status: http.StatusHTTPVersionNotSupported, reason: reasonWrongProtocol, level: zapcore.WarnLevel,
+			msg:    "agent registration over the wrong protocol; agents must use HTTP/1.1 (ALPN http/1.1)",
+			err:    fmt.Errorf("registration over %s: only an HTTP/1.1 connection can be taken over", r.Proto),
+			answer: "spdy-origin agents must register over HTTP/1.1 (offer only \"http/1.1\" in TLS ALPN); got " + r.Proto + "\n",
+		})
 	}
 
+	// The token is checked before any lockout: a valid token always
+	// registers, so nobody sharing the agent's address can lock it out.
 	given, ok := bearerToken(r.Header.Get("Authorization"))
 	if !ok || !h.tokenValid(given) {
-		reason, desc := reasonBadToken, "wrong token"
-		if !ok {
-			reason, desc = reasonMissingToken, "missing bearer token"
-		}
-		countRegistrationFailure(h.Pool, reason)
-		locked := h.limiter.fail(ip)
-		log.Warn("agent registration rejected: "+desc, zap.Bool("now_locked_out", locked))
-		if ok {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="spdy-origin", error="invalid_token"`)
-		} else {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="spdy-origin"`)
-		}
-		return writeTextError(w, http.StatusUnauthorized, "spdy-origin: "+desc+"\n")
+		return h.refuseToken(w, r, log, ip, ok)
 	}
-	h.limiter.succeed(ip)
 
+	if r.ContentLength > h.MaxRegistrationBody {
+		return h.refuse(w, r, log, h.bodyTooLarge(fmt.Sprintf("declared body of %d bytes", r.ContentLength)))
+	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, h.MaxRegistrationBody+1))
 	if err != nil {
-		countRegistrationFailure(h.Pool, reasonBodyRead)
-		log.Warn("agent registration: reading request body", zap.Error(err))
-		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("spdy_origin: reading registration body: %w", err))
+		return h.refuse(w, r, log, refusal{
+			status: http.StatusBadRequest, reason: reasonBodyRead, level: zapcore.WarnLevel,
+			msg: "agent registration: reading request body",
+			err: fmt.Errorf("reading registration body: %w", err),
+		})
 	}
 	if int64(len(body)) > h.MaxRegistrationBody {
-		countRegistrationFailure(h.Pool, reasonBodyTooLarge)
-		log.Warn("agent registration: body too large", zap.Int64("max_registration_body", h.MaxRegistrationBody))
-		return writeTextError(w, http.StatusRequestEntityTooLarge,
-			fmt.Sprintf("spdy-origin: registration body larger than %d bytes\n", h.MaxRegistrationBody))
+		return h.refuse(w, r, log, h.bodyTooLarge("body"))
 	}
 
-	p := h.transport.pool
-	if err := p.admissible(h.MaxSessions); err != nil {
+	// The slot is taken before the 200, so an agent told 200 always gets
+	// its session: two registrations cannot both see the last free slot.
+	slot, err := h.transport.pool.reserve(h.MaxSessions)
+	if err != nil {
 		reason := reasonPoolFull
 		if errors.Is(err, errPoolClosed) {
 			reason = reasonPoolClosed
 		}
-		countRegistrationFailure(h.Pool, reason)
-		log.Warn("agent registration refused", zap.Error(err))
 		w.Header().Set("Retry-After", h.retryAfterSeconds())
-		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("spdy_origin: pool %q: %w", h.Pool, err))
+		return h.refuse(w, r, log, refusal{
+			status: http.StatusServiceUnavailable, reason: reason, level: zapcore.WarnLevel,
+			msg: "agent registration refused", err: fmt.Errorf("pool %q: %w", h.Pool, err),
+		})
 	}
+	defer slot.release() // a no-op once the session has joined
 
 	agent := agentIdentity{
 		Name:       cleanIdentity(r.Header.Get(headerAgentName)),
@@ -111,14 +104,17 @@ func (h *Handler) serveRegistration(w http.ResponseWriter, r *http.Request) erro
 
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		countRegistrationFailure(h.Pool, reasonHijack)
 		if errors.Is(err, http.ErrNotSupported) {
-			log.Warn("agent registration: connection cannot be hijacked; agents must use HTTP/1.1", zap.Error(err))
-			return writeTextError(w, http.StatusHTTPVersionNotSupported,
-				"spdy-origin agents must register over HTTP/1.1 (offer only \"http/1.1\" in TLS ALPN)\n")
+			return h.refuse(w, r, log, refusal{
+				status: http.StatusHTTPVersionNotSupported, reason: reasonHijack, level: zapcore.WarnLevel,
+				msg: "agent registration: connection cannot be hijacked; agents must use HTTP/1.1",
+				err: fmt.Errorf("hijack: %w", err), answer: "spdy-origin agents must register over HTTP/1.1 (offer only \"http/1.1\" in TLS ALPN)\n",
+			})
 		}
-		log.Error("agent registration: hijacking connection", zap.Error(err))
-		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("spdy_origin: hijack: %w", err))
+		return h.refuse(w, r, log, refusal{
+			status: http.StatusInternalServerError, reason: reasonHijack, level: zapcore.ErrorLevel,
+			msg: "agent registration: hijacking connection", err: fmt.Errorf("hijack: %w", err),
+		})
 	}
 	// From here on the connection is ours: every failure closes it.
 	start := time.Now()
@@ -154,22 +150,100 @@ func (h *Handler) serveRegistration(w http.ResponseWriter, r *http.Request) erro
 		agent:  agent,
 		remote: conn.RemoteAddr().String(),
 		since:  start,
-		pool:   p,
+		pool:   slot.p,
 	}
-	if err := p.add(s, h.MaxSessions); err != nil {
-		// Lost a race with another registration or the pool's removal.
+	if err := slot.join(s); err != nil {
+		// The pool was removed from the config during the handshake: its
+		// other agents are getting GOAWAY too.
 		_ = ss.Shutdown(context.Background())
 		_ = ss.Close()
-		reason := reasonPoolFull
-		if errors.Is(err, errPoolClosed) {
-			reason = reasonPoolClosed
-		}
-		countRegistrationFailure(h.Pool, reason)
+		countRegistrationFailure(h.Pool, reasonPoolClosed)
 		log.Warn("agent registration refused after handshake", zap.Error(err))
 		return nil
 	}
 	go h.logConnected(s, len(body))
 	return nil
+}
+
+// refusal is a registration answered with an error status.
+type refusal struct {
+	status int
+	reason string        // label of registration_failures_total
+	level  zapcore.Level // of the log line
+	msg    string        // log message
+	err    error         // the cause: logged, and handed to Caddy's error handling unless answer is set
+	answer string        // plain-text body for the agent to log; empty: Caddy's error handling answers
+}
+
+// refuse counts and logs a refused registration, then answers it.
+//
+// On HTTP/1 the answer goes out at once and the connection closes after it,
+// whatever body the client declared. net/http would otherwise read the
+// unread body first, waiting on a client that may send nothing: before
+// writing the answer, chunkWriter.writeHeader discards up to 256 KiB (it
+// gives up at once on a declared body larger than that only when the body
+// is its own type, and Caddy wraps it); after it, body.Close in
+// finishRequest reads up to 256 KiB more before closing. "Connection:
+// close" skips the first read and tells the client; a read deadline in the
+// past (it reaches the connection through Caddy's wrappers) makes the
+// second fail at once. HTTP/2 and HTTP/3 just reset the stream, and there
+// "Connection: close" would end (GOAWAY) every other request on the
+// connection, so they are left alone.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, log *zap.Logger, f refusal) error {
+	countRegistrationFailure(h.Pool, f.reason)
+	if ce := log.Check(f.level, f.msg); ce != nil {
+		ce.Write(zap.Int("status", f.status), zap.Error(f.err))
+	}
+	if r.ProtoMajor == 1 {
+		w.Header().Set("Connection", "close")
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
+	if f.answer != "" {
+		return writeTextError(w, f.status, f.answer)
+	}
+	return caddyhttp.Error(f.status, fmt.Errorf("spdy_origin: %w", f.err))
+}
+
+// refuseToken answers a missing or wrong token: 401, or 429 once the
+// client's address prefix is locked out. A valid token never gets here.
+func (h *Handler) refuseToken(w http.ResponseWriter, r *http.Request, log *zap.Logger, ip string, present bool) error {
+	f := h.limiter.fail(ip)
+	log = log.With(zap.String("prefix", f.prefix), zap.Int("failures", f.fails))
+	if f.wasLocked {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(f.lockedFor.Seconds()))))
+		// Debug: the lockout was logged when it began, and a locked-out
+		// prefix must not be able to flood the log at request rate.
+		return h.refuse(w, r, log, refusal{
+			status: http.StatusTooManyRequests, reason: reasonLockedOut, level: zapcore.DebugLevel,
+			msg: "agent registration refused: too many wrong tokens from this address prefix",
+			err: fmt.Errorf("wrong or missing token from %s, locked out for %v more", f.prefix, f.lockedFor.Round(time.Second)),
+		})
+	}
+	if f.started() {
+		log.Warn("agent registration: locking out an address prefix after repeated wrong tokens (valid tokens still register)",
+			zap.Duration("locked_for", f.lockedFor))
+	}
+	reason, desc, challenge := reasonBadToken, "wrong token", `Bearer realm="spdy-origin", error="invalid_token"`
+	if !present {
+		reason, desc, challenge = reasonMissingToken, "missing bearer token", `Bearer realm="spdy-origin"`
+	}
+	w.Header().Set("WWW-Authenticate", challenge)
+	return h.refuse(w, r, log, refusal{
+		status: http.StatusUnauthorized, reason: reason, level: zapcore.WarnLevel,
+		msg: "agent registration rejected: " + desc, err: errors.New(desc),
+		answer: "spdy-origin: " + desc + "\n",
+	})
+}
+
+// bodyTooLarge refuses a registration body over max_registration_body;
+// what names it ("body", "declared body of N bytes").
+func (h *Handler) bodyTooLarge(what string) refusal {
+	return refusal{
+		status: http.StatusRequestEntityTooLarge, reason: reasonBodyTooLarge, level: zapcore.WarnLevel,
+		msg:    "agent registration: body too large",
+		err:    fmt.Errorf("%s larger than max_registration_body (%d bytes)", what, h.MaxRegistrationBody),
+		answer: fmt.Sprintf("spdy-origin: registration body larger than %d bytes\n", h.MaxRegistrationBody),
+	}
 }
 
 // logConnected measures a first RTT so the connect log line carries it.
@@ -185,19 +259,6 @@ func (h *Handler) logConnected(s *session, bodyLen int) {
 		fields = append(fields, zap.NamedError("ping_error", err))
 	}
 	s.pool.log().Info("agent connected", fields...)
-}
-
-// admissible reports whether a new session could join now; add re-checks.
-func (p *pool) admissible(maxSessions int) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return errPoolClosed
-	}
-	if n := p.activeLocked(); maxSessions > 0 && n >= maxSessions {
-		return fmt.Errorf("%w: %d of max_sessions %d connected", errPoolFull, n, maxSessions)
-	}
-	return nil
 }
 
 // tokenValid compares against every token in constant time; hashing first
@@ -251,95 +312,4 @@ func cleanIdentity(v string) string {
 		}
 	}
 	return strings.TrimSpace(b.String())
-}
-
-// authLimiter locks out client IPs after repeated failed registrations.
-type authLimiter struct {
-	max    int
-	window time.Duration
-
-	mu      sync.Mutex
-	entries map[string]*authEntry
-}
-
-type authEntry struct {
-	fails   int
-	first   time.Time
-	blocked time.Time // locked out until
-}
-
-const authLimiterMaxEntries = 10000
-
-func newAuthLimiter(max int, window time.Duration) *authLimiter {
-	return &authLimiter{max: max, window: window, entries: make(map[string]*authEntry)}
-}
-
-// authLimiters holds one limiter per pool name for the life of the process,
-// so that a config reload (frequent with tools that generate configs) does
-// not lift a lockout.
-var authLimiters sync.Map // pool name → *authLimiter
-
-// poolAuthLimiter returns the pool's limiter with the latest settings.
-func poolAuthLimiter(pool string, max int, window time.Duration) *authLimiter {
-	v, _ := authLimiters.LoadOrStore(pool, newAuthLimiter(max, window))
-	l := v.(*authLimiter)
-	l.mu.Lock()
-	l.max, l.window = max, window
-	l.mu.Unlock()
-	return l
-}
-
-// blocked returns how long ip is still locked out, or 0.
-func (l *authLimiter) blocked(ip string) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e := l.entries[ip]
-	if e == nil {
-		return 0
-	}
-	if d := time.Until(e.blocked); d > 0 {
-		return d
-	}
-	return 0
-}
-
-// fail records a failed attempt and reports whether ip is now locked out.
-func (l *authLimiter) fail(ip string) bool {
-	now := time.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.entries) >= authLimiterMaxEntries {
-		l.pruneLocked(now)
-	}
-	e := l.entries[ip]
-	if e == nil || now.Sub(e.first) > l.window {
-		if e == nil && len(l.entries) >= authLimiterMaxEntries {
-			// Under a wide attack keep memory bounded; counting restarts.
-			clear(l.entries)
-		}
-		e = &authEntry{first: now}
-		l.entries[ip] = e
-	}
-	e.fails++
-	if e.fails >= l.max {
-		e.blocked = now.Add(l.window)
-		e.fails = 0
-		e.first = now
-		return true
-	}
-	return false
-}
-
-func (l *authLimiter) succeed(ip string) {
-	l.mu.Lock()
-	delete(l.entries, ip)
-	l.mu.Unlock()
-}
-
-func (l *authLimiter) pruneLocked(now time.Time) {
-	for ip, e := range l.entries {
-		if now.Sub(e.first) > l.window && now.After(e.blocked) {
-			delete(l.entries, ip)
-		}
-	}
 }
