@@ -123,11 +123,21 @@ func startAgent(t testing.TB, name string) *testAgent {
 // the standard test content).
 func startAgentWithHandler(t testing.TB, name string, h http.Handler) *testAgent {
 	t.Helper()
+	return startAgentConfig(t, name, testConnect, nil, h)
+}
+
+// startAgentConfig is startAgentWithHandler registering on the connect path
+// with session settings cfg (nil: spdy.DefaultConfig()).
+func startAgentConfig(t testing.TB, name, connect string, cfg *spdy.Config, h http.Handler) *testAgent {
+	t.Helper()
 	a := &testAgent{name: name, held: make(chan string, 64), release: make(chan struct{})}
 	if h == nil {
 		h = a.handler()
 	}
-	reg, err := register(t, testConnect, "Bearer "+testToken, map[string]string{
+	if cfg == nil {
+		cfg = spdy.DefaultConfig()
+	}
+	reg, err := register(t, connect, "Bearer "+testToken, map[string]string{
 		"Spdy-Origin-Agent-Name":     name,
 		"Spdy-Origin-Agent-Version":  "test",
 		"Spdy-Origin-Agent-Instance": "inst-" + name,
@@ -141,7 +151,7 @@ func startAgentWithHandler(t testing.TB, name string, h http.Handler) *testAgent
 	if !strings.Contains(reg.body, "registered") {
 		t.Fatalf("agent %s: unexpected registration body %q", name, reg.body)
 	}
-	sess, err := spdy.NewServer(spdy.BufferedConn(reg.conn, reg.br), spdy.DefaultConfig(), h)
+	sess, err := spdy.NewServer(spdy.BufferedConn(reg.conn, reg.br), cfg, h)
 	if err != nil {
 		reg.conn.Close()
 		t.Fatalf("agent %s: starting SPDY server: %v", name, err)
@@ -221,6 +231,26 @@ func (a *testAgent) handler() http.Handler {
 		}
 		w.Header().Set("X-Agent", a.name)
 		fmt.Fprintf(w, "%d %x", n, h.Sum(nil))
+	})
+	// /headers?n=N answers with N extra response headers.
+	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
+		a.served.Add(1)
+		n, err := strconv.Atoi(r.URL.Query().Get("n"))
+		if err != nil {
+			http.Error(w, "bad n", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("X-Agent", a.name)
+		for i := range n {
+			w.Header().Set(fmt.Sprintf("X-H%d", i), "v")
+		}
+		fmt.Fprintf(w, "%d headers", n)
+	})
+	// /stall never reads its request body and never answers: it holds its
+	// stream until the request or the session ends.
+	mux.HandleFunc("/stall", func(w http.ResponseWriter, r *http.Request) {
+		a.served.Add(1)
+		<-r.Context().Done()
 	})
 	mux.HandleFunc("/hold", func(w http.ResponseWriter, r *http.Request) {
 		a.served.Add(1)

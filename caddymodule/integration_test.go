@@ -60,12 +60,43 @@ func loadConfig(t *testing.T, handlers ...map[string]any) *caddytest.Tester {
 // testConfig is the Caddy config loadConfig loads, for tests that change
 // more than the handlers (logging, say).
 func testConfig(handlers ...map[string]any) map[string]any {
+	return routesConfig("", testRoute{handlers: handlers})
+}
+
+// testRoute is one route of the test server: handlers for requests to
+// localhost, restricted to paths when it is set.
+type testRoute struct {
+	paths    []string
+	handlers []map[string]any
+}
+
+// loadRoutes (re)loads Caddy with routes, tried in order. With logFile, the
+// spdy_origin logs go to that file as JSON lines instead of stderr.
+func loadRoutes(t *testing.T, logFile string, routes ...testRoute) *caddytest.Tester {
+	t.Helper()
+	return loadRawConfig(t, routesConfig(logFile, routes...))
+}
+
+func routesConfig(logFile string, routes ...testRoute) map[string]any {
+	spdyLog := map[string]any{"level": "INFO", "include": []string{"http.handlers.spdy_origin", "http.reverse_proxy.transport.spdy_origin"}}
+	if logFile != "" {
+		spdyLog["writer"] = map[string]any{"output": "file", "filename": logFile, "roll": false}
+		spdyLog["encoder"] = map[string]any{"format": "json"}
+	}
+	var rs []any
+	for _, r := range routes {
+		m := map[string]any{"host": []string{"localhost"}}
+		if len(r.paths) > 0 {
+			m["path"] = r.paths
+		}
+		rs = append(rs, map[string]any{"match": []any{m}, "handle": r.handlers, "terminal": true})
+	}
 	return map[string]any{
 		"admin":   map[string]any{"listen": fmt.Sprintf("localhost:%d", testAdminPort), "config": map[string]any{"persist": false}},
 		"storage": map[string]any{"module": "file_system", "root": testStorageDir},
 		"logging": map[string]any{"logs": map[string]any{
 			"default": map[string]any{"level": "ERROR", "exclude": []string{"http.handlers.spdy_origin", "http.reverse_proxy.transport.spdy_origin"}},
-			"spdy":    map[string]any{"level": "INFO", "include": []string{"http.handlers.spdy_origin", "http.reverse_proxy.transport.spdy_origin"}},
+			"spdy":    spdyLog,
 		}},
 		"apps": map[string]any{
 			"pki": map[string]any{"certificate_authorities": map[string]any{"local": map[string]any{"install_trust": false}}},
@@ -79,11 +110,7 @@ func testConfig(handlers ...map[string]any) map[string]any {
 				"servers": map[string]any{"srv0": map[string]any{
 					"listen":          []string{fmt.Sprintf(":%d", testHTTPSPort)},
 					"automatic_https": map[string]any{"disable_redirects": true},
-					"routes": []any{map[string]any{
-						"match":    []any{map[string]any{"host": []string{"localhost"}}},
-						"handle":   handlers,
-						"terminal": true,
-					}},
+					"routes":          rs,
 				}},
 			},
 		},
