@@ -54,6 +54,8 @@ var privateRanges = []string{"192.168.0.0/16", "172.16.0.0/12", "10.0.0.0/8", "1
 //	    ping_interval          <duration>
 //	    ping_timeout           <duration>
 //	    write_timeout          <duration>
+//	    stream_idle_timeout    <duration>
+//	    stream_queue_timeout   <duration>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -139,6 +141,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = durationOnce(d, once, &h.PingTimeout)
 		case "write_timeout":
 			err = durationOnce(d, once, &h.WriteTimeout)
+		case "stream_idle_timeout":
+			err = durationOnce(d, once, &h.StreamIdleTimeout)
+		case "stream_queue_timeout":
+			err = durationOnce(d, once, &h.StreamQueueTimeout)
 		case "flush_interval":
 			if err = once(name); err == nil {
 				var v string

@@ -141,6 +141,20 @@ type Handler struct {
 	// Default: spdy's default (1000).
 	MaxUpgradedStreams int `json:"max_upgraded_streams,omitempty"`
 
+	// StreamIdleTimeout resets a stream that waits this long on a party
+	// that makes no progress: response data the client does not read, an
+	// agent that does not read the request body, or, before the agent
+	// answers, a client that sends no request body bytes (it gets 408).
+	// Quiet streams (an event stream between events, an idle WebSocket)
+	// are not affected. It frees the stream's slot and buffers.
+	// Default: 1m.
+	StreamIdleTimeout caddy.Duration `json:"stream_idle_timeout,omitempty"`
+
+	// StreamQueueTimeout: how long a request waits for a free stream when
+	// every stream the agent allows on its session is in use; then 503
+	// with Retry-After. Default: 10s.
+	StreamQueueTimeout caddy.Duration `json:"stream_queue_timeout,omitempty"`
+
 	// PingInterval, PingTimeout and WriteTimeout tune session keepalive
 	// (an agent that stops answering PINGs within PingTimeout is dropped)
 	// and stalled writes. Defaults: spdy's (15s, 10s, 30s).
@@ -284,6 +298,12 @@ func (h *Handler) buildSpdyConfig() (*spdy.Config, error) {
 	if h.WriteTimeout != 0 {
 		cfg.WriteTimeout = time.Duration(h.WriteTimeout)
 	}
+	if h.StreamIdleTimeout != 0 {
+		cfg.StreamIdleTimeout = time.Duration(h.StreamIdleTimeout)
+	}
+	if h.StreamQueueTimeout != 0 {
+		cfg.StreamQueueTimeout = time.Duration(h.StreamQueueTimeout)
+	}
 	cfg.Logger = h.logger.Named("spdy").Sugar()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("spdy_origin: session settings: %w", err)
@@ -310,6 +330,7 @@ func (h *Handler) Validate() error {
 		"response_header_timeout": h.ResponseHeaderTimeout, "stream_timeout": h.StreamTimeout,
 		"stream_close_delay": h.StreamCloseDelay, "drain_timeout": h.DrainTimeout,
 		"ping_interval": h.PingInterval, "ping_timeout": h.PingTimeout, "write_timeout": h.WriteTimeout,
+		"stream_idle_timeout": h.StreamIdleTimeout, "stream_queue_timeout": h.StreamQueueTimeout,
 	} {
 		if d < 0 {
 			return fmt.Errorf("spdy_origin: %s must not be negative", name)
@@ -339,8 +360,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveRegistration(w, r)
 	}
 	err := h.proxy.ServeHTTP(w, r, next)
-	if err != nil && errors.Is(err, ErrNoSession) {
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrNoSession) || errors.Is(err, ErrPoolBusy):
 		w.Header().Set("Retry-After", h.retryAfterSeconds())
+	case errors.Is(err, spdy.ErrRequestBodyTimeout) && r.ProtoMajor == 1:
+		// The client stopped sending its body, and a read of it may still
+		// be blocked. Let the 408 out now and close the connection: the
+		// read deadline ends that read (net/http would otherwise wait for
+		// the body before answering), "Connection: close" that connection.
+		w.Header().Set("Connection", "close")
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 	}
 	return err
 }

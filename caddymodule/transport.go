@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -29,6 +29,10 @@ const DefaultPool = "default"
 // ErrNoSession means no agent session of the pool can take the request.
 // Handlers answer 503 Service Unavailable with Retry-After.
 var ErrNoSession = errors.New("spdy_origin: no agent connected to this pool")
+
+// ErrPoolBusy means every stream slot of the pool's sessions stayed in use
+// for stream_queue_timeout. Handlers answer 503 with Retry-After.
+var ErrPoolBusy = errors.New("spdy_origin: every agent session of this pool is at its stream limit")
 
 // Transport is a reverse_proxy transport that sends each request as a new
 // SPDY stream on the agent session of a pool with the fewest open streams.
@@ -136,12 +140,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		cancel()
 	}
 	if s == nil {
+		closeBody(req) // nothing reads it yet
 		if err := req.Context().Err(); err != nil {
-			closeBody(req)
 			return nil, err
 		}
-		t.logNoSession()
-		closeBody(req)
+		t.logUnavailable("no agent connected to pool; answering 503 (is the agent running and using the right token and pool?)")
 		countRequest(p.name, http.StatusServiceUnavailable)
 		return nil, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("%w (pool %q)", ErrNoSession, p.name))
 	}
@@ -152,6 +155,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.ResponseHeaderTimeout > 0 {
 		ctx, cancel = context.WithCancelCause(ctx)
 		timer = time.AfterFunc(time.Duration(t.ResponseHeaderTimeout), func() { cancel(errHeaderTimeout) })
+	}
+	release := func() {
+		if timer != nil {
+			timer.Stop()
+			cancel(nil)
+		}
 	}
 
 	out := req.WithContext(ctx) // shallow copy: a RoundTripper must not modify req
@@ -174,29 +183,28 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 
 	resp, err := s.roundTrip(out)
-	if err != nil && spdy.IsRetryable(err) && (body == nil || body.read.Load() == 0) {
-		if s2 := p.pick(s); s2 != nil {
-			if c := t.logger.Check(zapcore.DebugLevel, "retrying request on another agent session"); c != nil {
-				c.Write(zap.String("pool", p.name), zap.Uint64("failed_session", s.id),
-					zap.Uint64("session", s2.id), zap.Error(err))
-			}
-			if body != nil {
-				body = &guardedBody{rc: req.Body}
-				out.Body = body
-			}
-			s = s2
-			resp, err = s.roundTrip(out)
-		} else if ctx.Err() == nil {
-			// Nothing processed it and nothing else can: same as no agent.
-			if timer != nil {
-				timer.Stop()
-				cancel(nil)
-			}
-			t.logNoSession()
-			closeBody(req)
-			countRequest(p.name, http.StatusServiceUnavailable)
-			return nil, caddyhttp.Error(http.StatusServiceUnavailable,
-				fmt.Errorf("%w (pool %q; the only session refused the stream: %v)", ErrNoSession, p.name, err))
+	if err != nil && spdy.IsRetryable(err) && ctx.Err() == nil && (body == nil || body.takeBack()) {
+		s2 := p.pick(s)
+		if s2 == nil {
+			// Nothing processed it and nothing else can take it.
+			release()
+			closeBody(req) // taken back: nothing reads it
+			return nil, t.unavailable(s, err)
+		}
+		if c := t.logger.Check(zapcore.DebugLevel, "retrying request on another agent session"); c != nil {
+			c.Write(zap.String("pool", p.name), zap.Uint64("failed_session", s.id),
+				zap.Uint64("session", s2.id), zap.Error(err))
+		}
+		if body != nil {
+			body = &guardedBody{rc: req.Body}
+			out.Body = body
+		}
+		s = s2
+		resp, err = s.roundTrip(out)
+		if err != nil && spdy.IsRetryable(err) && ctx.Err() == nil {
+			release()
+			body.Close()
+			return nil, t.unavailable(s, err)
 		}
 	}
 	if timer != nil && !timer.Stop() && errors.Is(context.Cause(ctx), errHeaderTimeout) {
@@ -205,7 +213,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err == nil {
 			_ = resp.Body.Close()
 		}
-		closeBody(req)
+		body.Close()
 		countRequest(p.name, http.StatusGatewayTimeout)
 		return nil, timeoutError{msg: fmt.Sprintf("spdy_origin: agent (pool %q, session %d) sent no response headers within %s",
 			p.name, s.id, time.Duration(t.ResponseHeaderTimeout))}
@@ -214,25 +222,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if cancel != nil {
 			cancel(nil)
 		}
-		closeBody(req)
-		if errors.Is(err, spdy.ErrTooManyUpgrades) && req.Context().Err() == nil {
-			// The agent switched protocols but the session already carries
-			// max_upgraded_streams upgraded streams; the stream was reset, which
-			// closes the agent's upstream connection. A capacity limit, not a
-			// broken upstream: 503.
-			t.logger.Warn("upgrade refused: the agent session has max_upgraded_streams upgraded streams open",
-				zap.String("pool", p.name), zap.Uint64("session", s.id), zap.Int("upgraded_streams", s.s.Stats().UpgradedStreams),
-				zap.String("upgrade", req.Header.Get("Upgrade")), zap.String("uri", req.RequestURI))
-			countRequest(p.name, http.StatusServiceUnavailable)
-			return nil, caddyhttp.Error(http.StatusServiceUnavailable,
-				fmt.Errorf("spdy_origin: pool %q session %d: too many upgraded streams (WebSockets) open; raise max_upgraded_streams: %w", p.name, s.id, err))
-		}
-		code := http.StatusBadGateway
-		if req.Context().Err() != nil {
-			code = 499
-		}
-		countRequest(p.name, code)
-		return nil, fmt.Errorf("spdy_origin: pool %q session %d: %w", p.name, s.id, err)
+		body.Close()
+		return nil, t.failed(req, s, err)
 	}
 	countRequest(p.name, resp.StatusCode)
 	if cancel != nil {
@@ -242,14 +233,64 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-func (t *Transport) logNoSession() {
+// unavailable answers a request no session could take: 503, with
+// Retry-After from the handler.
+func (t *Transport) unavailable(s *session, err error) error {
+	p := t.pool
+	countRequest(p.name, http.StatusServiceUnavailable)
+	if errors.Is(err, spdy.ErrStreamQueueTimeout) {
+		t.logUnavailable("every stream slot of the pool's agent sessions stayed busy; answering 503 (raise the agent's --max-streams or --connections, or lower stream_idle_timeout)",
+			zap.Uint64("session", s.id), zap.Error(err))
+		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("%w (pool %q, session %d: %w)", ErrPoolBusy, p.name, s.id, err))
+	}
+	t.logUnavailable("no agent session of the pool could take the request; answering 503", zap.Uint64("session", s.id), zap.Error(err))
+	return caddyhttp.Error(http.StatusServiceUnavailable,
+		fmt.Errorf("%w (pool %q; session %d did not process the request: %w)", ErrNoSession, p.name, s.id, err))
+}
+
+// failed maps the error of a stream that did not produce a response to
+// the status the client gets. reverse_proxy keeps a caddyhttp.Error's
+// status; anything else becomes 502 (or 499 when the client left).
+func (t *Transport) failed(req *http.Request, s *session, err error) error {
+	p := t.pool
+	wrapped := fmt.Errorf("spdy_origin: pool %q session %d: %w", p.name, s.id, err)
+	code := http.StatusBadGateway
+	switch {
+	case req.Context().Err() != nil:
+		code = 499
+	case errors.Is(err, spdy.ErrHeadersTooLarge):
+		// The tunnel's header limit (max_header_bytes/_count), which both
+		// ends apply: refused here, before the agent sees it.
+		code = http.StatusRequestHeaderFieldsTooLarge
+	case errors.Is(err, spdy.ErrRequestBodyTimeout):
+		code = http.StatusRequestTimeout
+	case errors.Is(err, spdy.ErrTooManyUpgrades):
+		// The agent switched protocols but the session already carries
+		// max_upgraded_streams upgraded streams; the stream was reset, which
+		// closes the agent's upstream connection. A capacity limit, not a
+		// broken upstream: 503.
+		t.logger.Warn("upgrade refused: the agent session has max_upgraded_streams upgraded streams open",
+			zap.String("pool", p.name), zap.Uint64("session", s.id), zap.Int("upgraded_streams", s.s.Stats().UpgradedStreams),
+			zap.String("upgrade", req.Header.Get("Upgrade")), zap.String("uri", req.RequestURI))
+		code = http.StatusServiceUnavailable
+		wrapped = fmt.Errorf("spdy_origin: pool %q session %d: too many upgraded streams (WebSockets) open; raise max_upgraded_streams: %w", p.name, s.id, err)
+	}
+	countRequest(p.name, code)
+	if code == http.StatusBadGateway || code == 499 {
+		return wrapped // reverse_proxy's own mapping gives the same, and logs it as usual
+	}
+	return caddyhttp.Error(code, wrapped)
+}
+
+// logUnavailable logs why a request got 503, at most once a second per
+// pool: a site under load must not flood the log at request rate.
+func (t *Transport) logUnavailable(msg string, fields ...zap.Field) {
 	now := time.Now().UnixNano()
 	last := t.pool.noSessionLogged.Load()
 	if now-last < int64(time.Second) || !t.pool.noSessionLogged.CompareAndSwap(last, now) {
 		return
 	}
-	t.logger.Warn("no agent connected to pool; answering 503 (is the agent running and using the right token and pool?)",
-		zap.String("pool", t.pool.name))
+	t.logger.Warn(msg, append([]zap.Field{zap.String("pool", t.pool.name)}, fields...)...)
 }
 
 func closeBody(req *http.Request) {
@@ -258,26 +299,82 @@ func closeBody(req *http.Request) {
 	}
 }
 
-// guardedBody counts consumed bytes so a request is only retried while none
-// of its body has gone out. Close is ignored until something was read, so a
-// failed first attempt does not close the body the retry needs; the server
-// closes the request body when the handler returns anyway.
+// guardedBody is the request body one attempt reads. It counts what was
+// read, so a request is only retried while none of its body has gone out;
+// it lets the transport take the body back for a retry only when no read
+// is under way; and it never closes the body while a read is under way
+// (Caddy's body wrappers are not safe for that): a close that comes then
+// is done by the read when it returns.
 type guardedBody struct {
-	rc   io.ReadCloser
-	read atomic.Int64
+	rc io.ReadCloser
+
+	mu          sync.Mutex
+	read        int64
+	reading     bool
+	takenBack   bool // a retry owns the body now: reads fail, Close is a no-op
+	closeWanted bool
+	closed      bool
 }
 
+var errBodyTakenBack = errors.New("spdy_origin: request body taken back for a retry")
+
 func (b *guardedBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	if b.takenBack || b.closed {
+		b.mu.Unlock()
+		if b.takenBack {
+			return 0, errBodyTakenBack
+		}
+		return 0, http.ErrBodyReadAfterClose
+	}
+	b.reading = true
+	b.mu.Unlock()
 	n, err := b.rc.Read(p)
-	b.read.Add(int64(n))
+	b.mu.Lock()
+	b.reading = false
+	b.read += int64(n)
+	closeNow := b.closeWanted && !b.closed
+	if closeNow {
+		b.closed = true
+	}
+	b.mu.Unlock()
+	if closeNow {
+		_ = b.rc.Close()
+	}
 	return n, err
 }
 
+// Close closes the body now, or when the read under way returns. A nil
+// body (no request body) is fine.
 func (b *guardedBody) Close() error {
-	if b.read.Load() == 0 {
+	if b == nil {
 		return nil
 	}
+	b.mu.Lock()
+	if b.takenBack || b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	if b.reading {
+		b.closeWanted = true
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	b.mu.Unlock()
 	return b.rc.Close()
+}
+
+// takeBack ends this attempt's use of the body if none of it was read and
+// no read is under way, so that a retry may read it from the start.
+func (b *guardedBody) takeBack() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.read > 0 || b.reading || b.closed {
+		return false
+	}
+	b.takenBack = true
+	return true
 }
 
 // withCancel calls cancel once the body is closed, keeping the
