@@ -41,19 +41,19 @@ const (
 // streams with RoundTrip) or a server (the peer opens them; we serve an
 // http.Handler).
 type Session struct {
-	conn    net.Conn
-	cfg     Config
-	log     Logger
-	client  bool
-	handler http.Handler
+	conn     net.Conn
+	cfg      Config
+	log      Logger
+	client   bool
+	handler  http.Handler
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	framer   *mspdy.Framer // writes control frames (header compression included)
 	inflater *inflater     // reads header blocks (reader goroutine only)
 	limits   headerLimits
-	ctx     context.Context // cancelled when the session closes
-	cancel  context.CancelFunc
-	since   time.Time
+	ctx      context.Context // cancelled when the session closes
+	cancel   context.CancelFunc
+	since    time.Time
 
 	// mu guards the stream table, send windows and the state below it.
 	mu             sync.Mutex
@@ -579,6 +579,7 @@ func (s *Session) writeData(d *dataFrame) error {
 	s.bytesOut.Add(uint64(len(d.data)))
 	return err
 }
+
 // --- stream table -----------------------------------------------------------
 
 // resetPeerStream answers a refused SYN_STREAM or header block: the id

@@ -828,7 +828,9 @@ func TestConfigValidate(t *testing.T) {
 		{"max windows", func(c *Config) { c.StreamWindow, c.SessionWindow = maxWindow, maxWindow }, true},
 		{"minimal header limits", func(c *Config) { c.MaxHeaderBytes, c.MaxHeaderCount = 1024, 16 }, true},
 		{"zero value: all defaults", func(c *Config) { *c = Config{} }, true},
-		{"zero fields are defaults", func(c *Config) { c.StreamWindow, c.MaxConcurrentStreams, c.PingTimeout, c.MaxUpgradedStreams = 0, 0, 0, 0 }, true},
+		{"zero fields are defaults", func(c *Config) {
+			c.StreamWindow, c.MaxConcurrentStreams, c.PingTimeout, c.MaxUpgradedStreams = 0, 0, 0, 0
+		}, true},
 		{"stream window too small", func(c *Config) { c.StreamWindow = 64<<10 - 1 }, false},
 		{"stream window negative", func(c *Config) { c.StreamWindow = -1 }, false},
 		{"session window below stream", func(c *Config) { c.SessionWindow = c.StreamWindow - 1 }, false},

@@ -33,10 +33,10 @@ type stream struct {
 	tuneStart       time.Time // when the current window's worth of consumption began (see grow)
 	tuneBytes       int64     // consumed since tuneStart
 	chunks          [][]byte  // unread DATA payloads, oldest first
-	chunkOff        int      // read offset into chunks[0]
-	buffered        int      // unread bytes in chunks
-	received        int64    // DATA bytes received in all
-	contentLn       int64    // declared content-length of what we receive, -1 if none
+	chunkOff        int       // read offset into chunks[0]
+	buffered        int       // unread bytes in chunks
+	received        int64     // DATA bytes received in all
+	contentLn       int64     // declared content-length of what we receive, -1 if none
 	remoteFin       bool
 	localFin        bool
 	readClosed      bool  // the application will read no more: discard what comes
