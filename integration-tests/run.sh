@@ -355,6 +355,87 @@ t_big_upload() {
 	expect_eq "$got" "$want" "$BIG upload (PUT with Content-Length)"
 }
 
+
+# ---- isolation: one client or one response never costs the others ----------
+
+# sessions_of POOL: the pool's session ids, one line (to compare before/after).
+sessions_of() { pool_sessions "$1" | tr '\n' ' '; }
+
+t_many_request_headers() {
+	local dl before code i
+	python3 -c "print(''.join('x%d: v\n' % i for i in range(1000)), end='')" >"$O/1000h"
+	before=$(sessions_of files)
+	curl -sS --cacert "$CA" --max-time 120 --limit-rate 8M -o "$O/mh.bin" "$FILES/data/slow-24M.bin" &
+	dl=$!
+	sleep 0.5
+	code=$(c --http1.1 -o "$O/mh.body" -w '%{http_code}' -H "@$O/1000h" "$FILES/hello.txt")
+	expect_eq "$code" 431 "request with 1000 headers (over the tunnel's header limit)"
+	for i in 1 2 3; do
+		expect_eq "$(status "$FILES/hello.txt")" 200 "ordinary request $i afterwards"
+	done
+	wait "$dl" || fail "the download beside it failed"
+	expect_same_file "$O/mh.bin" "$D/site/data/slow-24M.bin" "download beside the 1000-header request"
+	expect_eq "$(sessions_of files)" "$before" "agent sessions (none may be lost)"
+}
+
+t_many_response_headers() {
+	local dl before code
+	before=$(sessions_of up)
+	curl -sS --cacert "$CA" --max-time 120 --limit-rate 8M -o "$O/mrh.bin" "$UP/bytes?n=16M&seed=mrh" &
+	dl=$!
+	sleep 0.5
+	code=$(status "$UP/manyheaders?n=2000")
+	expect_eq "$code" 502 "upstream answer with 2000 headers"
+	expect_eq "$(status "$UP/manyheaders?n=10")" 200 "upstream answer with 10 headers"
+	wait "$dl" || fail "the download beside it failed"
+	expect_eq "$("$UPSTREAM" sum <"$O/mrh.bin")" "$("$UPSTREAM" gen -n 16M -seed mrh -o - | "$UPSTREAM" sum)" "download beside it"
+	expect_eq "$(sessions_of up)" "$before" "agent sessions (none may be lost)"
+	grep -q 'response headers over the limit' "$WORK/logs/agent-up.log" || fail "the agent did not log why it refused the answer"
+}
+
+t_stalled_readers_and_uploads() {
+	local i pids=() t0 took
+	# 8 clients that (almost) stop reading 24 MiB downloads, 8 uploads to an
+	# endpoint that never reads: each holds its own stream's window, and
+	# nothing else.
+	for i in $(seq 1 8); do
+		curl -sS --cacert "$CA" --max-time 30 --limit-rate 1K -o /dev/null "$FILES/data/slow-24M.bin" 2>/dev/null &
+		pids+=($!)
+		curl -sS --cacert "$CA" --max-time 30 --data-binary "@$D/post-10M.bin" -o /dev/null "$UP/stall" 2>/dev/null &
+		pids+=($!)
+	done
+	sleep 2
+	t0=$(now_ms)
+	c -o "$O/st.bin" "$FILES/data/blob-4M.bin"
+	took=$(($(now_ms) - t0))
+	expect_same_file "$O/st.bin" "$D/site/data/blob-4M.bin" "download beside 8 stalled readers"
+	((took < 2000)) || fail "a 4 MiB download beside 8 stalled readers took ${took} ms (want < 2 s)"
+	echo "4 MiB download beside 8 stalled readers and 8 stalled uploads: ${took} ms"
+	t0=$(now_ms)
+	expect_eq "$(c --data-binary "@$D/post-10M.bin" "$UP/upload")" "$("$UPSTREAM" sum <"$D/post-10M.bin")" "upload beside 8 stalled uploads"
+	took=$(($(now_ms) - t0))
+	((took < 2000)) || fail "a 10 MiB upload beside 8 stalled uploads took ${took} ms (want < 2 s)"
+	echo "10 MiB upload beside them: ${took} ms"
+	kill "${pids[@]}" 2>/dev/null || true
+	wait "${pids[@]}" 2>/dev/null || true
+}
+
+t_lockout_spares_the_right_token() {
+	local i code n0
+	# Wrong tokens from 127.0.0.1 until it is locked out (429) ...
+	for i in $(seq 1 12); do
+		code=$(c --http1.1 -X PUT -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer wrong' "$EMPTY/.well-known/spdy-origin")
+	done
+	expect_eq "$code" 429 "wrong token after 12 attempts"
+	# ... and a real agent with the right token from the same address still registers.
+	n0=$(pool_count empty)
+	start_bg agent-lockout "$AGENT" --proxy "$EMPTY/.well-known/spdy-origin" --root "$D/site" --ca-file "$CA" --name itest-lockout --connections 1
+	wait_until 10 "the right token to register despite the lockout" bash -c "[ \"\$(curl -sS http://127.0.0.1:$ADMIN_PORT/spdy_origin/pools | jq '[.[] | select(.pool==\"empty\") | .sessions[]] | length')\" = $((n0 + 1)) ]"
+	expect_eq "$(status "$EMPTY/hello.txt")" 200 "served by the agent that registered"
+	stop_bg agent-lockout
+	wait_until 10 "pool empty to be empty again" bash -c "[ \"\$(curl -sS --cacert '$CA' -o /dev/null -w '%{http_code}' '$EMPTY/hello.txt')\" = 503 ]"
+}
+
 t_agent_killed_and_restarted() {
 	local t0 code took
 	[ "$(status "$FILES/hello.txt")" = 200 ] || fail "not served before the kill"
@@ -436,11 +517,15 @@ run_test head t_head
 run_test forwarded_headers t_forwarded_headers
 run_test slow_client_others_proceed t_slow_client_others_proceed
 run_test concurrent_200_downloads t_200_concurrent_downloads
+run_test many_request_headers_431 t_many_request_headers
+run_test many_response_headers_502 t_many_response_headers
+run_test stalled_readers_and_uploads t_stalled_readers_and_uploads
 run_test big_download_"$BIG" t_big_download
 run_test big_upload_"$BIG" t_big_upload
 run_test agent_killed_and_restarted t_agent_killed_and_restarted
 run_test reload_during_download t_reload_during_download
 run_test bad_token_401 t_bad_token
+run_test lockout_spares_the_right_token t_lockout_spares_the_right_token
 run_test no_agent_503 t_no_agent_503
 run_test demo_script t_demo_script
 

@@ -188,6 +188,8 @@ func serve(args []string) error {
 	mux.HandleFunc("/echo", handleEcho)
 	mux.HandleFunc("GET /bytes", handleBytes)
 	mux.HandleFunc("GET /headers", handleHeaders)
+	mux.HandleFunc("GET /manyheaders", handleManyHeaders)
+	mux.HandleFunc("/stall", handleStall)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return srv.Serve(ln)
 }
@@ -255,4 +257,23 @@ func handleHeaders(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "%s: %s\n", k, v)
 		}
 	}
+}
+
+// handleManyHeaders answers with n extra response headers (?n=N).
+func handleManyHeaders(w http.ResponseWriter, r *http.Request) {
+	n, err := strconv.Atoi(r.URL.Query().Get("n"))
+	if err != nil || n < 0 || n > 100000 {
+		http.Error(w, "want ?n=0..100000", http.StatusBadRequest)
+		return
+	}
+	for i := range n {
+		w.Header().Set(fmt.Sprintf("X-Many-%d", i), "v")
+	}
+	fmt.Fprintf(w, "%d headers\n", n)
+}
+
+// handleStall never reads its request body and answers only when the
+// client has gone: an endpoint that holds an upload's stream open.
+func handleStall(w http.ResponseWriter, r *http.Request) {
+	<-r.Context().Done()
 }
