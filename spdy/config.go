@@ -21,7 +21,7 @@ const (
 	DefaultWriteTimeout         = 30 * time.Second
 	DefaultStreamIdleTimeout    = time.Minute
 	DefaultStreamQueueTimeout   = 10 * time.Second
-	DefaultMaxHeaderBytes       = 1 << 20
+	DefaultMaxHeaderBytes       = 256 << 10
 	DefaultMaxHeaderCount       = 1000
 	DefaultMaxUpgradedStreams   = 1000
 
@@ -63,12 +63,15 @@ type Config struct {
 	// RST_STREAM REFUSED_STREAM. Default 1000.
 	MaxConcurrentStreams uint32
 
-	// PingInterval is how often the session sends a keepalive PING.
-	// Negative disables keepalive (Ping can still be called). Default 15s.
+	// PingInterval is how often the session sends a keepalive PING; the
+	// first goes out at once, to learn the round trip that stream windows
+	// grow by (flow.go). Negative disables keepalive; windows then grow
+	// only once Ping was called. Default 15s.
 	PingInterval time.Duration
 
-	// PingTimeout is how long a PING may go unanswered before the session is
-	// closed with ErrPingTimeout. Default 10s.
+	// PingTimeout is how long a PING may go unanswered, with no other frame
+	// arriving either, before the session is closed with ErrPingTimeout.
+	// Default 10s.
 	PingTimeout time.Duration
 
 	// WriteTimeout closes the session when one write to the connection
@@ -96,7 +99,10 @@ type Config struct {
 	// values and their length fields), received or sent. A received block
 	// over it is inflated to its end and dropped, and its stream reset
 	// (FRAME_TOO_LARGE); the session lives on. A block we would send over
-	// it fails with ErrHeadersTooLarge. Default 1 MiB.
+	// it fails with ErrHeadersTooLarge. A block inflating to more than
+	// four times this ends the session (the peer is burning our CPU).
+	// Decoded headers live as long as their streams: a session holds at
+	// most MaxConcurrentStreams × MaxHeaderBytes of them. Default 256 KiB.
 	MaxHeaderBytes uint32
 
 	// MaxHeaderCount caps the header values in one block, counting each

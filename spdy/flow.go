@@ -40,10 +40,11 @@ func (w *sendWindow) take(n int64) { w.n -= n }
 // application consumes data, in batches of at least threshold bytes so that
 // WINDOW_UPDATE frames stay few.
 type recvWindow struct {
-	size      int64 // the window we granted
-	inFlight  int64 // received and not yet returned to the peer
-	unacked   int64 // consumed and not yet returned
-	threshold int64
+	size       int64 // the window we granted
+	inFlight   int64 // received and not yet returned to the peer
+	unacked    int64 // consumed and not yet returned
+	threshold  int64
+	smallSteps bool // threshold is fixed (peers without flow control)
 }
 
 func newRecvWindow(size, threshold int64) recvWindow {
@@ -72,11 +73,22 @@ func (w *recvWindow) consumed(n int64) int64 {
 	return d
 }
 
+// flush returns all consumed credit now, below the threshold too.
+func (w *recvWindow) flush() int64 {
+	d := w.unacked
+	w.unacked = 0
+	w.inFlight -= d
+	return d
+}
+
 // grow enlarges the window by d; the caller sends d on top of the credit
-// it returns.
+// it returns. Credit keeps going back every eighth of the window, except
+// in the small fixed steps a peer without flow control (amahi) needs.
 func (w *recvWindow) grow(d int64) {
 	w.size += d
-	w.threshold = max(w.threshold, w.size/updateFraction)
+	if !w.smallSteps {
+		w.threshold = max(w.threshold, w.size/updateFraction)
+	}
 }
 
 // Receive windows in a tunnel
@@ -106,20 +118,29 @@ func (w *recvWindow) grow(d int64) {
 //     (Config.SessionWindow) and goes back when they end.
 //
 // A stalled stream therefore holds at most its own window, and a session
-// buffers at most MaxConcurrentStreams × 64 KiB + SessionWindow (about
-// 126 MiB with the defaults, reached only if every stream stalls full). A
-// stream that stays stalled is reset after Config.StreamIdleTimeout, which
-// frees its slot, its buffers and its share of the budget.
+// buffers at most MaxConcurrentStreams × (64 KiB + one partly filled 64 KiB
+// buffer) + SessionWindow (about 189 MiB with the defaults, reached only if
+// every stream stalls full). A stream that finished on the wire keeps its
+// slot and budget until its data is read (stream.finish), so unread
+// responses count too. A stream that stays stalled is reset (or its unread
+// data dropped) after Config.StreamIdleTimeout, which frees its slot, its
+// buffers and its share of the budget. Start grants take only from the
+// upper half of the budget, so streams that stay quiet for long (event
+// streams, WebSockets) cannot leave nothing for the streams that grow.
 //
 // Peers that never sent SETTINGS INITIAL_WINDOW_SIZE (amahi/spdy) get their
 // credit in 16 KiB steps: amahi waits for credit as large as its whole
 // write, and assumes 64 KiB windows whatever SETTINGS say.
 
 // takeBudget takes up to want bytes of the session's budget.
-func (s *Session) takeBudget(want int64) int64 {
+func (s *Session) takeBudget(want int64) int64 { return s.takeBudgetAbove(want, 0) }
+
+// takeBudgetAbove takes up to want bytes of the budget, leaving at least
+// floor.
+func (s *Session) takeBudgetAbove(want, floor int64) int64 {
 	for {
 		avail := s.budget.Load()
-		g := min(want, avail)
+		g := min(want, avail-floor)
 		if g <= 0 {
 			return 0
 		}
@@ -140,7 +161,10 @@ func (s *Session) giveBudget(n int64) {
 // queues it right after the stream's SYN_STREAM (client) or on receiving
 // it (server).
 func (s *Session) grantStart(st *stream) *mspdy.WindowUpdateFrame {
-	g := s.takeBudget(min(startWindow, int64(s.cfg.StreamWindow)) - defaultWindow)
+	// Start grants draw only on the upper half of the budget: streams that
+	// stay quiet (event streams, WebSockets) keep their grant until they
+	// end, and must not leave nothing for the streams that need to grow.
+	g := s.takeBudgetAbove(min(startWindow, int64(s.cfg.StreamWindow))-defaultWindow, int64(s.cfg.SessionWindow)/2)
 	if g <= 0 {
 		return nil
 	}

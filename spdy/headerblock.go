@@ -88,9 +88,10 @@ type headerLimits struct {
 }
 
 // inflateCap is how much one block may inflate to before the session is
-// given up: beyond it a peer is not refusing a big request, it is burning
-// our CPU. Within it, an over-limit block costs its stream only.
-func (l headerLimits) inflateCap() int { return max(4*l.bytes, 16<<20) }
+// given up: senders check the same limit before sending, so beyond a few
+// times it a peer is not sending a big request, it is burning our CPU.
+// Within it, an over-limit block costs its stream only.
+func (l headerLimits) inflateCap() int { return 4 * l.bytes }
 
 // payloadReader reads the n bytes of one frame's payload from the
 // connection's buffer, byte by byte as deflate wants them, and stops there.
@@ -255,7 +256,7 @@ func parseHeaderBlock(b []byte, maxValues int) (http.Header, error) {
 	if uint64(count) > uint64(len(b)/8) {
 		return nil, bad("header count %d does not fit in %d bytes", count, len(b))
 	}
-	h := make(http.Header, count)
+	h := make(http.Header, min(count, uint32(maxValues))) // the count is the peer's claim
 	values := 0
 	for range count {
 		name, rest, ok := lengthPrefixed(b)

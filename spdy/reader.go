@@ -404,6 +404,7 @@ func (s *Session) handleWindowUpdate(id uint32, delta int64) error {
 		}
 		waiters := s.winWaiters
 		s.winWaiters = nil
+		s.sessionWaitSince = 0
 		for _, st := range waiters {
 			st.waitsForSession = false
 		}
@@ -482,12 +483,13 @@ func (s *Session) readDataPayload(id uint32, fin bool, length int) error {
 			return err
 		}
 	}
-	// Small payloads are read into the reader's scratch buffer and packed
-	// into the stream's buffers; bigger ones straight into pooled buffers
-	// the stream keeps (no copy), one at a time whatever the frame claims.
+	// A full buffer's worth is read straight into a pooled buffer the
+	// stream keeps (no copy); anything smaller into the reader's scratch
+	// buffer, then packed into the stream's buffers. One buffer at a time,
+	// whatever the frame claims.
 	for keep && length > 0 {
 		k := min(length, recvBufferSize)
-		owned := k >= recvBufferSize/4
+		owned := k == recvBufferSize
 		buf := s.rbuf[:k]
 		if owned {
 			buf = recvBufPool.Get().(*[recvBufferSize]byte)[:k]

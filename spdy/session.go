@@ -63,11 +63,15 @@ type Session struct {
 	peerStreams    int    // open streams the peer opened
 	peerClosing    int    // of those, streams whose FIN we queued (see stream.finQueued)
 	localStreams   int    // open streams we opened
+	draining       int    // streams finished on the wire whose data is still unread (stream.finish)
 	upgraded       int
 	peerMaxStreams uint32     // the peer's SETTINGS_MAX_CONCURRENT_STREAMS
 	peerInitWindow int64      // the peer's SETTINGS_INITIAL_WINDOW_SIZE
 	sendWin        sendWindow // session-level send window
 	winWaiters     []*stream  // streams waiting for session send window
+	// sessionWaitSince: watchdog tick since which streams wait for session
+	// credit that has not come (0: none waits, or credit came since).
+	sessionWaitSince int64
 	slotFree       chan struct{}
 	goAwaySent     bool
 	goAwayRecv     bool
@@ -214,7 +218,9 @@ func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session
 	}
 	go s.writeLoop()
 	go s.readLoop()
-	go s.keepalive()
+	if cfg.PingInterval > 0 {
+		go s.keepalive()
+	}
 	if cfg.StreamIdleTimeout > 0 {
 		go s.watchdog()
 	}
@@ -295,7 +301,7 @@ func (s *Session) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	if s.shutdownWait == nil {
 		s.shutdownWait = make(chan struct{})
-		if len(s.streams) == 0 {
+		if len(s.streams) == s.draining {
 			close(s.shutdownWait)
 		}
 	}
@@ -611,11 +617,11 @@ func (s *Session) handleGoAway(lastGood, status uint32) {
 	s.goAwayRecv = true
 	var refused []*stream
 	for id, st := range s.streams {
-		if !s.isPeerID(id) && id > lastGood {
+		if !s.isPeerID(id) && id > lastGood && !st.draining {
 			refused = append(refused, st)
 		}
 	}
-	empty := len(s.streams) == len(refused)
+	empty := len(s.streams)-s.draining == len(refused)
 	s.mu.Unlock()
 	s.log.Debugw("spdy: peer sent GOAWAY", "remote", s.remoteAddr.String(), "last_good_stream", lastGood, "status", status)
 	for _, st := range refused {
@@ -630,15 +636,15 @@ func (s *Session) handleGoAway(lastGood, status uint32) {
 // newStreamLocked creates and registers a stream; s.mu is held. Its
 // receive window starts at SPDY's default (flow.go).
 func (s *Session) newStreamLocked(id uint32) *stream {
-	threshold := int64(smallUpdateThreshold)
-	if s.peerKnowsFlow.Load() {
-		threshold = defaultWindow / updateFraction
+	win := newRecvWindow(defaultWindow, defaultWindow/updateFraction)
+	if !s.peerKnowsFlow.Load() {
+		win.threshold, win.smallSteps = smallUpdateThreshold, true
 	}
 	st := &stream{
 		s:         s,
 		id:        id,
 		sendWin:   sendWindow{n: s.peerInitWindow},
-		recvWin:   newRecvWindow(defaultWindow, threshold),
+		recvWin:   win,
 		tuneStart: time.Now(),
 		readWake:  make(chan struct{}, 1),
 		sendWake:  make(chan struct{}, 1),
@@ -674,6 +680,7 @@ func (s *Session) removeStream(st *stream) {
 	st.mu.Lock()
 	extra := st.extra
 	st.extra = 0
+	st.released = true
 	st.mu.Unlock()
 	s.giveBudget(extra)
 	if s.isPeerID(st.id) {
@@ -687,13 +694,41 @@ func (s *Session) removeStream(st *stream) {
 	if st.upgraded {
 		s.upgraded--
 	}
-	var shutdownDone chan struct{}
-	if s.shutdownWait != nil && len(s.streams) == 0 {
-		shutdownDone = s.shutdownWait
+	if st.draining {
+		s.draining--
 	}
-	peerGone := s.goAwayRecv && len(s.streams) == 0
 	s.mu.Unlock()
 	s.wakeSlotWaiters()
+	s.afterStreamEnd()
+}
+
+// markDraining records that st finished on the wire with data its
+// application has yet to read: it keeps its slot and budget (finish), but
+// no longer holds up a graceful close.
+func (s *Session) markDraining(st *stream) {
+	s.mu.Lock()
+	if s.streams[st.id] != st || st.draining {
+		s.mu.Unlock()
+		return
+	}
+	st.draining = true
+	s.draining++
+	s.mu.Unlock()
+	s.afterStreamEnd()
+}
+
+// afterStreamEnd completes a Shutdown, or the close after the peer's GOAWAY,
+// once no stream is active on the wire. Streams draining their unread data
+// stay readable after the session closes.
+func (s *Session) afterStreamEnd() {
+	s.mu.Lock()
+	idle := len(s.streams) == s.draining
+	var shutdownDone chan struct{}
+	if s.shutdownWait != nil && idle {
+		shutdownDone = s.shutdownWait
+	}
+	peerGone := s.goAwayRecv && idle
+	s.mu.Unlock()
 	if shutdownDone != nil {
 		select {
 		case <-shutdownDone:
@@ -772,31 +807,55 @@ func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
 }
 
 // keepalive measures the round trip at once (windows grow by it, see
-// flow.go), then pings the peer every PingInterval and closes the session
-// when a ping goes unanswered for PingTimeout.
+// flow.go), then pings the peer every PingInterval. A PING unanswered for
+// PingTimeout closes the session only if nothing else arrived meanwhile
+// either: on a slow, busy uplink the answer queues behind the peer's DATA
+// in buffers along the way, and the session is alive.
 func (s *Session) keepalive() {
-	ping := func() bool {
+	alive := func() bool {
+		sent := time.Now().UnixNano()
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.PingTimeout)
 		_, err := s.Ping(ctx)
 		cancel()
-		return err == nil || !errors.Is(err, context.DeadlineExceeded)
+		return err == nil || !errors.Is(err, context.DeadlineExceeded) || s.lastRecv.Load() > sent
 	}
-	ok := ping()
-	if s.cfg.PingInterval <= 0 {
+	if !alive() {
+		s.pingTimeout()
 		return
 	}
 	t := time.NewTicker(s.cfg.PingInterval)
 	defer t.Stop()
-	for ok {
+	for {
 		select {
 		case <-s.closed:
 			return
 		case <-t.C:
 		}
-		ok = ping()
+		if !alive() {
+			s.pingTimeout()
+			return
+		}
 	}
-	s.log.Warnw("spdy: peer did not answer PING; closing session", "remote", s.remoteAddr.String(), "timeout", s.cfg.PingTimeout.String())
+}
+
+func (s *Session) pingTimeout() {
+	s.log.Warnw("spdy: peer did not answer PING and sent nothing else; closing session", "remote", s.remoteAddr.String(), "timeout", s.cfg.PingTimeout.String())
 	s.closeWith(ErrPingTimeout, true, mspdy.GoAwayOK)
+}
+
+// checkSessionCredit closes a session whose peer keeps streams waiting for
+// session-window credit for StreamIdleTimeout: the session window is
+// shared, so the watchdog does not blame the streams for it (stream.go),
+// but a peer that stops returning it has wedged every upload on the session.
+func (s *Session) checkSessionCredit(now int64) {
+	s.mu.Lock()
+	since := s.sessionWaitSince
+	s.mu.Unlock()
+	if since == 0 || now-since <= idleTicks {
+		return
+	}
+	err := fmt.Errorf("%w: the peer returned no session window credit for %s while streams waited for it", ErrProtocol, s.cfg.StreamIdleTimeout)
+	s.protocolError(err)
 }
 
 // idleTicks is how many watchdog ticks make StreamIdleTimeout.
@@ -824,11 +883,18 @@ func (s *Session) watchdog() {
 		}
 		s.mu.Unlock()
 		for _, st := range list {
-			if cause := st.idle(now); cause != nil {
+			cause, finished := st.idle(now)
+			switch {
+			case cause == nil:
+			case finished:
+				s.log.Debugw("spdy: dropping the unread data of a finished stream", "remote", s.remoteAddr.String(), "stream", st.id, "cause", cause.Error())
+				st.expire(cause)
+			default:
 				s.log.Debugw("spdy: resetting idle stream", "remote", s.remoteAddr.String(), "stream", st.id, "cause", cause.Error())
 				st.resetLocal(StatusCancel, cause)
 			}
 		}
+		s.checkSessionCredit(now)
 		clear(list)
 	}
 }

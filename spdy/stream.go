@@ -42,17 +42,21 @@ type stream struct {
 	readClosed      bool  // the application will read no more: discard what comes
 	err             error // why the stream was reset or aborted
 	finished        bool
-	aborted         bool // abortWith ran: the stream is being finished with err
+	aborted         bool  // abortWith ran: the stream is being finished with err
+	released        bool  // removeStream ran: slot and budget given back (see finish)
+	lost            error // unread data was dropped (see expire): reads fail with it
 	replyHdr        http.Header
 	upgraded        bool // guarded by s.mu
 	waitsForSession bool // guarded by s.mu: in s.winWaiters
 	finQueued       bool // guarded by s.mu: our FIN went to the writer, the peer may see the stream closed
+	draining        bool // guarded by s.mu: finished on the wire, unread data left (Session.markDraining)
 	head            bool // a HEAD request we sent: its response has no body
 	onFinish        func()
 
 	// Idle watchdog marks (session clock ticks; 0: not waiting). See
 	// Session.watchdog.
 	readWaitSince int64 // data is buffered, unread since
+	creditTick    int64 // when credit last went back to the peer (see read)
 	sendWaitSince int64 // our DATA waits for the stream's send window since
 	bodyWaitSince int64 // (client, before the reply) the request body source has given nothing since
 
@@ -86,23 +90,26 @@ func releaseChunk(c []byte) {
 	}
 }
 
-// appendLocked stores p, packing it into the last buffer when it fits so
-// that many small frames do not each pin a buffer. With owned, p is ours to
-// keep and is stored without a copy.
+// appendLocked stores p. A full pooled buffer handed over (owned) is kept
+// as it is; anything else is packed into the free tail of the last buffer
+// and new pooled buffers, so that what a stream holds is at most its
+// buffered bytes plus one buffer, whatever the sizes of the frames.
 func (st *stream) appendLocked(p []byte, owned bool) {
 	if owned {
 		st.chunks = append(st.chunks, p)
 		return
 	}
-	if k := len(st.chunks); k > 0 {
-		last := st.chunks[k-1]
-		if cap(last) == recvBufferSize && cap(last)-len(last) >= len(p) {
-			st.chunks[k-1] = append(last, p...)
-			return
+	for len(p) > 0 {
+		if k := len(st.chunks); k > 0 {
+			if last := st.chunks[k-1]; cap(last) == recvBufferSize && len(last) < cap(last) {
+				n := min(len(p), cap(last)-len(last))
+				st.chunks[k-1] = append(last, p[:n]...)
+				p = p[n:]
+				continue
+			}
 		}
+		st.chunks = append(st.chunks, recvBufPool.Get().(*[recvBufferSize]byte)[:0])
 	}
-	buf := recvBufPool.Get().(*[recvBufferSize]byte)[:0]
-	st.chunks = append(st.chunks, append(buf, p...))
 }
 
 // dropLocked discards all buffered data.
@@ -120,6 +127,11 @@ func (st *stream) dropLocked() {
 func (st *stream) admitData(n int64) (keep bool, refused *refusal) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if st.released {
+		// Removed between the reader's lookup and now (a reset from
+		// another goroutine): nothing may be charged to it any more.
+		return false, nil
+	}
 	if st.remoteFin {
 		return false, &refusal{Status: StatusStreamAlreadyClosed, Reason: "DATA after the stream's FIN"}
 	}
@@ -220,13 +232,31 @@ func (st *stream) read(p []byte) (int, error) {
 				st.tuneBytes += int64(n)
 				if update = st.recvWin.consumed(int64(n)); update > 0 {
 					update += st.growLocked()
+				} else if now := st.s.clock.Load(); now > st.creditTick {
+					// A slow but steady reader may take longer than
+					// the idle timeout to consume a threshold's worth:
+					// return what it consumed at least once per
+					// watchdog tick, so the sender sees the progress.
+					update = st.recvWin.flush()
+				}
+				if update > 0 {
+					st.creditTick = st.s.clock.Load()
 				}
 			}
+			drained := st.buffered == 0 && st.finished && !st.released
 			st.mu.Unlock()
 			if update > 0 {
 				st.s.queueControl(&mspdy.WindowUpdateFrame{StreamId: mspdy.StreamId(st.id), DeltaWindowSize: uint32(update)})
 			}
+			if drained {
+				st.s.removeStream(st)
+			}
 			return n, nil
+		}
+		if st.lost != nil {
+			err := st.lost
+			st.mu.Unlock()
+			return 0, err
 		}
 		if st.remoteFin {
 			err := io.EOF
@@ -258,8 +288,26 @@ func (st *stream) closeRead() {
 	st.readClosed = true
 	st.dropLocked()
 	st.readWaitSince = 0
+	release := st.finished && !st.released
 	st.mu.Unlock()
 	signal(st.readWake)
+	if release {
+		st.s.removeStream(st)
+	}
+}
+
+// expire drops the unread data of a stream that finished on the wire but
+// whose reader stopped reading (the watchdog found it idle): reads fail with
+// cause instead of ending early with EOF, and the stream's buffers, slot and
+// budget are released.
+func (st *stream) expire(cause error) {
+	st.mu.Lock()
+	st.lost = &StreamError{StreamID: st.id, Status: StatusCancel, Cause: cause}
+	st.dropLocked()
+	st.readWaitSince = 0
+	st.mu.Unlock()
+	signal(st.readWake)
+	st.s.removeStream(st)
 }
 
 // bodyComplete reports whether the peer's side ended cleanly.
@@ -310,6 +358,9 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 			if s.sendWin.available() == 0 && !st.waitsForSession {
 				st.waitsForSession = true
 				s.winWaiters = append(s.winWaiters, st)
+				if s.sessionWaitSince == 0 {
+					s.sessionWaitSince = s.clock.Load()
+				}
 			}
 			s.mu.Unlock()
 			// Only the stream's own window counts for the idle watchdog:
@@ -429,6 +480,11 @@ func (st *stream) maybeFinish() {
 	}
 }
 
+// finish ends the stream on the wire. Its slot and budget go back now,
+// unless data the application has not read is still buffered: then they go
+// back once that is read or dropped (read, closeRead, expire), so that the
+// memory a session holds stays bounded by its slots and budget even when
+// finished responses sit unread.
 func (st *stream) finish() {
 	st.mu.Lock()
 	if st.finished {
@@ -436,20 +492,30 @@ func (st *stream) finish() {
 		return
 	}
 	st.finished = true
+	release := st.buffered == 0 || st.readClosed
 	onFinish := st.onFinish
 	st.mu.Unlock()
 	close(st.done)
-	st.s.removeStream(st)
+	if release {
+		st.s.removeStream(st)
+	} else {
+		st.s.markDraining(st)
+	}
 	if onFinish != nil {
 		onFinish()
 	}
 }
 
 // idle reports why the stream has waited too long on a party that makes no
-// progress, at watchdog tick now, or nil.
-func (st *stream) idle(now int64) error {
+// progress, at watchdog tick now, or nil; and whether it has finished on the
+// wire (only its unread data is left).
+func (st *stream) idle(now int64) (cause error, finished bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	return st.idleLocked(now), st.finished
+}
+
+func (st *stream) idleLocked(now int64) error {
 	over := func(since int64) bool { return since != 0 && now-since > idleTicks }
 	timeout := st.s.cfg.StreamIdleTimeout
 	switch {
