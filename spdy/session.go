@@ -72,11 +72,11 @@ type Session struct {
 	// sessionWaitSince: watchdog tick since which streams wait for session
 	// credit that has not come (0: none waits, or credit came since).
 	sessionWaitSince int64
-	slotFree       chan struct{}
-	goAwaySent     bool
-	goAwayRecv     bool
-	peerLastGood   uint32
-	shutdownWait   chan struct{} // closed when the last stream ends after Shutdown
+	slotFree         chan struct{}
+	goAwaySent       bool
+	goAwayRecv       bool
+	peerLastGood     uint32
+	shutdownWait     chan struct{} // closed when the last stream ends after Shutdown
 
 	// recvMu guards the session-level receive window.
 	recvMu  sync.Mutex
