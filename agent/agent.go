@@ -45,7 +45,6 @@ type tuning struct {
 	handshakeTimeout       time.Duration // TCP+TLS+PUT+200 must finish within this
 	upstreamDialTimeout    time.Duration
 	upgradeHeaderTimeout   time.Duration // upstream must answer an upgrade request within this
-	goAwayPoll             time.Duration // how often to check a session for the proxy's GOAWAY
 	pipeLinger             time.Duration // after one direction of an upgraded pipe ends, wait this long for the other
 	spdy                   *spdy.Config  // template; Logger is set per session
 	rnd                    func() float64
@@ -65,7 +64,6 @@ func defaultTuning() tuning {
 		upstreamDialTimeout:  10 * time.Second,
 		upgradeHeaderTimeout: 60 * time.Second,
 		pipeLinger:           30 * time.Second,
-		goAwayPoll:           500 * time.Millisecond,
 		sleep:                sleepCtx,
 	}
 }
@@ -343,41 +341,33 @@ func errKey(err error) string {
 // caller opens a replacement at once, so the proxy keeps --connections usable
 // sessions. When ctx ends, the session is drained before returning.
 func (a *Agent) waitSession(ctx context.Context, sess *spdy.Session, log *zap.Logger) bool {
-	tick := time.NewTicker(a.tun.goAwayPoll)
-	defer tick.Stop()
-	for {
+	select {
+	case <-sess.Done():
+		a.untrack(sess)
+		return false
+	case <-ctx.Done():
+		a.drain(sess, log)
+		return false
+	case <-sess.GoAwayReceived():
+	}
+	select {
+	case <-sess.Done():
+		a.untrack(sess)
+		return false
+	default:
+	}
+	a.bg.Add(1)
+	go func() {
+		defer a.bg.Done()
 		select {
 		case <-sess.Done():
 			a.untrack(sess)
-			return false
+			log.Debug("replaced session finished", zap.NamedError("cause", sess.Err()))
 		case <-ctx.Done():
 			a.drain(sess, log)
-			return false
-		case <-tick.C:
-			if !sess.GoingAway() {
-				continue
-			}
-			select {
-			case <-sess.Done():
-				a.untrack(sess)
-				return false
-			default:
-			}
-			// We only send GOAWAY when ctx ends, so this one came from the proxy.
-			a.bg.Add(1)
-			go func() {
-				defer a.bg.Done()
-				select {
-				case <-sess.Done():
-					a.untrack(sess)
-					log.Debug("replaced session finished", zap.NamedError("cause", sess.Err()))
-				case <-ctx.Done():
-					a.drain(sess, log)
-				}
-			}()
-			return true
 		}
-	}
+	}()
+	return true
 }
 
 // drain sends GOAWAY and waits up to DrainTimeout for in-flight streams, then closes.

@@ -611,7 +611,6 @@ func TestProxyGoAwayReplacesSession(t *testing.T) {
 	o := baseOpts(p)
 	o.To = to
 	tun := testTuning(nil)
-	tun.goAwayPoll = 10 * time.Millisecond
 	ta := newTestAgent(t, o, &tun)
 	ta.start(t)
 	old := p.next(t)

@@ -75,6 +75,7 @@ type Session struct {
 	slotFree         chan struct{}
 	goAwaySent       bool
 	goAwayRecv       bool
+	goAwayRecvCh     chan struct{} // closed when goAwayRecv is set
 	peerLastGood     uint32
 	shutdownWait     chan struct{} // closed when the last stream ends after Shutdown
 
@@ -177,6 +178,7 @@ func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session
 		peerInitWindow: defaultWindow,
 		sendWin:        sendWindow{n: defaultWindow},
 		slotFree:       make(chan struct{}),
+		goAwayRecvCh:   make(chan struct{}),
 		wsignal:        make(chan struct{}, 1),
 		pings:          make(map[uint32]chan struct{}),
 		closed:         make(chan struct{}),
@@ -245,6 +247,10 @@ func (s *Session) RemoteAddr() net.Addr { return s.remoteAddr }
 
 // LocalAddr returns our network address.
 func (s *Session) LocalAddr() net.Addr { return s.localAddr }
+
+// GoAwayReceived is closed when the peer sends GOAWAY: it will accept no
+// new streams, and the session closes once its open streams are done (Done).
+func (s *Session) GoAwayReceived() <-chan struct{} { return s.goAwayRecvCh }
 
 // GoingAway reports whether the session accepts no new streams: GOAWAY was
 // sent or received, or the session closed.
@@ -613,6 +619,9 @@ func (s *Session) handleGoAway(lastGood, status uint32) {
 	s.mu.Lock()
 	if !s.goAwayRecv || lastGood < s.peerLastGood {
 		s.peerLastGood = lastGood
+	}
+	if !s.goAwayRecv {
+		close(s.goAwayRecvCh)
 	}
 	s.goAwayRecv = true
 	var refused []*stream
