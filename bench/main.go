@@ -92,11 +92,10 @@ func main() {
 	)
 	flag.Parse()
 	if *serveOrigin {
-		if err := runOriginOnly(*oPlain, *oTLS, *oCert, *oKey); err != nil {
-			fmt.Fprintln(os.Stderr, "origin:", err)
-			os.Exit(1)
-		}
-		return
+		// Runs until the bench kills it; it returns only when it failed.
+		err := runOriginOnly(*oPlain, *oTLS, *oCert, *oKey)
+		fmt.Fprintln(os.Stderr, "origin:", err)
+		os.Exit(1)
 	}
 	b := &bench{
 		quick: *quick, dur: *dur, warm: time.Second, rounds: *rounds, streams: *streams,

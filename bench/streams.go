@@ -2,16 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // streamsPerConn is how many streams the bench opens on one HTTP/2 connection to
@@ -56,29 +52,22 @@ func holdStreams(ctx context.Context, t *target, o *origin, n int, procs map[str
 		res.rss[name] = rssPair{before: kb}
 	}
 
-	tc := t.tls.Clone()
-	tc.NextProtos = []string{"h2"}
-	tr := &http2.Transport{TLSClientConfig: tc, ReadIdleTimeout: 0}
+	var h2 http.Protocols
+	h2.SetHTTP2(true) // HTTP/2 only: every connection must carry streamsPerConn streams
+	tr := &http.Transport{TLSClientConfig: t.tls.Clone(), Protocols: &h2}
 	nconn := (n + streamsPerConn - 1) / streamsPerConn
-	ccs := make([]*http2.ClientConn, 0, nconn)
-	var raw []net.Conn
+	ccs := make([]*http.ClientConn, 0, nconn)
 	defer func() {
-		for _, c := range raw {
-			c.Close()
+		for _, cc := range ccs {
+			cc.Close()
 		}
 	}()
 	for i := 0; i < nconn; i++ {
-		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", t.addr, tc)
+		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+		cc, err := tr.NewClientConn(dctx, "https", t.addr)
+		dcancel()
 		if err != nil {
 			return nil, fmt.Errorf("%s: dialing HTTP/2 connection %d: %w", t.name, i, err)
-		}
-		raw = append(raw, c)
-		if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
-			return nil, fmt.Errorf("%s: Caddy negotiated %q, want h2", t.name, p)
-		}
-		cc, err := tr.NewClientConn(c)
-		if err != nil {
-			return nil, err
 		}
 		ccs = append(ccs, cc)
 	}
@@ -176,8 +165,5 @@ func holdStreams(ctx context.Context, t *target, o *origin, n int, procs map[str
 	res.drain = time.Since(t0)
 	res.drainOK = o.held.Load() == 0
 	o.releaseHolds()
-	for _, cc := range ccs {
-		cc.Close()
-	}
 	return res, ctx.Err()
 }

@@ -1,21 +1,20 @@
 package spdy
 
-// Benchmarks: our SPDY/3.1 sessions against golang.org/x/net/http2 (h2c,
-// prior knowledge) as the yardstick, same workloads, same process, both
-// over one loopback TCP connection.
+// Benchmarks: our SPDY/3.1 sessions against net/http's HTTP/2 (h2c, prior
+// knowledge) as the yardstick, same workloads, same process, both over one
+// loopback TCP connection.
 //
 //	go test -run='^$' -bench=. -benchtime=3s ./spdy/
 //
-// Fairness: both sides get the same flow-control windows (8 MiB per stream,
-// 32 MiB per connection, in both directions) and the same largest DATA
-// frame (64 KiB: our maxDataFrame; h2's MaxReadFrameSize on both ends,
-// which is what the peer may send). The handler and the client loop are
-// shared code; each op's allocations are counted for client and server
-// together, since both live in this process. The h2 client is an
-// http2.Transport with AllowHTTP and a DialTLSContext that dials plain TCP
-// (it opens exactly one connection: every workload fits in the server's
-// stream limit); the h2 server is http2.Server.ServeConn on the accepted
-// connection.
+// Fairness: both sides get the same largest flow-control windows (8 MiB per
+// stream, 32 MiB per connection, in both directions; ours start smaller and
+// grow up to that, see flow.go) and the same largest DATA frame (64 KiB:
+// our maxDataFrame; h2's MaxReadFrameSize on both ends, which is what the
+// peer may send). The handler and the client loop are shared code; each
+// op's allocations are counted for client and server together, since both
+// live in this process. The h2 side is net/http's own HTTP/2 with
+// unencrypted HTTP/2 as its only protocol, one connection (every workload
+// fits in the server's stream limit).
 //
 // Workloads:
 //   - Bulk: one stream at a time downloads bulkSize bytes (MB/s is payload).
@@ -26,18 +25,15 @@ package spdy
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"runtime"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 
-	"golang.org/x/net/http2"
 )
 
 const (
@@ -108,56 +104,34 @@ func startH2C(b *testing.B) benchTarget {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &http2.Server{
-		MaxConcurrentStreams:         1000,
-		MaxReadFrameSize:             benchFrame,
-		MaxUploadBufferPerStream:     benchWindow,
-		MaxUploadBufferPerConnection: benchConnWn,
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() { srv.ServeConn(c, &http2.ServeConnOpts{Handler: http.HandlerFunc(benchHandler)}) })
-		}
-	})
-	t1 := &http.Transport{HTTP2: &http.HTTP2Config{
+	h2 := &http.HTTP2Config{
+		MaxConcurrentStreams:          1000,
 		MaxReadFrameSize:              benchFrame,
 		MaxReceiveBufferPerStream:     benchWindow,
 		MaxReceiveBufferPerConnection: benchConnWn,
-	}}
-	tr, err := http2.ConfigureTransports(t1)
-	if err != nil {
-		b.Fatal(err)
 	}
-	// ConfigureTransports gives the http2.Transport the windows above (via
-	// t1.HTTP2) but a pool that never dials (t1 would); with ConnPool reset
-	// it dials through DialTLSContext like a standalone http2.Transport.
-	tr.ConnPool = nil
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true) // prior knowledge, no TLS, no HTTP/1
+	srv := &http.Server{Handler: http.HandlerFunc(benchHandler), Protocols: &h2c, HTTP2: h2}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(ln)
+	}()
 	var dials atomic.Int32
-	tr.AllowHTTP = true
-	tr.DialTLSContext = func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-		dials.Add(1)
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
+	tr := &http.Transport{
+		Protocols: &h2c,
+		HTTP2:     h2,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
 	}
 	b.Cleanup(func() {
 		tr.CloseIdleConnections()
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+		srv.Close()
+		<-served
 		if n := dials.Load(); n > 1 {
 			b.Logf("h2c used %d connections", n)
 		}
