@@ -33,7 +33,6 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
-
 )
 
 const (

@@ -1,0 +1,228 @@
+package spdy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	mspdy "github.com/moby/spdystream/spdy"
+)
+
+// The writer goroutine: one per session, the only one that writes to the
+// connection (header compression needs frames encoded in the order they are
+// sent). Control frames go before DATA; frames queued close together share
+// a write, and a TLS record.
+
+// writeReq is one frame for the writer goroutine. done, when set, receives
+// the result once the frame is in the write buffer (or, with flush, on the
+// wire).
+type writeReq struct {
+	frame mspdy.Frame
+	data  dataFrame // a DATA frame when data.id != 0 (kept inline: no allocation per frame)
+	flush bool
+	done  chan error
+}
+
+// dataFrame is a DATA frame we encode ourselves, without copying the payload.
+type dataFrame struct {
+	id   uint32
+	fin  bool
+	data []byte
+}
+
+// queueControl queues a control frame without waiting. It is what the
+// reader goroutine uses, so it never blocks on the network.
+func (s *Session) queueControl(f mspdy.Frame) {
+	s.enqueue(writeReq{frame: f}, true)
+}
+
+// enqueue adds a request to the writer's queue. A request queued after the
+// writer stopped fails at once (and is not kept).
+func (s *Session) enqueue(r writeReq, control bool) {
+	s.wmu.Lock()
+	if s.wdone {
+		s.wmu.Unlock()
+		if r.done != nil {
+			r.done <- ErrSessionClosed
+		}
+		return
+	}
+	if control {
+		if len(s.ctrlQ) >= maxQueuedControl {
+			s.wmu.Unlock()
+			go s.closeWith(fmt.Errorf("%w: peer is not reading (control queue full)", ErrProtocol), false, 0)
+			if r.done != nil {
+				r.done <- ErrSessionClosed
+			}
+			return
+		}
+		s.ctrlQ = append(s.ctrlQ, r)
+	} else {
+		s.dataQ = append(s.dataQ, r)
+	}
+	s.wmu.Unlock()
+	select {
+	case s.wsignal <- struct{}{}:
+	default:
+	}
+}
+
+// writeFrame queues a frame and waits until it is written.
+func (s *Session) writeFrame(r writeReq, control bool) error {
+	if r.done == nil {
+		r.done = make(chan error, 1)
+	}
+	select {
+	case <-s.writerDone:
+		return sessionClosedError(s.errOrShutdown())
+	default:
+	}
+	s.enqueue(r, control)
+	select {
+	case err := <-r.done:
+		return err
+	case <-s.writerDone:
+		// The writer may have written it just before it stopped.
+		select {
+		case err := <-r.done:
+			return err
+		default:
+			return sessionClosedError(s.errOrShutdown())
+		}
+	}
+}
+
+func (s *Session) errOrShutdown() error {
+	<-s.closed
+	return s.err
+}
+
+// next pops the next request, control frames first.
+func (s *Session) next() (writeReq, bool) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if len(s.ctrlQ) > 0 {
+		r := s.ctrlQ[0]
+		s.ctrlQ[0] = writeReq{}
+		s.ctrlQ = s.ctrlQ[1:]
+		if len(s.ctrlQ) == 0 {
+			s.ctrlQ = s.ctrlQ[:0:0]
+		}
+		return r, true
+	}
+	if len(s.dataQ) > 0 {
+		r := s.dataQ[0]
+		s.dataQ[0] = writeReq{}
+		s.dataQ = s.dataQ[1:]
+		return r, true
+	}
+	return writeReq{}, false
+}
+
+func (s *Session) writeLoop() {
+	var err error
+	var deadlineSet time.Time
+	wt := s.cfg.WriteTimeout
+	touchDeadline := func() {
+		if wt <= 0 { // disabled
+			return
+		}
+		now := time.Now()
+		if now.Sub(deadlineSet) > wt/4 {
+			deadlineSet = now
+			s.conn.SetWriteDeadline(now.Add(wt))
+		}
+	}
+	for err == nil {
+		r, ok := s.next()
+		if !ok && s.bw.Buffered() > 0 {
+			// Give goroutines about to queue a frame one chance to do so,
+			// so that frames share a write (and a TLS record).
+			runtime.Gosched()
+			r, ok = s.next()
+		}
+		if !ok {
+			if s.bw.Buffered() > 0 {
+				touchDeadline()
+				if err = s.bw.Flush(); err != nil {
+					break
+				}
+			}
+			select {
+			case <-s.wsignal:
+				continue
+			case <-s.closed:
+				// Write what is queued (a final GOAWAY) and stop.
+				if r, ok := s.next(); ok {
+					touchDeadline()
+					err = s.writeOne(r)
+				}
+				if err == nil {
+					err = s.bw.Flush()
+				}
+				if err == nil {
+					err = ErrSessionClosed
+				}
+				continue
+			}
+		}
+		touchDeadline()
+		err = s.writeOne(r)
+	}
+	// Close writerDone before closeWith, which would otherwise wait for us
+	// to write its GOAWAY.
+	close(s.writerDone)
+	if !errors.Is(err, ErrSessionClosed) {
+		s.closeWith(fmt.Errorf("spdy: writing to connection: %w", err), false, 0)
+	}
+	// Fail whatever is left, and refuse what comes later.
+	s.wmu.Lock()
+	s.wdone = true
+	left := append(s.ctrlQ, s.dataQ...)
+	s.ctrlQ, s.dataQ = nil, nil
+	s.wmu.Unlock()
+	for _, r := range left {
+		if r.done != nil {
+			r.done <- sessionClosedError(s.errOrShutdown())
+		}
+	}
+}
+
+func (s *Session) writeOne(r writeReq) error {
+	var err error
+	if r.data.id != 0 {
+		err = s.writeData(&r.data)
+	} else if r.frame != nil {
+		err = s.framer.WriteFrame(r.frame)
+	}
+	if err == nil && r.flush {
+		err = s.bw.Flush()
+	}
+	if r.done != nil {
+		if err != nil {
+			// The writer stops here and the session closes with this cause.
+			r.done <- sessionClosedError(fmt.Errorf("spdy: writing to connection: %w", err))
+		} else {
+			r.done <- nil
+		}
+	}
+	return err
+}
+
+func (s *Session) writeData(d *dataFrame) error {
+	hd := s.dataFrameHd[:]
+	binary.BigEndian.PutUint32(hd[0:4], d.id&0x7fffffff)
+	flagsLen := uint32(len(d.data))
+	if d.fin {
+		flagsLen |= uint32(mspdy.DataFlagFin) << 24
+	}
+	binary.BigEndian.PutUint32(hd[4:8], flagsLen)
+	if _, err := s.bw.Write(hd); err != nil {
+		return err
+	}
+	_, err := s.bw.Write(d.data)
+	s.bytesOut.Add(uint64(len(d.data)))
+	return err
+}
