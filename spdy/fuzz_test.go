@@ -17,6 +17,7 @@ package spdy_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -391,4 +393,189 @@ func TestFuzzCorpusPresent(t *testing.T) {
 			}
 		}
 	}
+}
+
+// ---- header blocks ---------------------------------------------------------
+
+// Header block parsers, fuzzed alone (through the internals export_test.go
+// exposes): the inflater, which bounds what a block costs, and the parser
+// of inflated blocks.
+//
+//	go test -run='^$' -fuzz=FuzzHeaderBlock -fuzztime=60s ./spdy/
+//	go test -run='^$' -fuzz=FuzzParseHeaderBlock -fuzztime=60s ./spdy/
+
+const (
+	fuzzMaxBytes  = 4 << 10
+	fuzzMaxValues = 32
+)
+
+// rawBlock encodes an uncompressed header block from name/value pairs, as
+// given (no lowercasing, duplicates kept), for seeds.
+func rawBlock(kv ...string) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(kv)/2))
+	for _, s := range kv {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+// mobyBlocks compresses each header block with moby's framer, in one
+// context, and returns the blocks' payloads (SYN_REPLY frames: the block
+// follows the stream id).
+func mobyBlocks(t testing.TB, hs ...http.Header) [][]byte {
+	var buf bytes.Buffer
+	fr, err := mspdy.NewFramer(&buf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	for _, h := range hs {
+		buf.Reset()
+		if err := fr.WriteFrame(&mspdy.SynReplyFrame{StreamId: 1, Headers: h}); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, bytes.Clone(buf.Bytes()[8+4:]))
+	}
+	return out
+}
+
+// headersFrom derives a header map from arbitrary bytes: a name from each
+// line's first bytes (lowercase letters), the line as the value, its NULs
+// separating several values.
+func headersFrom(data []byte) http.Header {
+	h := http.Header{}
+	for i, line := range bytes.SplitN(data, []byte{'\n'}, 40) {
+		name := []byte("x-")
+		for _, c := range line[:min(len(line), 6)] {
+			name = append(name, 'a'+c%26)
+		}
+		name = append(name, byte('a'+i%26))
+		h[string(name)] = strings.Split(string(line), "\x00")
+	}
+	return h
+}
+
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+// canonical is h as the parser returns it: canonical names.
+func canonical(h http.Header) http.Header {
+	out := http.Header{}
+	for k, v := range h {
+		out[http.CanonicalHeaderKey(k)] = v
+	}
+	return out
+}
+
+func FuzzHeaderBlock(f *testing.F) {
+	f.Add([]byte{})
+	f.Add([]byte("garbage, not zlib"))
+	blocks := mobyBlocks(f,
+		fuzzRespHeaders("200 OK", "content-type", "text/plain", "x-multi", "a\x00b"),
+		http.Header{"x-nul": {strings.Repeat("\x00", 100)}},
+		http.Header{"x-big": {strings.Repeat("b", 64<<10)}},
+	)
+	for _, p := range blocks {
+		f.Add(p) // the first carries the zlib header; the others would follow it
+	}
+	f.Add(blocks[0][:6])  // the zlib header alone
+	f.Add(blocks[0][:20]) // truncated
+	f.Fuzz(func(t *testing.T, data []byte) {
+		// Arbitrary bytes as a frame's block, twice in one context: no
+		// panic; nothing kept beyond the limit; what is kept and parses
+		// holds no more values than allowed; a refusal names its status.
+		in := spdy.NewBlockInflater(fuzzMaxBytes, fuzzMaxValues)
+		for range 2 {
+			h, kept, over, perr, err := in.Block(data)
+			if err != nil {
+				if !errors.Is(err, spdy.ErrProtocol) {
+					t.Fatalf("session error %v, not a protocol error", err)
+				}
+				break
+			}
+			if kept > fuzzMaxBytes {
+				t.Fatalf("kept %d bytes of a block, limit %d", kept, fuzzMaxBytes)
+			}
+			if over && h != nil {
+				t.Fatal("a block over the limit was parsed")
+			}
+			if perr != nil {
+				if st, ok := spdy.RefusalStatus(perr); !ok || st != spdy.StatusProtocolError && st != spdy.StatusFrameTooLarge {
+					t.Fatalf("block refused with %v (status %v)", perr, st)
+				}
+			}
+			if h != nil {
+				if _, values := spdy.BlockSize(h); values > fuzzMaxValues {
+					t.Fatalf("%d values kept, limit %d", values, fuzzMaxValues)
+				}
+			}
+		}
+
+		// Valid blocks built from the input, compressed by moby's framer
+		// in one context, inflate to what was sent.
+		h1 := headersFrom(data)
+		h2 := headersFrom(append([]byte("second\n"), data...))
+		in = spdy.NewBlockInflater(1<<20, 1<<16)
+		for i, p := range mobyBlocks(t, h1, h2) {
+			want := canonical([]http.Header{h1, h2}[i])
+			got, _, over, perr, err := in.Block(p)
+			if err != nil || over || perr != nil {
+				t.Fatalf("block %d: over %v, refused %v, error %v", i+1, over, perr, err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("block %d inflated to %q, want %q", i+1, got, want)
+			}
+		}
+	})
+}
+
+func FuzzParseHeaderBlock(f *testing.F) {
+	f.Add([]byte{})
+	f.Add(rawBlock(":status", "200 OK", ":version", "HTTP/1.1", "content-type", "text/html"))
+	f.Add(rawBlock("x-multi", "a\x00b\x00c", "x-empty", ""))
+	f.Add(rawBlock("x-nul", strings.Repeat("\x00", 40)))
+	f.Add(rawBlock("X-Upper", "v"))
+	f.Add(rawBlock("x-dup", "1", "x-dup", "2"))
+	f.Add(rawBlock("", "empty name"))
+	f.Add(append(rawBlock("x-trailing", "v"), 0))
+	f.Add([]byte{0, 0, 0, 9, 0, 0, 0, 1, 'a'}) // count beyond the bytes
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		h, err := spdy.ParseHeaderBlock(data, fuzzMaxValues)
+		if err != nil {
+			if st, ok := spdy.RefusalStatus(err); !ok || st != spdy.StatusProtocolError && st != spdy.StatusFrameTooLarge {
+				t.Fatalf("refused with %v (status %v)", err, st)
+			}
+			return
+		}
+		// What parses is what the send side counts: the same size to the
+		// byte, and values within the limit.
+		size, values := spdy.BlockSize(h)
+		if size != len(data) {
+			t.Fatalf("block of %d bytes parsed to headers the send side counts as %d", len(data), size)
+		}
+		if values > fuzzMaxValues {
+			t.Fatalf("%d values, limit %d", values, fuzzMaxValues)
+		}
+		// Encoded again (names lowercase, values NUL-joined), it parses
+		// to the same headers. (Only ASCII letters are lowered: names on
+		// the wire may hold any other byte, which strings.ToLower would
+		// rewrite.)
+		var kv []string
+		for k, v := range h {
+			kv = append(kv, asciiLower(k), strings.Join(v, "\x00"))
+		}
+		again, err := spdy.ParseHeaderBlock(rawBlock(kv...), fuzzMaxValues)
+		if err != nil || !reflect.DeepEqual(again, h) {
+			t.Fatalf("re-encoded block parsed to %q, %v; want %q", again, err, h)
+		}
+	})
 }

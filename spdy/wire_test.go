@@ -145,23 +145,34 @@ func TestSettingsWindowResizeUpload(t *testing.T) {
 }
 
 // syncPing makes s send a PING and p answer it: every frame p sent before
-// has been handled by s when it returns.
+// has been handled by s when it returns. Every PING p sees meanwhile is
+// answered, not only the first: the session's keepalive sends one of its
+// own at start (to learn the RTT), which may come first. Other frames that
+// arrive meanwhile are dropped.
 func syncPing(t *testing.T, s *Session, p *rawPeer) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), rawTimeout)
+	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		_, err := s.Ping(context.Background())
+		_, err := s.Ping(ctx)
 		done <- err
 	}()
-	p.expect("PING", func(f spdy.Frame) bool {
-		if pf, ok := f.(*spdy.PingFrame); ok {
-			p.mustWrite(&spdy.PingFrame{Id: pf.Id})
-			return true
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			return
+		case f, ok := <-p.frames:
+			if !ok {
+				t.Fatalf("raw peer: connection ended (%v) during syncPing", p.rerr)
+			}
+			if pf, ok := f.(*spdy.PingFrame); ok {
+				p.mustWrite(&spdy.PingFrame{Id: pf.Id})
+			}
 		}
-		return false
-	})
-	if err := <-done; err != nil {
-		t.Fatal(err)
 	}
 }
 
