@@ -176,6 +176,19 @@ func (z *inflater) inflate(r *bufio.Reader, n int, lim headerLimits) (block []by
 			out := z.chunk[:k]
 			z.remember(out)
 			if !over && len(z.block)+k <= limit {
+				if len(z.block)+k > cap(z.block) {
+					// Double, and go straight to the limit from half
+					// of it: at most twice the block is allocated in
+					// all (append grows big slices by a quarter, five
+					// times the block).
+					c := max(2*cap(z.block), len(z.block)+k, 4<<10)
+					if 2*c > limit {
+						c = limit
+					}
+					grown := make([]byte, len(z.block), c)
+					copy(grown, z.block)
+					z.block = grown
+				}
 				z.block = append(z.block, out...)
 			} else {
 				over = true
@@ -243,54 +256,71 @@ func (z *inflater) remember(p []byte) {
 // parseHeaderBlock decodes an inflated block: a count, then per header a
 // length-prefixed lowercase name and a length-prefixed value in which NUL
 // separates several values. Names are stored canonically (pseudo-headers
-// as they are). A malformed block is a *refusal.
+// as they are). The block is checked whole before anything is allocated,
+// so a refused block costs nothing. A malformed block is a *refusal.
 func parseHeaderBlock(b []byte, maxValues int) (http.Header, error) {
-	bad := func(format string, a ...any) error {
-		return &refusal{Status: StatusProtocolError, Reason: fmt.Sprintf(format, a...)}
+	count, err := checkHeaderBlock(b, maxValues)
+	if err != nil {
+		return nil, err
 	}
-	if len(b) < 4 {
-		return nil, bad("no header count")
-	}
-	count := binary.BigEndian.Uint32(b)
+	h := make(http.Header, count)
 	b = b[4:]
-	if uint64(count) > uint64(len(b)/8) {
-		return nil, bad("header count %d does not fit in %d bytes", count, len(b))
-	}
-	h := make(http.Header, min(count, uint32(maxValues))) // the count is the peer's claim
-	values := 0
 	for range count {
-		name, rest, ok := lengthPrefixed(b)
-		if !ok {
-			return nil, bad("truncated header name")
-		}
-		value, rest, ok := lengthPrefixed(rest)
-		if !ok {
-			return nil, bad("truncated value of %q", name)
-		}
+		name, rest, _ := lengthPrefixed(b)
+		value, rest, _ := lengthPrefixed(rest)
 		b = rest
-		if len(name) == 0 {
-			return nil, bad("empty header name")
-		}
-		if hasUpper(name) {
-			return nil, bad("header name %q is not lowercase", name)
-		}
-		values += 1 + bytes.Count(value, []byte{0})
-		if values > maxValues {
-			return nil, &refusal{Status: StatusFrameTooLarge, Reason: fmt.Sprintf("more than %d header values", maxValues)}
-		}
 		key := string(name)
 		if key[0] != ':' {
 			key = textproto.CanonicalMIMEHeaderKey(key)
 		}
 		if _, dup := h[key]; dup {
-			return nil, bad("header %q appears twice", name)
+			return nil, &refusal{Status: StatusProtocolError, Reason: fmt.Sprintf("header %q appears twice", name)}
 		}
 		h[key] = strings.Split(string(value), "\x00")
 	}
-	if len(b) != 0 {
-		return nil, bad("%d bytes after the last header", len(b))
-	}
 	return h, nil
+}
+
+// checkHeaderBlock checks a block's structure, names and value count, and
+// returns its header count.
+func checkHeaderBlock(b []byte, maxValues int) (uint32, error) {
+	bad := func(format string, a ...any) error {
+		return &refusal{Status: StatusProtocolError, Reason: fmt.Sprintf(format, a...)}
+	}
+	if len(b) < 4 {
+		return 0, bad("no header count")
+	}
+	count := binary.BigEndian.Uint32(b)
+	b = b[4:]
+	if uint64(count) > uint64(len(b)/8) {
+		return 0, bad("header count %d does not fit in %d bytes", count, len(b))
+	}
+	values := 0
+	for range count {
+		name, rest, ok := lengthPrefixed(b)
+		if !ok {
+			return 0, bad("truncated header name")
+		}
+		value, rest, ok := lengthPrefixed(rest)
+		if !ok {
+			return 0, bad("truncated value of %q", name)
+		}
+		b = rest
+		if len(name) == 0 {
+			return 0, bad("empty header name")
+		}
+		if hasUpper(name) {
+			return 0, bad("header name %q is not lowercase", name)
+		}
+		values += 1 + bytes.Count(value, []byte{0})
+		if values > maxValues {
+			return 0, &refusal{Status: StatusFrameTooLarge, Reason: fmt.Sprintf("more than %d header values", maxValues)}
+		}
+	}
+	if len(b) != 0 {
+		return 0, bad("%d bytes after the last header", len(b))
+	}
+	return count, nil
 }
 
 func lengthPrefixed(b []byte) (field, rest []byte, ok bool) {

@@ -98,19 +98,12 @@ func pingClean(t *testing.T, p *rawPeer, id uint32) {
 	})
 }
 
-// settle returns once every frame p sent has been handled by s and the
-// keepalive's first PING (sent at start, to learn the round trip) has been
-// answered, so that the raw peer will write nothing it is not told to.
+// settle returns once every frame p sent has been handled by s, so that
+// the raw peer will write nothing it is not told to. (testConfig turns
+// keepalive off, so the session sends no PING of its own.)
 func settle(t *testing.T, s *Session, p *rawPeer, id uint32) {
 	t.Helper()
-	deadline := time.Now().Add(rawTimeout)
 	pingClean(t, p, id)
-	for s.rtt.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the keepalive's first PING never came")
-		}
-		pingClean(t, p, id)
-	}
 }
 
 // pingFromClient and pingFromServer are PING ids of the raw peer's role,
@@ -220,45 +213,44 @@ type bombCase struct {
 //
 // Allocation bounds. A block over MaxHeaderBytes is inflated through the
 // inflater's history and chunk buffers (reused) and dropped as it goes:
-// at most MaxHeaderBytes of it is kept, and the refused stream and its
-// RST_STREAM cost a few KiB, so 4 × MaxHeaderBytes + 64 KiB bounds it (the
-// slack also covers the test binary's other goroutines, such as the raw
-// peer decoding our frames). The block inflates to over 50 times that:
-// it is never held whole. (A stream-level bomb inflates to at most the
-// session's hard cap of 16 MiB, so a 50× ratio needs a small
-// MaxHeaderBytes: 4 KiB here.)
+// at most MaxHeaderBytes of it is kept, in a buffer that doubles as it
+// grows (at most twice its final size allocated in all), and the refused
+// stream and its RST_STREAM cost a few KiB, so 2 × MaxHeaderBytes + 64 KiB
+// bounds it (the slack also covers the test binary's other goroutines,
+// such as the raw peer decoding our frames). A stream-level bomb inflates
+// to at most the hard cap, 4 × MaxHeaderBytes; what lies beyond it is a
+// session error, tested with a block far larger than its allocations in
+// TestHeaderBombHardCap.
 //
-// A block within MaxHeaderBytes is kept whole and parsed: its buffer grows
-// by append (1.25× steps past small sizes, so about 5× its size allocated
-// in all), hence 6 × MaxHeaderBytes + 64 KiB. That still tells counting
-// from splitting: a million values split into strings would cost 16 MiB
-// for the []string alone.
+// A block within MaxHeaderBytes is kept whole and parsed, so the same
+// bound holds. That still tells counting from splitting: a million values
+// split into strings would cost 16 MiB for the []string alone.
 func bombCases() []bombCase {
 	const kib = 1 << 10
 	return []bombCase{
 		{
 			name:     "many big values",
-			maxBytes: 4 * kib, maxCount: 1000,
-			block:      bigValues(64, 64*kib), // 4 MiB inflated
-			allocBound: 4*4*kib + 64*kib, minRatio: 50,
+			maxBytes: 64 * kib, maxCount: 1000,
+			block:      bigValues(3, 64*kib), // 192 KiB inflated, within the 256 KiB cap
+			allocBound: 2*64*kib + 64*kib,
 		},
 		{
 			name:     "one NUL value over the size limit",
-			maxBytes: 4 * kib, maxCount: 1000,
-			block:      nulValue(4 << 20), // 4 M values, 4 MiB
-			allocBound: 4*4*kib + 64*kib, minRatio: 50,
+			maxBytes: 64 * kib, maxCount: 1000,
+			block:      nulValue(200 * kib), // 200 K values, 200 KiB
+			allocBound: 2*64*kib + 64*kib,
 		},
 		{
 			name:     "one NUL value within the size limit",
 			maxBytes: 1<<20 + 4*kib, maxCount: 1000,
 			block:      nulValue(1 << 20), // 1 M values, 1 MiB
-			allocBound: 6*(1<<20+4*kib) + 64*kib,
+			allocBound: 2*(1<<20+4*kib) + 64*kib,
 		},
 		{
 			name:     "too many headers",
 			maxBytes: 64 * kib, maxCount: 1000,
 			block:      headerCount(2000), // 31 KiB
-			allocBound: 6*64*kib + 64*kib,
+			allocBound: 2*64*kib + 64*kib,
 		},
 	}
 }
@@ -569,16 +561,17 @@ func TestDeflateRun(t *testing.T) {
 }
 
 // TestHeaderBombHardCap: a block that inflates past the hard cap
-// (max(4 × MaxHeaderBytes, 16 MiB)) is not a big request but a peer
-// burning our CPU: the session ends with GOAWAY PROTOCOL_ERROR and
-// ErrProtocol, in either role and for each header-bearing frame, and the
-// request waiting on it fails with that cause.
+// (4 × MaxHeaderBytes) is not a big request but a peer burning our CPU:
+// the session ends with GOAWAY PROTOCOL_ERROR and ErrProtocol, in either
+// role and for each header-bearing frame, and the request waiting on it
+// fails with that cause. However large the block claims to be, inflating
+// stops at the cap and allocates what the limit allows, not the claim.
 func TestHeaderBombHardCap(t *testing.T) {
 	cfg := testConfig()
-	cfg.MaxHeaderBytes = 4 << 10
+	cfg.MaxHeaderBytes = 64 << 10
 	capBytes := cfg.headerLimits().inflateCap()
-	if capBytes != 16<<20 {
-		t.Fatalf("hard cap %d, want 16 MiB", capBytes)
+	if capBytes != 4*64<<10 {
+		t.Fatalf("hard cap %d, want 4 × MaxHeaderBytes", capBytes)
 	}
 	bomb := deflateRun(capBytes + 1)
 	u32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
@@ -617,6 +610,20 @@ func TestHeaderBombHardCap(t *testing.T) {
 			t.Fatalf("RST_STREAM status %d, want FRAME_TOO_LARGE", rst.Status)
 		}
 		pingClean(t, p, pingFromClient)
+	})
+	t.Run("SYN_STREAM claiming 64 MiB", func(t *testing.T) {
+		s, p := rawClient(t, cfg, okHandler)
+		frame := synStreamBomb(1, deflateRun(64<<20)) // about 400 KB on the wire
+		before := totalAlloc()
+		p.writeRaw(frame)
+		p.expectGoAway()
+		p.drain()
+		waitDone(t, s)
+		allocated := totalAlloc() - before
+		t.Logf("a block claiming 64 MiB: session closed after %d bytes allocated", allocated)
+		if bound := uint64(2*cfg.MaxHeaderBytes + 256<<10); allocated > bound {
+			t.Fatalf("allocated %d bytes for a 64 MiB bomb, bound %d", allocated, bound)
+		}
 	})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1289,7 +1296,10 @@ func TestStreamIdleWatchdog(t *testing.T) {
 	t.Run("handler blocked on the session window", func(t *testing.T) {
 		t.Parallel() // waits out several timeouts; touches nothing shared
 		// The session window is shared: waiting for it says nothing about
-		// this stream's peer, so it is not a reason to reset.
+		// this stream's peer, so the stream is not reset for it. A peer
+		// that returns no session credit for a whole timeout while streams
+		// wait for it has wedged every stream on the session, though: the
+		// session is closed, not left hanging.
 		const size = 256 << 10
 		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(size))
@@ -1303,20 +1313,37 @@ func TestStreamIdleWatchdog(t *testing.T) {
 		p.mustWrite(&spdy.SettingsFrame{FlagIdValues: []spdy.SettingsFlagIdValue{{Id: spdy.SettingsInitialWindowSize, Value: 1 << 20}}})
 		settle(t, ss, p, pingFromClient)
 		p.mustWrite(synStream(1, reqBlock("GET", "/"), true))
-		got := len(quietFor(t, p, 3*idleTimeout))
+		start := time.Now()
+		got := 0
+		var fs []spdy.Frame
+		for f := p.next(); f != nil; f = p.next() {
+			if d, ok := f.(*spdy.DataFrame); ok {
+				got += len(d.Data)
+			}
+			fs = append(fs, f)
+		}
+		waited := time.Since(start)
 		if got != defaultWindow {
 			t.Fatalf("%d bytes sent within the session's 64 KiB window", got)
 		}
-		p.mustWrite(&spdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 20})
-		p.expect("the rest, with FIN", func(f spdy.Frame) bool {
-			d, ok := f.(*spdy.DataFrame)
-			if ok {
-				got += len(d.Data)
+		var ga *spdy.GoAwayFrame
+		for _, f := range fs {
+			switch f := f.(type) {
+			case *spdy.RstStreamFrame:
+				t.Fatalf("stream reset for waiting on the session window: %+v", f)
+			case *spdy.GoAwayFrame:
+				ga = f
 			}
-			return ok && d.Flags&spdy.DataFlagFin != 0
-		})
-		if got != size {
-			t.Fatalf("%d bytes, want %d", got, size)
+		}
+		if ga == nil || ga.Status != spdy.GoAwayProtocolError {
+			t.Fatalf("session closed without GOAWAY PROTOCOL_ERROR (frames %v)", fs)
+		}
+		if waited < idleTimeout {
+			t.Fatalf("session closed after %v, before the idle timeout %v", waited, idleTimeout)
+		}
+		waitDone(t, ss)
+		if err := ss.Err(); !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), "session window") {
+			t.Fatalf("session cause %v", err)
 		}
 	})
 }

@@ -239,6 +239,7 @@ func (s *Session) handleSynStream(id, assoc uint32, priority, flags uint8, n int
 		s.mu.Unlock()
 		return fmt.Errorf("%w: peer opened stream %d, not above its last stream %d", ErrProtocol, id, last)
 	}
+	lastBefore := s.lastPeerID
 	s.lastPeerID = id
 	switch {
 	case flags&flagUnidirectional != 0 || s.client:
@@ -269,6 +270,11 @@ func (s *Session) handleSynStream(id, assoc uint32, priority, flags uint8, n int
 			s.refuseBlock(id, err)
 			return nil
 		}
+		// The session ends: its GOAWAY must not name this stream as
+		// processed.
+		s.mu.Lock()
+		s.lastPeerID = lastBefore
+		s.mu.Unlock()
 		return err
 	}
 	if !fin {
@@ -292,6 +298,12 @@ func (s *Session) handleSynReply(id uint32, flags uint8, n int) error {
 		if _, err := s.readHeaderBlock(n, false); err != nil {
 			return err
 		}
+		if st != nil {
+			// A reply to a stream the peer opened itself: that stream
+			// is broken, and our handler must stop too.
+			st.resetLocal(StatusProtocolError, errors.New("the peer sent SYN_REPLY for a stream it opened"))
+			return nil
+		}
 		s.queueControl(&mspdy.RstStreamFrame{StreamId: mspdy.StreamId(id), Status: mspdy.RstStreamStatus(StatusInvalidStream)})
 		return nil
 	}
@@ -312,7 +324,8 @@ func (s *Session) handleSynReply(id uint32, flags uint8, n int) error {
 }
 
 // handleHeaders takes a HEADERS frame (trailers). We do not surface them,
-// but the block must be inflated, and its FIN counts.
+// so the block is inflated and dropped whatever its size (the compression
+// context must move on), and its FIN counts.
 func (s *Session) handleHeaders(id uint32, flags uint8, n int) error {
 	s.mu.Lock()
 	st := s.streams[id]
