@@ -208,7 +208,7 @@ func (s *Session) openStream(ctx context.Context, h http.Header, fin, head bool)
 	id := s.nextID
 	s.nextID += 2
 	st := s.newStreamLocked(id)
-	st.localFin = fin
+	st.state.set(stLocalFin, fin)
 	st.head = head
 	s.localStreams++
 	flags := mspdy.ControlFlags(0)
@@ -239,7 +239,7 @@ func (s *Session) markUpgraded(st *stream) error {
 		return ErrTooManyUpgrades
 	}
 	if s.streams[st.id] == st {
-		st.upgraded = true
+		st.tab.upgraded = true
 		s.upgraded++
 	}
 	return nil

@@ -1778,7 +1778,7 @@ func TestOldPeerOverrun(t *testing.T) {
 				deadline := time.Now().Add(rawTimeout)
 				for {
 					st.mu.Lock()
-					done := st.remoteFin || st.err != nil
+					done := st.state.has(stRemoteFin) || st.err != nil
 					st.mu.Unlock()
 					if done {
 						break

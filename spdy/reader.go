@@ -257,7 +257,7 @@ func (s *Session) handleSynStream(id, assoc uint32, priority, flags uint8, n int
 	}
 	st := s.newStreamLocked(id)
 	s.peerStreams++
-	st.remoteFin = fin
+	st.state.set(stRemoteFin, fin)
 	s.mu.Unlock()
 
 	h, err := s.readHeaderBlock(n, true)
@@ -419,7 +419,7 @@ func (s *Session) handleWindowUpdate(id uint32, delta int64) error {
 		s.winWaiters = nil
 		s.sessionWaitSince = 0
 		for _, st := range waiters {
-			st.waitsForSession = false
+			st.tab.waitsForSession = false
 		}
 		s.mu.Unlock()
 		for _, st := range waiters {

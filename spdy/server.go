@@ -313,7 +313,7 @@ func (w *responseWriter) sendReply(fin bool) error {
 	}
 	if fin {
 		st.mu.Lock()
-		st.localFin = true
+		st.state |= stLocalFin
 		st.mu.Unlock()
 		st.maybeFinish()
 	}

@@ -38,6 +38,21 @@ const (
 // Session is one SPDY/3.1 connection, as a client (we open odd-numbered
 // streams with RoundTrip) or a server (the peer opens them; we serve an
 // http.Handler).
+//
+// Goroutines: one reader (reader.go), one writer (writer.go), keepalive and
+// the idle watchdog (keepalive.go), one per served stream (server.go), and
+// the callers of RoundTrip and of stream reads and writes.
+//
+// Locks, always taken in this order, never held across I/O:
+//
+//	Session.mu   the stream table, send windows, stream.tab, GOAWAY state
+//	stream.mu    one stream's buffers, receive window, state
+//	Session.wmu  the writer's queues
+//
+// Session.recvMu (the session's receive window) and Session.pingMu (PINGs in
+// flight) are taken alone. stream.writeMu orders one stream's frames and is
+// taken before any of the above; it stays held while that stream's write
+// waits for flow-control credit or for the writer goroutine.
 type Session struct {
 	conn     net.Conn
 	cfg      Config
@@ -410,7 +425,7 @@ func (s *Session) handleGoAway(lastGood, status uint32) {
 	s.goAwayRecv = true
 	var refused []*stream
 	for id, st := range s.streams {
-		if !s.isPeerID(id) && id > lastGood && !st.draining {
+		if !s.isPeerID(id) && id > lastGood && !st.tab.draining {
 			refused = append(refused, st)
 		}
 	}
@@ -453,10 +468,10 @@ func (s *Session) newStreamLocked(id uint32) *stream {
 // markFinQueuedLocked records that st's FIN is about to be queued; s.mu is
 // held. A peer stream stops counting against MaxConcurrentStreams here.
 func (s *Session) markFinQueuedLocked(st *stream) {
-	if st.finQueued || s.streams[st.id] != st {
+	if st.tab.finQueued || s.streams[st.id] != st {
 		return
 	}
-	st.finQueued = true
+	st.tab.finQueued = true
 	if s.isPeerID(st.id) {
 		s.peerClosing++
 	}
@@ -473,21 +488,21 @@ func (s *Session) removeStream(st *stream) {
 	st.mu.Lock()
 	extra := st.extra
 	st.extra = 0
-	st.released = true
+	st.state |= stReleased
 	st.mu.Unlock()
 	s.giveBudget(extra)
 	if s.isPeerID(st.id) {
 		s.peerStreams--
-		if st.finQueued {
+		if st.tab.finQueued {
 			s.peerClosing--
 		}
 	} else {
 		s.localStreams--
 	}
-	if st.upgraded {
+	if st.tab.upgraded {
 		s.upgraded--
 	}
-	if st.draining {
+	if st.tab.draining {
 		s.draining--
 	}
 	s.mu.Unlock()
@@ -500,11 +515,11 @@ func (s *Session) removeStream(st *stream) {
 // no longer holds up a graceful close.
 func (s *Session) markDraining(st *stream) {
 	s.mu.Lock()
-	if s.streams[st.id] != st || st.draining {
+	if s.streams[st.id] != st || st.tab.draining {
 		s.mu.Unlock()
 		return
 	}
-	st.draining = true
+	st.tab.draining = true
 	s.draining++
 	s.mu.Unlock()
 	s.afterStreamEnd()

@@ -17,6 +17,36 @@ var (
 	errWriteClosed = errors.New("spdy: write after the stream's half-close")
 )
 
+// streamState is a stream's life (SPDY/3.1 section 2.3), guarded by
+// stream.mu. Bits are only ever set.
+type streamState uint8
+
+const (
+	stRemoteFin  streamState = 1 << iota // the peer's FIN arrived (or every byte it declared: abortWith)
+	stLocalFin                           // our FIN is sent
+	stReadClosed                         // the application reads no more: data that comes is dropped
+	stAborted                            // abortWith ran: the stream ends with err (one abort wins)
+	stFinished                           // ended on the wire: both FINs, or reset
+	stReleased                           // slot and budget given back (Session.removeStream)
+)
+
+func (s streamState) has(b streamState) bool { return s&b != 0 }
+
+func (s *streamState) set(b streamState, on bool) {
+	if on {
+		*s |= b
+	}
+}
+
+// tableFlags are a stream's marks in the session's stream table, guarded by
+// Session.mu.
+type tableFlags struct {
+	upgraded        bool // a byte pipe after 101: counts against MaxUpgradedStreams
+	waitsForSession bool // in Session.winWaiters
+	finQueued       bool // our FIN went to the writer: the peer may see the stream closed
+	draining        bool // finished on the wire, unread data left (Session.markDraining)
+}
+
 // stream is one SPDY stream: a receive buffer filled by the session's reader
 // goroutine and drained by the application, and a send side that spends
 // flow-control credit frame by frame.
@@ -24,34 +54,27 @@ type stream struct {
 	s  *Session
 	id uint32
 
-	// sendWin is guarded by s.mu (the reader goroutine updates it).
+	// Guarded by s.mu, the session's lock (the reader goroutine updates
+	// sendWin; tab is the stream's place in the table).
 	sendWin sendWindow
+	tab     tableFlags
 
-	mu              sync.Mutex // guards the fields below
-	recvWin         recvWindow
-	extra           int64     // budget this stream holds beyond defaultWindow (given back when it ends)
-	tuneStart       time.Time // when the current window's worth of consumption began (see grow)
-	tuneBytes       int64     // consumed since tuneStart
-	chunks          [][]byte  // unread DATA payloads, oldest first
-	chunkOff        int       // read offset into chunks[0]
-	buffered        int       // unread bytes in chunks
-	received        int64     // DATA bytes received in all
-	contentLn       int64     // declared content-length of what we receive, -1 if none
-	remoteFin       bool
-	localFin        bool
-	readClosed      bool  // the application will read no more: discard what comes
-	err             error // why the stream was reset or aborted
-	finished        bool
-	aborted         bool  // abortWith ran: the stream is being finished with err
-	released        bool  // removeStream ran: slot and budget given back (see finish)
-	lost            error // unread data was dropped (see expire): reads fail with it
-	replyHdr        http.Header
-	upgraded        bool // guarded by s.mu
-	waitsForSession bool // guarded by s.mu: in s.winWaiters
-	finQueued       bool // guarded by s.mu: our FIN went to the writer, the peer may see the stream closed
-	draining        bool // guarded by s.mu: finished on the wire, unread data left (Session.markDraining)
-	head            bool // a HEAD request we sent: its response has no body
-	onFinish        func()
+	mu        sync.Mutex // guards the fields below
+	recvWin   recvWindow
+	extra     int64     // budget this stream holds beyond defaultWindow (given back when it ends)
+	tuneStart time.Time // when the current window's worth of consumption began (see grow)
+	tuneBytes int64     // consumed since tuneStart
+	chunks    [][]byte  // unread DATA payloads, oldest first
+	chunkOff  int       // read offset into chunks[0]
+	buffered  int       // unread bytes in chunks
+	received  int64     // DATA bytes received in all
+	contentLn int64     // declared content-length of what we receive, -1 if none
+	state     streamState
+	err       error // why the stream was reset or aborted
+	lost      error // unread data was dropped (see expire): reads fail with it
+	replyHdr  http.Header
+	head      bool // a HEAD request we sent: its response has no body
+	onFinish  func()
 
 	// Idle watchdog marks (session clock ticks; 0: not waiting). See
 	// Session.watchdog.
@@ -127,12 +150,12 @@ func (st *stream) dropLocked() {
 func (st *stream) admitData(n int64) (keep bool, refused *refusal) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.released {
+	if st.state.has(stReleased) {
 		// Removed between the reader's lookup and now (a reset from
 		// another goroutine): nothing may be charged to it any more.
 		return false, nil
 	}
-	if st.remoteFin {
+	if st.state.has(stRemoteFin) {
 		return false, &refusal{Status: StatusStreamAlreadyClosed, Reason: "DATA after the stream's FIN"}
 	}
 	if err := st.recvWin.received(n); err != nil && !st.tolerateOverrunLocked(n) {
@@ -142,14 +165,14 @@ func (st *stream) admitData(n int64) (keep bool, refused *refusal) {
 	if st.contentLn >= 0 && st.received > st.contentLn {
 		return false, &refusal{Status: StatusProtocolError, Reason: fmt.Sprintf("body longer than its content-length %d", st.contentLn)}
 	}
-	return !st.readClosed && st.err == nil, nil
+	return !st.state.has(stReadClosed) && st.err == nil, nil
 }
 
 // push stores a payload admitted by admitData; p is only valid during the
 // call unless owned.
 func (st *stream) push(p []byte, owned bool) {
 	st.mu.Lock()
-	if st.readClosed || st.err != nil {
+	if st.state.has(stReadClosed) || st.err != nil {
 		st.mu.Unlock()
 		if owned {
 			releaseChunk(p)
@@ -168,7 +191,7 @@ func (st *stream) push(p []byte, owned bool) {
 // endRemote records the peer's FIN.
 func (st *stream) endRemote() {
 	st.mu.Lock()
-	st.remoteFin = true
+	st.state |= stRemoteFin
 	st.mu.Unlock()
 	signal(st.readWake)
 	st.maybeFinish()
@@ -189,7 +212,7 @@ func (st *stream) receiveReply(h http.Header, fin bool) {
 		st.contentLn = contentLength(h)
 	}
 	if fin {
-		st.remoteFin = true
+		st.state |= stRemoteFin
 	}
 	st.mu.Unlock()
 	close(st.reply)
@@ -228,7 +251,7 @@ func (st *stream) read(p []byte) (int, error) {
 				st.readWaitSince = 0
 			}
 			var update int64
-			if !st.remoteFin && st.err == nil {
+			if !st.state.has(stRemoteFin) && st.err == nil {
 				st.tuneBytes += int64(n)
 				if update = st.recvWin.consumed(int64(n)); update > 0 {
 					update += st.growLocked()
@@ -243,7 +266,7 @@ func (st *stream) read(p []byte) (int, error) {
 					st.creditTick = st.s.clock.Load()
 				}
 			}
-			drained := st.buffered == 0 && st.finished && !st.released
+			drained := st.buffered == 0 && st.state.has(stFinished) && !st.state.has(stReleased)
 			st.mu.Unlock()
 			if update > 0 {
 				st.s.queueControl(&mspdy.WindowUpdateFrame{StreamId: mspdy.StreamId(st.id), DeltaWindowSize: uint32(update)})
@@ -258,7 +281,7 @@ func (st *stream) read(p []byte) (int, error) {
 			st.mu.Unlock()
 			return 0, err
 		}
-		if st.remoteFin {
+		if st.state.has(stRemoteFin) {
 			err := io.EOF
 			if st.contentLn >= 0 && st.received != st.contentLn {
 				err = fmt.Errorf("%w: got %d of %d bytes: %w", ErrBodyLength, st.received, st.contentLn, io.ErrUnexpectedEOF)
@@ -271,7 +294,7 @@ func (st *stream) read(p []byte) (int, error) {
 			st.mu.Unlock()
 			return 0, err
 		}
-		if st.readClosed {
+		if st.state.has(stReadClosed) {
 			st.mu.Unlock()
 			return 0, errReadClosed
 		}
@@ -285,10 +308,10 @@ func (st *stream) read(p []byte) (int, error) {
 // future data is discarded.
 func (st *stream) closeRead() {
 	st.mu.Lock()
-	st.readClosed = true
+	st.state |= stReadClosed
 	st.dropLocked()
 	st.readWaitSince = 0
-	release := st.finished && !st.released
+	release := st.state.has(stFinished) && !st.state.has(stReleased)
 	st.mu.Unlock()
 	signal(st.readWake)
 	if release {
@@ -314,21 +337,21 @@ func (st *stream) expire(cause error) {
 func (st *stream) bodyComplete() bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return st.remoteFin
+	return st.state.has(stRemoteFin)
 }
 
 // sendComplete reports whether our side of the stream ended: FIN sent or
 // queued.
 func (st *stream) sendComplete() bool {
 	st.mu.Lock()
-	done := st.localFin
+	done := st.state.has(stLocalFin)
 	st.mu.Unlock()
 	if done {
 		return true
 	}
 	st.s.mu.Lock()
 	defer st.s.mu.Unlock()
-	return st.finQueued
+	return st.tab.finQueued
 }
 
 // write sends p as DATA frames within both windows; with fin the last frame
@@ -340,7 +363,7 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 	total := 0
 	for {
 		st.mu.Lock()
-		err, localFin := st.err, st.localFin
+		err, localFin := st.err, st.state.has(stLocalFin)
 		st.mu.Unlock()
 		if err != nil {
 			return total, err
@@ -355,8 +378,8 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 		n := min(int64(len(p)), st.sendWin.available(), s.sendWin.available(), maxDataFrame)
 		if n == 0 && len(p) > 0 {
 			onStream := st.sendWin.available() == 0
-			if s.sendWin.available() == 0 && !st.waitsForSession {
-				st.waitsForSession = true
+			if s.sendWin.available() == 0 && !st.tab.waitsForSession {
+				st.tab.waitsForSession = true
 				s.winWaiters = append(s.winWaiters, st)
 				if s.sessionWaitSince == 0 {
 					s.sessionWaitSince = s.clock.Load()
@@ -395,7 +418,7 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 		p = p[n:]
 		if last {
 			st.mu.Lock()
-			st.localFin = true
+			st.state |= stLocalFin
 			st.mu.Unlock()
 			st.maybeFinish()
 			return total, nil
@@ -406,7 +429,7 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 // closeWrite sends FIN if it was not sent.
 func (st *stream) closeWrite() error {
 	st.mu.Lock()
-	sent := st.localFin
+	sent := st.state.has(stLocalFin)
 	st.mu.Unlock()
 	if sent {
 		return nil
@@ -432,23 +455,23 @@ func (st *stream) abort(err error) { st.abortWith(err) }
 // readable; otherwise buffered data is dropped.
 func (st *stream) abortWith(err error) bool {
 	st.mu.Lock()
-	if st.finished || st.aborted {
+	if st.state.has(stFinished) || st.state.has(stAborted) {
 		st.mu.Unlock()
 		return false
 	}
 	// aborted, set under the same lock as the check, makes this the one
 	// abort that wins (and the one RST_STREAM that is sent): finish()
 	// below runs after the lock is released.
-	st.aborted = true
+	st.state |= stAborted
 	st.err = err
 	var local *StreamError
-	if !st.remoteFin && st.contentLn >= 0 && st.received == st.contentLn && !(errors.As(err, &local) && !local.Remote) {
+	if !st.state.has(stRemoteFin) && st.contentLn >= 0 && st.received == st.contentLn && !(errors.As(err, &local) && !local.Remote) {
 		// Every byte the peer declared has arrived: the body is whole even
 		// though its FIN did not come (node-spdy may reset a stream it has
 		// just finished, ahead of the FIN).
-		st.remoteFin = true
+		st.state |= stRemoteFin
 	}
-	if !st.remoteFin {
+	if !st.state.has(stRemoteFin) {
 		st.dropLocked()
 	}
 	st.readWaitSince, st.sendWaitSince, st.bodyWaitSince = 0, 0, 0
@@ -463,7 +486,7 @@ func (st *stream) abortWith(err error) bool {
 func (st *stream) whenFinished(f func()) {
 	st.mu.Lock()
 	st.onFinish = f
-	finished := st.finished
+	finished := st.state.has(stFinished)
 	st.mu.Unlock()
 	if finished {
 		f()
@@ -473,7 +496,7 @@ func (st *stream) whenFinished(f func()) {
 // maybeFinish finishes the stream once both sides sent FIN.
 func (st *stream) maybeFinish() {
 	st.mu.Lock()
-	both := st.localFin && st.remoteFin
+	both := st.state.has(stLocalFin) && st.state.has(stRemoteFin)
 	st.mu.Unlock()
 	if both {
 		st.finish()
@@ -487,12 +510,12 @@ func (st *stream) maybeFinish() {
 // finished responses sit unread.
 func (st *stream) finish() {
 	st.mu.Lock()
-	if st.finished {
+	if st.state.has(stFinished) {
 		st.mu.Unlock()
 		return
 	}
-	st.finished = true
-	release := st.buffered == 0 || st.readClosed
+	st.state |= stFinished
+	release := st.buffered == 0 || st.state.has(stReadClosed)
 	onFinish := st.onFinish
 	st.mu.Unlock()
 	close(st.done)
@@ -512,7 +535,7 @@ func (st *stream) finish() {
 func (st *stream) idle(now int64) (cause error, finished bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return st.idleLocked(now), st.finished
+	return st.idleLocked(now), st.state.has(stFinished)
 }
 
 func (st *stream) idleLocked(now int64) error {
