@@ -47,77 +47,29 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 	if body == http.NoBody {
 		body = nil
 	}
-	fin := body == nil && !upgrade
 	h := requestHeaders(req, upgrade)
 	if err := checkSendLimits(h, s.limits); err != nil {
 		return nil, fmt.Errorf("request headers: %w", err)
 	}
-	st, err := s.openStream(ctx, h, fin, req.Method == http.MethodHead)
+	st, err := s.openStream(ctx, h, body == nil && !upgrade, req.Method == http.MethodHead)
 	if err != nil {
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { st.resetLocal(StatusCancel, context.Cause(ctx)) })
 	var bodySent chan struct{} // closed when sendBody returns
 	if body != nil {
-		// A stream that fails closes the body, so that a Read blocked in
-		// sendBody returns (in its own goroutine: Close may wait for it).
-		closeIfFailed := func() {
-			st.mu.Lock()
-			failed := st.err != nil
-			st.mu.Unlock()
-			if failed {
-				go closeBody()
-			}
-		}
-		st.whenFinished(closeIfFailed)
-		bodySent = make(chan struct{})
-		go func() {
-			defer close(bodySent)
-			st.sendBody(body, closeBody, req.ContentLength, !upgrade)
-		}()
+		bodySent = st.startBody(body, closeBody, req.ContentLength, !upgrade)
 	}
-
-	select {
-	case <-st.reply:
-	case <-st.done:
-		select {
-		case <-st.reply:
-		default:
-			stop()
-			return nil, st.failure(ctx)
-		}
-	case <-ctx.Done():
-		stop()
-		st.resetLocal(StatusCancel, context.Cause(ctx))
-		return nil, ctx.Err()
+	if err := st.awaitReply(ctx, stop); err != nil {
+		return nil, err
 	}
-
-	st.mu.Lock()
-	block := st.replyHdr
-	st.mu.Unlock()
-	pseudo, h := splitHeaders(block)
-	code, err := parseStatus(pseudo.status)
+	resp, err := st.response(req)
 	if err != nil {
 		stop()
 		st.resetLocal(StatusProtocolError, err)
 		return nil, err
 	}
-	proto, major, minor := parseVersion(pseudo.version)
-	resp := &http.Response{
-		Status:        statusLine(code),
-		StatusCode:    code,
-		Proto:         proto,
-		ProtoMajor:    major,
-		ProtoMinor:    minor,
-		Header:        h,
-		ContentLength: contentLength(h),
-		Request:       req,
-	}
-	noBody := req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
-	if noBody && resp.ContentLength < 0 {
-		resp.ContentLength = 0
-	}
-	if code == http.StatusSwitchingProtocols && upgrade {
+	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade {
 		if err := s.markUpgraded(st); err != nil {
 			stop()
 			st.resetLocal(StatusRefusedStream, err)
@@ -139,6 +91,75 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 		}()
 	}
 	resp.Body = &responseBody{st: st, stop: stop}
+	return resp, nil
+}
+
+// startBody sends a request body in its own goroutine and returns a channel
+// closed when it is done. With fin, FIN follows the body.
+func (st *stream) startBody(body io.Reader, closeBody func(), declared int64, fin bool) chan struct{} {
+	// A stream that fails closes the body, so that a Read blocked in
+	// sendBody returns (in its own goroutine: Close may wait for it).
+	st.whenFinished(func() {
+		st.mu.Lock()
+		failed := st.err != nil
+		st.mu.Unlock()
+		if failed {
+			go closeBody()
+		}
+	})
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		st.sendBody(body, closeBody, declared, fin)
+	}()
+	return sent
+}
+
+// awaitReply waits for SYN_REPLY; stop releases the context's hook.
+func (st *stream) awaitReply(ctx context.Context, stop func() bool) error {
+	select {
+	case <-st.reply:
+		return nil
+	case <-st.done:
+		select {
+		case <-st.reply:
+			return nil
+		default:
+			stop()
+			return st.failure(ctx)
+		}
+	case <-ctx.Done():
+		stop()
+		st.resetLocal(StatusCancel, context.Cause(ctx))
+		return ctx.Err()
+	}
+}
+
+// response builds the http.Response of SYN_REPLY, without its Body.
+func (st *stream) response(req *http.Request) (*http.Response, error) {
+	st.mu.Lock()
+	block := st.replyHdr
+	st.mu.Unlock()
+	pseudo, h := splitHeaders(block)
+	code, err := parseStatus(pseudo.status)
+	if err != nil {
+		return nil, err
+	}
+	proto, major, minor := parseVersion(pseudo.version)
+	resp := &http.Response{
+		Status:        statusLine(code),
+		StatusCode:    code,
+		Proto:         proto,
+		ProtoMajor:    major,
+		ProtoMinor:    minor,
+		Header:        h,
+		ContentLength: contentLength(h),
+		Request:       req,
+	}
+	noBody := req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+	if noBody && resp.ContentLength < 0 {
+		resp.ContentLength = 0
+	}
 	return resp, nil
 }
 

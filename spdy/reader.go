@@ -18,24 +18,6 @@ import (
 // cost, and DATA is read straight into the stream's buffers after its
 // window was checked, never in one allocation the size of its claim.
 
-// Control frame types and flags (SPDY/3 section 2.6).
-const (
-	typeSynStream    = 1
-	typeSynReply     = 2
-	typeRstStream    = 3
-	typeSettings     = 4
-	typePing         = 6
-	typeGoAway       = 7
-	typeHeaders      = 8
-	typeWindowUpdate = 9
-
-	flagFin            = 0x01
-	flagUnidirectional = 0x02
-
-	settingMaxConcurrentStreams = 4
-	settingInitialWindowSize    = 7
-)
-
 func (s *Session) readLoop() {
 	defer close(s.readerDone)
 	for {
@@ -62,103 +44,83 @@ func (s *Session) readLoop() {
 
 // readFrame reads and handles one frame.
 func (s *Session) readFrame() error {
-	hd, err := s.br.Peek(8)
+	b, err := s.br.Peek(frameHeaderLen)
 	if err != nil {
-		if len(hd) > 0 && errors.Is(err, io.EOF) {
+		if len(b) > 0 && errors.Is(err, io.EOF) {
 			return io.ErrUnexpectedEOF
 		}
 		return err
 	}
 	s.lastRecv.Store(time.Now().UnixNano())
-	w0 := binary.BigEndian.Uint32(hd[0:4])
-	w1 := binary.BigEndian.Uint32(hd[4:8])
-	flags, length := uint8(w1>>24), int(w1&0xffffff)
-	s.br.Discard(8)
-	if w0&0x80000000 == 0 {
-		return s.readData(w0&0x7fffffff, flags, length)
+	h := parseFrameHeader(b)
+	s.br.Discard(frameHeaderLen)
+	if !h.control {
+		return s.readData(h.streamID, h.flags, h.length)
 	}
-	version, typ := (w0>>16)&0x7fff, w0&0xffff
-	if version != 3 {
-		return fmt.Errorf("%w: unsupported SPDY version %d", ErrProtocol, version)
+	if h.version != 3 {
+		return fmt.Errorf("%w: unsupported SPDY version %d", ErrProtocol, h.version)
 	}
-	switch typ {
-	case typeSynStream:
-		if length < 10 {
-			return badLength("SYN_STREAM", length)
-		}
-		p, err := s.peek(10)
-		if err != nil {
-			return err
-		}
-		id, assoc := binary.BigEndian.Uint32(p)&0x7fffffff, binary.BigEndian.Uint32(p[4:])&0x7fffffff
-		priority := p[8] >> 5
-		s.br.Discard(10)
-		return s.handleSynStream(id, assoc, priority, flags, length-10)
-	case typeSynReply, typeHeaders:
-		if length < 4 {
-			return badLength("SYN_REPLY/HEADERS", length)
-		}
-		p, err := s.peek(4)
-		if err != nil {
-			return err
-		}
-		id := binary.BigEndian.Uint32(p) & 0x7fffffff
-		s.br.Discard(4)
-		if typ == typeSynReply {
-			return s.handleSynReply(id, flags, length-4)
-		}
-		return s.handleHeaders(id, flags, length-4)
-	case typeRstStream, typeGoAway, typeWindowUpdate:
-		if length != 8 {
-			return badLength("RST_STREAM/GOAWAY/WINDOW_UPDATE", length)
-		}
-		p, err := s.peek(8)
-		if err != nil {
-			return err
-		}
-		a, b := binary.BigEndian.Uint32(p), binary.BigEndian.Uint32(p[4:])
-		s.br.Discard(8)
-		switch typ {
-		case typeRstStream:
-			return s.handleRst(a&0x7fffffff, RSTStatus(b))
-		case typeGoAway:
-			s.handleGoAway(a&0x7fffffff, b)
-			return nil
-		default:
-			return s.handleWindowUpdate(a&0x7fffffff, int64(b&0x7fffffff))
-		}
-	case typePing:
-		if length != 4 {
-			return badLength("PING", length)
-		}
-		p, err := s.peek(4)
-		if err != nil {
-			return err
-		}
-		id := binary.BigEndian.Uint32(p)
-		s.br.Discard(4)
-		s.handlePing(id)
-		return nil
-	case typeSettings:
-		if length < 4 || (length-4)%8 != 0 || length > 8<<10 {
-			return badLength("SETTINGS", length)
-		}
-		p, err := s.peek(length)
-		if err != nil {
-			return err
-		}
-		err = s.handleSettings(p)
-		s.br.Discard(length)
-		return err
-	default:
+	n, known := fixedLen(h.typ)
+	if !known {
 		// Unknown control frames are ignored (SPDY/3 section 2.2.1).
-		_, err := s.br.Discard(length)
+		_, err := s.br.Discard(h.length)
 		return err
 	}
+	if err := checkControlLength(h.typ, h.length); err != nil {
+		return err
+	}
+	if h.typ == typeSettings {
+		n = h.length // read whole (at most maxSettingsLen)
+	}
+	p, err := s.peek(n)
+	if err != nil {
+		return err
+	}
+	return s.handleControl(h, p, h.length-n)
 }
 
-func badLength(what string, length int) error {
-	return fmt.Errorf("%w: %s frame with bad length %d", ErrProtocol, what, length)
+// handleControl handles a control frame whose fixed part is p (still in the
+// read buffer) and after which block bytes of header block follow.
+func (s *Session) handleControl(h frameHeader, p []byte, block int) error {
+	// p is only valid until the buffer moves: parse it before Discard.
+	switch h.typ {
+	case typeSynStream:
+		f := parseSynStreamFixed(p)
+		s.br.Discard(len(p))
+		return s.handleSynStream(f.id, f.assoc, f.priority, h.flags, block)
+	case typeSynReply, typeHeaders:
+		id := binary.BigEndian.Uint32(p) & 0x7fffffff
+		s.br.Discard(len(p))
+		if h.typ == typeSynReply {
+			return s.handleSynReply(id, h.flags, block)
+		}
+		return s.handleHeaders(id, h.flags, block)
+	case typeRstStream:
+		id, status := parseWords(p)
+		s.br.Discard(len(p))
+		return s.handleRst(id&0x7fffffff, RSTStatus(status))
+	case typeGoAway:
+		last, status := parseWords(p)
+		s.br.Discard(len(p))
+		s.handleGoAway(last&0x7fffffff, status)
+		return nil
+	case typeWindowUpdate:
+		id, delta := parseWords(p)
+		s.br.Discard(len(p))
+		return s.handleWindowUpdate(id&0x7fffffff, int64(delta&0x7fffffff))
+	case typePing:
+		id := binary.BigEndian.Uint32(p)
+		s.br.Discard(len(p))
+		s.handlePing(id)
+		return nil
+	default: // typeSettings
+		settings, err := parseSettings(p)
+		s.br.Discard(len(p))
+		if err != nil {
+			return err
+		}
+		return s.handleSettings(settings)
+	}
 }
 
 // peek returns the next n bytes of the frame without consuming them.
@@ -352,28 +314,22 @@ func (s *Session) handleRst(id uint32, status RSTStatus) error {
 	return nil
 }
 
-func (s *Session) handleSettings(p []byte) error {
-	count := binary.BigEndian.Uint32(p)
-	if uint64(count)*8 > uint64(len(p)-4) {
-		return fmt.Errorf("%w: SETTINGS claims %d entries in %d bytes", ErrProtocol, count, len(p))
-	}
-	for i := range count {
-		e := p[4+8*i:]
-		id, v := binary.BigEndian.Uint32(e)&0xffffff, binary.BigEndian.Uint32(e[4:])
-		switch id {
+func (s *Session) handleSettings(settings []setting) error {
+	for _, e := range settings {
+		switch e.id {
 		case settingMaxConcurrentStreams:
 			s.mu.Lock()
-			grew := v > s.peerMaxStreams
-			s.peerMaxStreams = v
+			grew := e.value > s.peerMaxStreams
+			s.peerMaxStreams = e.value
 			s.mu.Unlock()
 			if grew {
 				s.wakeSlotWaiters()
 			}
 		case settingInitialWindowSize:
-			if v > maxWindow {
-				return fmt.Errorf("%w: INITIAL_WINDOW_SIZE %d too large", ErrProtocol, v)
+			if e.value > maxWindow {
+				return fmt.Errorf("%w: INITIAL_WINDOW_SIZE %d too large", ErrProtocol, e.value)
 			}
-			if err := s.setPeerInitialWindow(int64(v)); err != nil {
+			if err := s.setPeerInitialWindow(int64(e.value)); err != nil {
 				return err
 			}
 		}

@@ -1,7 +1,6 @@
 package spdy
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
@@ -212,14 +211,7 @@ func (s *Session) writeOne(r writeReq) error {
 }
 
 func (s *Session) writeData(d *dataFrame) error {
-	hd := s.dataFrameHd[:]
-	binary.BigEndian.PutUint32(hd[0:4], d.id&0x7fffffff)
-	flagsLen := uint32(len(d.data))
-	if d.fin {
-		flagsLen |= uint32(mspdy.DataFlagFin) << 24
-	}
-	binary.BigEndian.PutUint32(hd[4:8], flagsLen)
-	if _, err := s.bw.Write(hd); err != nil {
+	if _, err := s.bw.Write(appendDataHeader(s.dataFrameHd[:0], d.id, d.fin, len(d.data))); err != nil {
 		return err
 	}
 	_, err := s.bw.Write(d.data)

@@ -1,0 +1,107 @@
+package spdy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"testing"
+
+	mspdy "github.com/moby/spdystream/spdy"
+)
+
+// encode is what moby's codec writes for f: our parsing is checked against
+// an independent encoder.
+func encode(t *testing.T, f mspdy.Frame) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w := bufio.NewWriter(&buf)
+	fr, err := mspdy.NewFramer(w, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fr.WriteFrame(f); err != nil {
+		t.Fatal(err)
+	}
+	w.Flush()
+	return buf.Bytes()
+}
+
+func TestParseFrameHeader(t *testing.T) {
+	syn := &mspdy.SynStreamFrame{StreamId: 7, AssociatedToStreamId: 3, Priority: 5, Headers: reqBlock("GET", "/")}
+	syn.CFHeader.Flags = mspdy.ControlFlagFin | mspdy.ControlFlagUnidirectional
+	synBytes := encode(t, syn)
+	cases := []struct {
+		name  string
+		frame []byte
+		want  frameHeader
+	}{
+		{"DATA with FIN", appendDataHeader(nil, 0x7fffffff, true, 0xffffff),
+			frameHeader{streamID: 0x7fffffff, flags: flagFin, length: 0xffffff}},
+		{"DATA", appendDataHeader(nil, 1, false, 5), frameHeader{streamID: 1, length: 5}},
+		{"PING", encode(t, &mspdy.PingFrame{Id: 9}), frameHeader{control: true, version: 3, typ: typePing, length: 4}},
+		{"RST_STREAM", encode(t, &mspdy.RstStreamFrame{StreamId: 5, Status: mspdy.Cancel}),
+			frameHeader{control: true, version: 3, typ: typeRstStream, length: 8}},
+		{"SYN_STREAM flags", synBytes[:8], frameHeader{control: true, version: 3, typ: typeSynStream,
+			flags: flagFin | flagUnidirectional, length: len(synBytes) - 8}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := parseFrameHeader(c.frame); got != c.want {
+				t.Fatalf("got %+v, want %+v", got, c.want)
+			}
+		})
+	}
+}
+
+func TestControlFixedParts(t *testing.T) {
+	syn := encode(t, &mspdy.SynStreamFrame{StreamId: 0x7ffffffd, AssociatedToStreamId: 4, Priority: 7, Headers: reqBlock("GET", "/")})
+	if f := parseSynStreamFixed(syn[8:]); f != (synStreamFixed{id: 0x7ffffffd, assoc: 4, priority: 7}) {
+		t.Fatalf("SYN_STREAM fixed part %+v", f)
+	}
+	wu := encode(t, &mspdy.WindowUpdateFrame{StreamId: 3, DeltaWindowSize: 1 << 30})
+	if id, d := parseWords(wu[8:]); id != 3 || d != 1<<30 {
+		t.Fatalf("WINDOW_UPDATE words %d %d", id, d)
+	}
+	ga := encode(t, &mspdy.GoAwayFrame{LastGoodStreamId: 11, Status: mspdy.GoAwayInternalError})
+	if last, st := parseWords(ga[8:]); last != 11 || st != uint32(mspdy.GoAwayInternalError) {
+		t.Fatalf("GOAWAY words %d %d", last, st)
+	}
+	set := encode(t, &mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{
+		{Id: mspdy.SettingsMaxConcurrentStreams, Value: 100},
+		{Flag: mspdy.FlagSettingsPersistValue, Id: mspdy.SettingsInitialWindowSize, Value: 1 << 20},
+	}})
+	got, err := parseSettings(set[8:])
+	if err != nil || len(got) != 2 || got[0] != (setting{settingMaxConcurrentStreams, 100}) || got[1] != (setting{settingInitialWindowSize, 1 << 20}) {
+		t.Fatalf("settings %+v, %v", got, err)
+	}
+	// A count claiming more entries than the frame holds.
+	if _, err := parseSettings([]byte{0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0, 1}); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("short SETTINGS: %v", err)
+	}
+}
+
+func TestCheckControlLength(t *testing.T) {
+	cases := []struct {
+		typ    uint16
+		length int
+		ok     bool
+	}{
+		{typeSynStream, 10, true}, {typeSynStream, 9, false}, {typeSynStream, 1 << 20, true},
+		{typeSynReply, 4, true}, {typeSynReply, 3, false},
+		{typeHeaders, 4, true}, {typeHeaders, 0, false},
+		{typeRstStream, 8, true}, {typeRstStream, 9, false},
+		{typeGoAway, 8, true}, {typeGoAway, 4, false},
+		{typeWindowUpdate, 8, true}, {typeWindowUpdate, 12, false},
+		{typePing, 4, true}, {typePing, 8, false},
+		{typeSettings, 4, true}, {typeSettings, 12, true}, {typeSettings, 8, false},
+		{typeSettings, maxSettingsLen, false}, {typeSettings, maxSettingsLen - 4, true},
+	}
+	for _, c := range cases {
+		if err := checkControlLength(c.typ, c.length); (err == nil) != c.ok {
+			t.Errorf("type %d length %d: %v, want ok=%v", c.typ, c.length, err, c.ok)
+		}
+	}
+	if _, known := fixedLen(0xff); known {
+		t.Error("an unknown type is known")
+	}
+}
