@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moby/spdystream/spdy"
+	mspdy "github.com/moby/spdystream/spdy"
 )
 
 // rawTimeout bounds every wait of a raw peer. It only detects a hung test;
@@ -29,8 +29,8 @@ type rawPeer struct {
 	conn   net.Conn
 	wmu    sync.Mutex
 	bw     *bufio.Writer
-	wfr    *spdy.Framer
-	frames chan spdy.Frame
+	wfr    *mspdy.Framer
+	frames chan mspdy.Frame
 	stop   chan struct{}
 	done   chan struct{}
 	rerr   error // why the reader stopped; read after done is closed
@@ -43,15 +43,15 @@ func newRawPeer(t testing.TB, conn net.Conn) *rawPeer {
 		t:      t,
 		conn:   conn,
 		bw:     bufio.NewWriter(conn),
-		frames: make(chan spdy.Frame, 1024),
+		frames: make(chan mspdy.Frame, 1024),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 	}
 	var err error
-	if p.wfr, err = spdy.NewFramer(p.bw, nil); err != nil {
+	if p.wfr, err = mspdy.NewFramer(p.bw, nil); err != nil {
 		t.Fatal(err)
 	}
-	rfr, err := spdy.NewFramer(io.Discard, bufio.NewReaderSize(conn, 64<<10))
+	rfr, err := mspdy.NewFramer(io.Discard, bufio.NewReaderSize(conn, 64<<10))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func (p *rawPeer) close() {
 
 // write sends one frame. It returns the error instead of failing the test:
 // after a protocol error the session closes the connection under our feet.
-func (p *rawPeer) write(f spdy.Frame) error {
+func (p *rawPeer) write(f mspdy.Frame) error {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
 	if err := p.wfr.WriteFrame(f); err != nil {
@@ -95,7 +95,7 @@ func (p *rawPeer) write(f spdy.Frame) error {
 	return p.bw.Flush()
 }
 
-func (p *rawPeer) mustWrite(f spdy.Frame) {
+func (p *rawPeer) mustWrite(f mspdy.Frame) {
 	p.t.Helper()
 	if err := p.write(f); err != nil {
 		p.t.Fatalf("raw peer: writing %T: %v", f, err)
@@ -113,7 +113,7 @@ func (p *rawPeer) writeRaw(b []byte) error {
 }
 
 // next returns the next frame, or nil when the connection ended.
-func (p *rawPeer) next() spdy.Frame {
+func (p *rawPeer) next() mspdy.Frame {
 	p.t.Helper()
 	t := time.NewTimer(rawTimeout)
 	defer t.Stop()
@@ -131,7 +131,7 @@ func (p *rawPeer) next() spdy.Frame {
 
 // expect skips frames until match accepts one, answering PINGs on the way.
 // It fails the test if the connection ends first.
-func (p *rawPeer) expect(what string, match func(spdy.Frame) bool) spdy.Frame {
+func (p *rawPeer) expect(what string, match func(mspdy.Frame) bool) mspdy.Frame {
 	p.t.Helper()
 	for {
 		f := p.next()
@@ -141,34 +141,34 @@ func (p *rawPeer) expect(what string, match func(spdy.Frame) bool) spdy.Frame {
 		if match(f) {
 			return f
 		}
-		if pf, ok := f.(*spdy.PingFrame); ok {
-			p.write(&spdy.PingFrame{Id: pf.Id})
+		if pf, ok := f.(*mspdy.PingFrame); ok {
+			p.write(&mspdy.PingFrame{Id: pf.Id})
 		}
 	}
 }
 
-func (p *rawPeer) expectSynStream() *spdy.SynStreamFrame {
+func (p *rawPeer) expectSynStream() *mspdy.SynStreamFrame {
 	p.t.Helper()
-	return p.expect("SYN_STREAM", func(f spdy.Frame) bool { _, ok := f.(*spdy.SynStreamFrame); return ok }).(*spdy.SynStreamFrame)
+	return p.expect("SYN_STREAM", func(f mspdy.Frame) bool { _, ok := f.(*mspdy.SynStreamFrame); return ok }).(*mspdy.SynStreamFrame)
 }
 
-func (p *rawPeer) expectRst(id uint32) *spdy.RstStreamFrame {
+func (p *rawPeer) expectRst(id uint32) *mspdy.RstStreamFrame {
 	p.t.Helper()
-	return p.expect(fmt.Sprintf("RST_STREAM %d", id), func(f spdy.Frame) bool {
-		r, ok := f.(*spdy.RstStreamFrame)
+	return p.expect(fmt.Sprintf("RST_STREAM %d", id), func(f mspdy.Frame) bool {
+		r, ok := f.(*mspdy.RstStreamFrame)
 		return ok && uint32(r.StreamId) == id
-	}).(*spdy.RstStreamFrame)
+	}).(*mspdy.RstStreamFrame)
 }
 
-func (p *rawPeer) expectGoAway() *spdy.GoAwayFrame {
+func (p *rawPeer) expectGoAway() *mspdy.GoAwayFrame {
 	p.t.Helper()
-	return p.expect("GOAWAY", func(f spdy.Frame) bool { _, ok := f.(*spdy.GoAwayFrame); return ok }).(*spdy.GoAwayFrame)
+	return p.expect("GOAWAY", func(f mspdy.Frame) bool { _, ok := f.(*mspdy.GoAwayFrame); return ok }).(*mspdy.GoAwayFrame)
 }
 
 // drain reads until the connection ends and returns what came.
-func (p *rawPeer) drain() []spdy.Frame {
+func (p *rawPeer) drain() []mspdy.Frame {
 	p.t.Helper()
-	var fs []spdy.Frame
+	var fs []mspdy.Frame
 	for {
 		f := p.next()
 		if f == nil {
@@ -202,32 +202,32 @@ func replyBlock(status string, extra ...string) http.Header {
 	return h
 }
 
-func synStream(id uint32, h http.Header, fin bool) *spdy.SynStreamFrame {
-	f := &spdy.SynStreamFrame{StreamId: spdy.StreamId(id), Headers: h}
+func synStream(id uint32, h http.Header, fin bool) *mspdy.SynStreamFrame {
+	f := &mspdy.SynStreamFrame{StreamId: mspdy.StreamId(id), Headers: h}
 	if fin {
-		f.CFHeader.Flags = spdy.ControlFlagFin
+		f.CFHeader.Flags = mspdy.ControlFlagFin
 	}
 	return f
 }
 
-func synReply(id uint32, h http.Header, fin bool) *spdy.SynReplyFrame {
-	f := &spdy.SynReplyFrame{StreamId: spdy.StreamId(id), Headers: h}
+func synReply(id uint32, h http.Header, fin bool) *mspdy.SynReplyFrame {
+	f := &mspdy.SynReplyFrame{StreamId: mspdy.StreamId(id), Headers: h}
 	if fin {
-		f.CFHeader.Flags = spdy.ControlFlagFin
+		f.CFHeader.Flags = mspdy.ControlFlagFin
 	}
 	return f
 }
 
-func dataFrameOf(id uint32, b []byte, fin bool) *spdy.DataFrame {
-	f := &spdy.DataFrame{StreamId: spdy.StreamId(id), Data: b}
+func dataFrameOf(id uint32, b []byte, fin bool) *mspdy.DataFrame {
+	f := &mspdy.DataFrame{StreamId: mspdy.StreamId(id), Data: b}
 	if fin {
-		f.Flags = spdy.DataFlagFin
+		f.Flags = mspdy.DataFlagFin
 	}
 	return f
 }
 
 // ctrlHeader builds the 8-byte header of a control frame by hand.
-func ctrlHeader(version uint16, typ spdy.ControlFrameType, flags uint8, length uint32) []byte {
+func ctrlHeader(version uint16, typ mspdy.ControlFrameType, flags uint8, length uint32) []byte {
 	b := make([]byte, 8)
 	binary.BigEndian.PutUint16(b[0:2], 0x8000|version)
 	binary.BigEndian.PutUint16(b[2:4], uint16(typ))

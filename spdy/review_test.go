@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moby/spdystream/spdy"
+	mspdy "github.com/moby/spdystream/spdy"
 )
 
 // TestUnreadRequestBodyReturnsSessionCredit: a handler that returns without
@@ -125,7 +125,7 @@ func TestResetStreamClosesBlockedRequestBody(t *testing.T) {
 	syn := p.expectSynStream()
 	id := uint32(syn.StreamId)
 	p.mustWrite(synReply(id, replyBlock("200"), false))
-	p.mustWrite(&spdy.RstStreamFrame{StreamId: spdy.StreamId(id), Status: spdy.InternalError})
+	p.mustWrite(&mspdy.RstStreamFrame{StreamId: mspdy.StreamId(id), Status: mspdy.InternalError})
 	r := recvResult(t, res)
 	if r.err == nil {
 		t.Fatal("a reset response body read as complete")
@@ -172,12 +172,12 @@ func TestUpgradeRefusedSendsWholeBody(t *testing.T) {
 	}()
 	var got []byte
 	for {
-		f := p.expect("DATA", func(f spdy.Frame) bool {
-			d, ok := f.(*spdy.DataFrame)
+		f := p.expect("DATA", func(f mspdy.Frame) bool {
+			d, ok := f.(*mspdy.DataFrame)
 			return ok && uint32(d.StreamId) == id
-		}).(*spdy.DataFrame)
+		}).(*mspdy.DataFrame)
 		got = append(got, f.Data...)
-		if f.Flags&spdy.DataFlagFin != 0 {
+		if f.Flags&mspdy.DataFlagFin != 0 {
 			break
 		}
 	}

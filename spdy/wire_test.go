@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moby/spdystream/spdy"
+	mspdy "github.com/moby/spdystream/spdy"
 )
 
 // These tests put a raw frame-level peer (moby's codec, driven by hand)
@@ -49,7 +49,7 @@ func receiveResized(t *testing.T, p *rawPeer, id uint32, total, init int64) {
 			t.Fatalf("connection ended after %d bytes: %v", got, p.rerr)
 		}
 		switch f := f.(type) {
-		case *spdy.DataFrame:
+		case *mspdy.DataFrame:
 			if uint32(f.StreamId) != id {
 				t.Fatalf("data for stream %d", f.StreamId)
 			}
@@ -61,7 +61,7 @@ func receiveResized(t *testing.T, p *rawPeer, id uint32, total, init int64) {
 				t.Fatalf("corrupt data at %d", got)
 			}
 			got += int64(len(f.Data))
-			if f.Flags&spdy.DataFlagFin != 0 {
+			if f.Flags&mspdy.DataFlagFin != 0 {
 				if got != total {
 					t.Fatalf("FIN after %d bytes, want %d", got, total)
 				}
@@ -70,10 +70,10 @@ func receiveResized(t *testing.T, p *rawPeer, id uint32, total, init int64) {
 				}
 				return
 			}
-		case *spdy.RstStreamFrame, *spdy.GoAwayFrame:
+		case *mspdy.RstStreamFrame, *mspdy.GoAwayFrame:
 			t.Fatalf("unexpected %#v", f)
-		case *spdy.PingFrame:
-			p.mustWrite(&spdy.PingFrame{Id: f.Id})
+		case *mspdy.PingFrame:
+			p.mustWrite(&mspdy.PingFrame{Id: f.Id})
 			continue
 		default:
 			continue
@@ -87,19 +87,19 @@ func receiveResized(t *testing.T, p *rawPeer, id uint32, total, init int64) {
 		case 0:
 			// Shrink to init/4: the sender's window goes negative; then
 			// grant init: exactly init/4 may follow.
-			p.mustWrite(&spdy.SettingsFrame{FlagIdValues: []spdy.SettingsFlagIdValue{{Id: spdy.SettingsInitialWindowSize, Value: uint32(init / 4)}}})
-			p.mustWrite(&spdy.WindowUpdateFrame{StreamId: spdy.StreamId(id), DeltaWindowSize: uint32(init)})
+			p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: uint32(init / 4)}}})
+			p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: mspdy.StreamId(id), DeltaWindowSize: uint32(init)})
 			win += init/4 - init + init
 		case 1:
 			// Grow to 256 KiB: the difference may follow with no
 			// WINDOW_UPDATE at all.
-			p.mustWrite(&spdy.SettingsFrame{FlagIdValues: []spdy.SettingsFlagIdValue{{Id: spdy.SettingsInitialWindowSize, Value: 256 << 10}}})
+			p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 256 << 10}}})
 			win += 256<<10 - init/4
 		case 2:
 			sawGrow = true
 			fallthrough
 		default:
-			p.mustWrite(&spdy.WindowUpdateFrame{StreamId: spdy.StreamId(id), DeltaWindowSize: 100 << 10})
+			p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: mspdy.StreamId(id), DeltaWindowSize: 100 << 10})
 			win += 100 << 10
 		}
 		step++
@@ -112,12 +112,12 @@ func receiveResized(t *testing.T, p *rawPeer, id uint32, total, init int64) {
 func TestSettingsWindowResize(t *testing.T) {
 	const total, init = 1 << 20, 32 << 10
 	_, p := rawClient(t, nil, bigHandler(t))
-	p.mustWrite(&spdy.SettingsFrame{FlagIdValues: []spdy.SettingsFlagIdValue{{Id: spdy.SettingsInitialWindowSize, Value: init}}})
+	p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: init}}})
 	// The session window is not under test here: open it wide.
-	p.mustWrite(&spdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 30})
+	p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 30})
 	p.mustWrite(synStream(1, reqBlock("GET", "/big?n="+strconv.Itoa(total)), true))
-	rep := p.expect("SYN_REPLY", func(f spdy.Frame) bool { _, ok := f.(*spdy.SynReplyFrame); return ok }).(*spdy.SynReplyFrame)
-	if rep.CFHeader.Flags&spdy.ControlFlagFin != 0 || rep.Headers.Get(":status") != "200 OK" {
+	rep := p.expect("SYN_REPLY", func(f mspdy.Frame) bool { _, ok := f.(*mspdy.SynReplyFrame); return ok }).(*mspdy.SynReplyFrame)
+	if rep.CFHeader.Flags&mspdy.ControlFlagFin != 0 || rep.Headers.Get(":status") != "200 OK" {
 		t.Fatalf("reply %+v", rep)
 	}
 	receiveResized(t, p, 1, total, init)
@@ -128,8 +128,8 @@ func TestSettingsWindowResize(t *testing.T) {
 func TestSettingsWindowResizeUpload(t *testing.T) {
 	const total, init = 512 << 10, 16 << 10
 	cs, p := rawServer(t, nil)
-	p.mustWrite(&spdy.SettingsFrame{FlagIdValues: []spdy.SettingsFlagIdValue{{Id: spdy.SettingsInitialWindowSize, Value: init}}})
-	p.mustWrite(&spdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 30})
+	p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: init}}})
+	p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 30})
 	syncPing(t, cs, p) // our client has applied the SETTINGS
 
 	res := goRoundTrip(cs, newReq(t, "PUT", "https://x/up", io.LimitReader(newPattern(), total)))
@@ -169,8 +169,8 @@ func syncPing(t *testing.T, s *Session, p *rawPeer) {
 			if !ok {
 				t.Fatalf("raw peer: connection ended (%v) during syncPing", p.rerr)
 			}
-			if pf, ok := f.(*spdy.PingFrame); ok {
-				p.mustWrite(&spdy.PingFrame{Id: pf.Id})
+			if pf, ok := f.(*mspdy.PingFrame); ok {
+				p.mustWrite(&mspdy.PingFrame{Id: pf.Id})
 			}
 		}
 	}
@@ -199,9 +199,9 @@ func TestAmahiLikePeer(t *testing.T) {
 			t.Fatalf("connection ended: %v", p.rerr)
 		}
 		switch f := f.(type) {
-		case *spdy.SynReplyFrame:
+		case *mspdy.SynReplyFrame:
 			replies++
-		case *spdy.DataFrame:
+		case *mspdy.DataFrame:
 			id := uint32(f.StreamId)
 			n := int64(len(f.Data))
 			outstanding[id] += n
@@ -219,18 +219,18 @@ func TestAmahiLikePeer(t *testing.T) {
 			// amahi returns credit for the stream and the session once its
 			// handler consumed the data.
 			if n > 0 {
-				p.mustWrite(&spdy.WindowUpdateFrame{StreamId: f.StreamId, DeltaWindowSize: uint32(n)})
-				p.mustWrite(&spdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: uint32(n)})
+				p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: f.StreamId, DeltaWindowSize: uint32(n)})
+				p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: uint32(n)})
 				outstanding[id] -= n
 				sessOut -= n
 			}
-			if f.Flags&spdy.DataFlagFin != 0 {
+			if f.Flags&mspdy.DataFlagFin != 0 {
 				if got[id] != size {
 					t.Fatalf("stream %d: FIN after %d bytes", id, got[id])
 				}
 				finished++
 			}
-		case *spdy.RstStreamFrame, *spdy.GoAwayFrame:
+		case *mspdy.RstStreamFrame, *mspdy.GoAwayFrame:
 			t.Fatalf("unexpected %#v", f)
 		}
 	}
@@ -251,7 +251,7 @@ func TestGoAwayReceived(t *testing.T) {
 			t.Fatalf("stream id %d, want %d", syn.StreamId, want)
 		}
 	}
-	p.mustWrite(&spdy.GoAwayFrame{LastGoodStreamId: 1, Status: spdy.GoAwayOK})
+	p.mustWrite(&mspdy.GoAwayFrame{LastGoodStreamId: 1, Status: mspdy.GoAwayOK})
 	for _, ch := range res[1:] {
 		r := recvResult(t, ch)
 		if !errors.Is(r.err, ErrGoAway) || !IsRetryable(r.err) {
@@ -291,23 +291,23 @@ func TestShutdownRefusesNewStreams(t *testing.T) {
 	shut := make(chan error, 1)
 	go func() { shut <- ss.Shutdown(context.Background()) }()
 	ga := p.expectGoAway()
-	if ga.LastGoodStreamId != 1 || ga.Status != spdy.GoAwayOK {
+	if ga.LastGoodStreamId != 1 || ga.Status != mspdy.GoAwayOK {
 		t.Fatalf("GOAWAY %+v", ga)
 	}
 	p.mustWrite(synStream(3, reqBlock("GET", "/"), true))
-	if rst := p.expectRst(3); rst.Status != spdy.RefusedStream {
+	if rst := p.expectRst(3); rst.Status != mspdy.RefusedStream {
 		t.Fatalf("new stream reset with %d, want REFUSED_STREAM", rst.Status)
 	}
 	close(release)
 	var body []byte
 	for fin := false; !fin; {
 		switch f := p.next().(type) {
-		case *spdy.DataFrame:
+		case *mspdy.DataFrame:
 			body = append(body, f.Data...)
-			fin = f.Flags&spdy.DataFlagFin != 0
-		case *spdy.SynReplyFrame:
-			fin = f.CFHeader.Flags&spdy.ControlFlagFin != 0
-		case *spdy.RstStreamFrame:
+			fin = f.Flags&mspdy.DataFlagFin != 0
+		case *mspdy.SynReplyFrame:
+			fin = f.CFHeader.Flags&mspdy.ControlFlagFin != 0
+		case *mspdy.RstStreamFrame:
 			t.Fatalf("stream 1 reset: %+v", f)
 		case nil:
 			t.Fatalf("connection ended: %v", p.rerr)
@@ -342,9 +342,9 @@ func TestPingTimeout(t *testing.T) {
 	var pings, syns int
 	for _, f := range frames {
 		switch f.(type) {
-		case *spdy.PingFrame:
+		case *mspdy.PingFrame:
 			pings++
-		case *spdy.SynStreamFrame:
+		case *mspdy.SynStreamFrame:
 			syns++
 		}
 	}
@@ -364,9 +364,9 @@ func TestPushRefused(t *testing.T) {
 	p.expectSynStream()
 	push := synStream(2, http.Header{":scheme": {"https"}, ":host": {"x"}, ":path": {"/pushed"}}, false)
 	push.AssociatedToStreamId = 1
-	push.CFHeader.Flags = spdy.ControlFlagUnidirectional
+	push.CFHeader.Flags = mspdy.ControlFlagUnidirectional
 	p.mustWrite(push)
-	if rst := p.expectRst(2); rst.Status != spdy.RefusedStream {
+	if rst := p.expectRst(2); rst.Status != mspdy.RefusedStream {
 		t.Fatalf("push reset with %d", rst.Status)
 	}
 	p.mustWrite(synReply(1, replyBlock("200 OK", "content-length", "2"), false))
@@ -404,7 +404,7 @@ func TestRawPeerResetMidBody(t *testing.T) {
 				t.Fatal(err)
 			}
 			if how == "rst" {
-				p.mustWrite(&spdy.RstStreamFrame{StreamId: 1, Status: spdy.InternalError})
+				p.mustWrite(&mspdy.RstStreamFrame{StreamId: 1, Status: mspdy.InternalError})
 			} else {
 				p.close()
 			}
@@ -443,7 +443,7 @@ func TestRawContentLengthMismatch(t *testing.T) {
 		p.expectSynStream()
 		p.mustWrite(synReply(1, replyBlock("200", "content-length", "10"), false))
 		p.mustWrite(dataFrameOf(1, make([]byte, 20), true))
-		if rst := p.expectRst(1); rst.Status != spdy.ProtocolError {
+		if rst := p.expectRst(1); rst.Status != mspdy.ProtocolError {
 			t.Fatalf("reset status %d", rst.Status)
 		}
 		if r := recvResult(t, res); r.err == nil {
@@ -494,16 +494,16 @@ func TestNoBodyOnTheWire(t *testing.T) {
 	done := map[uint32]bool{}
 	for len(done) < len(reqs) {
 		switch f := p.next().(type) {
-		case *spdy.SynReplyFrame:
-			if f.CFHeader.Flags&spdy.ControlFlagFin != 0 {
+		case *mspdy.SynReplyFrame:
+			if f.CFHeader.Flags&mspdy.ControlFlagFin != 0 {
 				done[uint32(f.StreamId)] = true
 			}
-		case *spdy.DataFrame:
+		case *mspdy.DataFrame:
 			bodies[uint32(f.StreamId)] += len(f.Data)
-			if f.Flags&spdy.DataFlagFin != 0 {
+			if f.Flags&mspdy.DataFlagFin != 0 {
 				done[uint32(f.StreamId)] = true
 			}
-		case *spdy.RstStreamFrame:
+		case *mspdy.RstStreamFrame:
 			t.Fatalf("reset %+v", f)
 		case nil:
 			t.Fatalf("connection ended: %v", p.rerr)
@@ -532,7 +532,7 @@ func TestFlowControlOverrun(t *testing.T) {
 	p.mustWrite(synStream(1, reqBlock("POST", "/"), false))
 	p.mustWrite(dataFrameOf(1, make([]byte, 64<<10), false))
 	p.mustWrite(dataFrameOf(1, make([]byte, 1), false))
-	if rst := p.expectRst(1); rst.Status != spdy.FlowControlError {
+	if rst := p.expectRst(1); rst.Status != mspdy.FlowControlError {
 		t.Fatalf("status %d, want FLOW_CONTROL_ERROR", rst.Status)
 	}
 	pingAlive(t, p)
@@ -545,9 +545,9 @@ func TestFlowControlOverrun(t *testing.T) {
 func pingAlive(t *testing.T, p *rawPeer) {
 	t.Helper()
 	const id = 12345 // odd: a client's ping, which our server echoes
-	p.mustWrite(&spdy.PingFrame{Id: id})
-	p.expect("PING echo", func(f spdy.Frame) bool {
-		pf, ok := f.(*spdy.PingFrame)
+	p.mustWrite(&mspdy.PingFrame{Id: id})
+	p.expect("PING echo", func(f mspdy.Frame) bool {
+		pf, ok := f.(*mspdy.PingFrame)
 		return ok && pf.Id == id
 	})
 }
@@ -573,7 +573,7 @@ func TestMalformedFrames(t *testing.T) {
 	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
 	type step func(p *rawPeer) error
 	raw := func(b []byte) step { return func(p *rawPeer) error { return p.writeRaw(b) } }
-	frame := func(f spdy.Frame) step { return func(p *rawPeer) error { return p.write(f) } }
+	frame := func(f mspdy.Frame) step { return func(p *rawPeer) error { return p.write(f) } }
 	get := func(id uint32) step { return frame(synStream(id, reqBlock("GET", "/"), true)) }
 
 	cases := []struct {
@@ -583,30 +583,30 @@ func TestMalformedFrames(t *testing.T) {
 		// or a stream reset with rst on rstID (session lives on).
 		goAway bool
 		rstID  uint32
-		rst    spdy.RstStreamStatus
+		rst    mspdy.RstStreamStatus
 	}{
 		{name: "bad version", goAway: true,
-			steps: []step{raw(cat(ctrlHeader(2, spdy.TypePing, 0, 4), u32(1)))}},
+			steps: []step{raw(cat(ctrlHeader(2, mspdy.TypePing, 0, 4), u32(1)))}},
 		{name: "rst_stream short", goAway: true,
-			steps: []step{raw(cat(ctrlHeader(3, spdy.TypeRstStream, 0, 4), u32(1)))}},
+			steps: []step{raw(cat(ctrlHeader(3, mspdy.TypeRstStream, 0, 4), u32(1)))}},
 		{name: "ping long", goAway: true,
-			steps: []step{raw(cat(ctrlHeader(3, spdy.TypePing, 0, 8), u32(1, 2)))}},
+			steps: []step{raw(cat(ctrlHeader(3, mspdy.TypePing, 0, 8), u32(1, 2)))}},
 		{name: "settings odd length", goAway: true,
-			steps: []step{raw(cat(ctrlHeader(3, spdy.TypeSettings, 0, 6), u32(0), []byte{0, 0}))}},
+			steps: []step{raw(cat(ctrlHeader(3, mspdy.TypeSettings, 0, 6), u32(0), []byte{0, 0}))}},
 		{name: "settings count beyond length", goAway: true,
-			steps: []step{raw(cat(ctrlHeader(3, spdy.TypeSettings, 0, 12), u32(5, 4, 100)))}},
+			steps: []step{raw(cat(ctrlHeader(3, mspdy.TypeSettings, 0, 12), u32(5, 4, 100)))}},
 		{name: "window_update zero delta", goAway: true,
-			steps: []step{raw(cat(ctrlHeader(3, spdy.TypeWindowUpdate, 0, 8), u32(0, 0)))}},
+			steps: []step{raw(cat(ctrlHeader(3, mspdy.TypeWindowUpdate, 0, 8), u32(0, 0)))}},
 		{name: "syn_stream too short", goAway: true,
-			steps: []step{raw(cat(ctrlHeader(3, spdy.TypeSynStream, 0, 6), u32(1), []byte{0, 0}))}},
+			steps: []step{raw(cat(ctrlHeader(3, mspdy.TypeSynStream, 0, 6), u32(1), []byte{0, 0}))}},
 		// Over the header limits costs the stream only: the block is
 		// inflated to its end, so the compression context stays in step.
-		{name: "syn_stream header block too big", rstID: 1, rst: spdy.FrameTooLarge,
+		{name: "syn_stream header block too big", rstID: 1, rst: mspdy.FrameTooLarge,
 			steps: []step{frame(synStream(1, reqBlock("GET", "/", "x-big", incompressible(8<<10)), true))}},
-		{name: "syn_stream too many headers", rstID: 1, rst: spdy.FrameTooLarge,
+		{name: "syn_stream too many headers", rstID: 1, rst: mspdy.FrameTooLarge,
 			steps: []step{frame(synStream(1, reqBlock("GET", "/", manyHeaders(12)...), true))}},
 		{name: "syn_stream garbage header block", goAway: true,
-			steps: []step{raw(cat(ctrlHeader(3, spdy.TypeSynStream, 1, 10+16), u32(1, 0), []byte{0, 0}, bytes.Repeat([]byte{0xde, 0xad}, 8)))}},
+			steps: []step{raw(cat(ctrlHeader(3, mspdy.TypeSynStream, 1, 10+16), u32(1, 0), []byte{0, 0}, bytes.Repeat([]byte{0xde, 0xad}, 8)))}},
 		{name: "syn_stream non-increasing id", goAway: true,
 			steps: []step{get(5), get(3)}},
 		{name: "syn_stream repeated id", goAway: true,
@@ -617,13 +617,13 @@ func TestMalformedFrames(t *testing.T) {
 			steps: []step{raw(cat(u32(0, 4), []byte("abcd")))}},
 		{name: "data beyond session window", goAway: true,
 			steps: []step{get(1), raw(cat(u32(1, 1<<20+1), make([]byte, 10)))}},
-		{name: "data unknown stream", rstID: 99, rst: spdy.InvalidStream,
+		{name: "data unknown stream", rstID: 99, rst: mspdy.InvalidStream,
 			steps: []step{raw(cat(u32(99, 4), []byte("abcd")))}},
-		{name: "data never opened stream of ours", rstID: 2, rst: spdy.InvalidStream,
+		{name: "data never opened stream of ours", rstID: 2, rst: mspdy.InvalidStream,
 			steps: []step{raw(cat(u32(2, 4), []byte("abcd")))}},
-		{name: "syn_stream without :path", rstID: 1, rst: spdy.ProtocolError,
+		{name: "syn_stream without :path", rstID: 1, rst: mspdy.ProtocolError,
 			steps: []step{frame(synStream(1, http.Header{":method": {"GET"}, ":version": {"HTTP/1.1"}}, true))}},
-		{name: "data after fin", rstID: 1, rst: spdy.StreamAlreadyClosed,
+		{name: "data after fin", rstID: 1, rst: mspdy.StreamAlreadyClosed,
 			steps: []step{frame(synStream(1, reqBlock("GET", "/block"), true)), raw(cat(u32(1, 4), []byte("abcd")))}},
 		{name: "unknown control frame ignored",
 			steps: []step{raw(cat(ctrlHeader(3, 0xff, 0, 4), u32(7)))}},
@@ -651,7 +651,7 @@ func TestMalformedFrames(t *testing.T) {
 			switch {
 			case c.goAway:
 				ga := p.expectGoAway()
-				if ga.Status != spdy.GoAwayProtocolError {
+				if ga.Status != mspdy.GoAwayProtocolError {
 					t.Fatalf("GOAWAY status %d, want PROTOCOL_ERROR", ga.Status)
 				}
 				p.drain()
@@ -676,7 +676,7 @@ func TestMalformedFramesToClient(t *testing.T) {
 	t.Run("syn_reply unknown stream", func(t *testing.T) {
 		cs, p := rawServer(t, nil)
 		p.mustWrite(synReply(5, replyBlock("200"), true))
-		if rst := p.expectRst(5); rst.Status != spdy.InvalidStream {
+		if rst := p.expectRst(5); rst.Status != mspdy.InvalidStream {
 			t.Fatalf("status %d", rst.Status)
 		}
 		pingAlive2(t, p)
@@ -690,7 +690,7 @@ func TestMalformedFramesToClient(t *testing.T) {
 		p.expectSynStream()
 		p.mustWrite(synReply(1, replyBlock("200"), false))
 		p.mustWrite(synReply(1, replyBlock("200"), false))
-		if rst := p.expectRst(1); rst.Status != spdy.StreamInUse {
+		if rst := p.expectRst(1); rst.Status != mspdy.StreamInUse {
 			t.Fatalf("status %d", rst.Status)
 		}
 		if r := recvResult(t, res); r.err == nil {
@@ -702,7 +702,7 @@ func TestMalformedFramesToClient(t *testing.T) {
 		res := goRoundTrip(cs, newReq(t, "GET", "https://x/", nil))
 		p.expectSynStream()
 		p.mustWrite(synReply(1, replyBlock("abc"), false))
-		if rst := p.expectRst(1); rst.Status != spdy.ProtocolError {
+		if rst := p.expectRst(1); rst.Status != mspdy.ProtocolError {
 			t.Fatalf("status %d", rst.Status)
 		}
 		if r := recvResult(t, res); !errors.Is(r.err, ErrProtocol) {
@@ -713,14 +713,14 @@ func TestMalformedFramesToClient(t *testing.T) {
 		cs, p := rawServer(t, nil)
 		p.mustWrite(synStream(1, reqBlock("GET", "/"), true))
 		ga := p.expectGoAway()
-		if ga.Status != spdy.GoAwayProtocolError {
+		if ga.Status != mspdy.GoAwayProtocolError {
 			t.Fatalf("GOAWAY status %d", ga.Status)
 		}
 		waitDone(t, cs)
 	})
 	t.Run("truncated frame", func(t *testing.T) {
 		cs, p := rawServer(t, nil)
-		p.writeRaw(cat2(ctrlHeader(3, spdy.TypeSynReply, 0, 100), make([]byte, 10)))
+		p.writeRaw(cat2(ctrlHeader(3, mspdy.TypeSynReply, 0, 100), make([]byte, 10)))
 		p.conn.(interface{ CloseWrite() error }).CloseWrite()
 		waitDone(t, cs)
 		if cs.Err() == nil {
@@ -735,9 +735,9 @@ func cat2(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
 func pingAlive2(t *testing.T, p *rawPeer) {
 	t.Helper()
 	const id = 1000
-	p.mustWrite(&spdy.PingFrame{Id: id})
-	p.expect("PING echo", func(f spdy.Frame) bool {
-		pf, ok := f.(*spdy.PingFrame)
+	p.mustWrite(&mspdy.PingFrame{Id: id})
+	p.expect("PING echo", func(f mspdy.Frame) bool {
+		pf, ok := f.(*mspdy.PingFrame)
 		return ok && pf.Id == id
 	})
 }
@@ -776,7 +776,7 @@ func TestRequestMapping(t *testing.T) {
 			t.Errorf("hop-by-hop header %q sent", k)
 		}
 	}
-	if syn.CFHeader.Flags&spdy.ControlFlagFin != 0 {
+	if syn.CFHeader.Flags&mspdy.ControlFlagFin != 0 {
 		t.Fatal("SYN_STREAM with FIN for a request with a body")
 	}
 	p.mustWrite(synReply(1, replyBlock("201", "x-reply", "r"), true))
@@ -799,7 +799,7 @@ func TestRequestMapping(t *testing.T) {
 	_, p2 := rawClient(t, nil, h2)
 	p2.mustWrite(synStream(1, reqBlock("PUT", "/x?y=1", "content-length", "3"), false))
 	p2.mustWrite(dataFrameOf(1, []byte("abc"), true))
-	rep := p2.expect("SYN_REPLY", func(f spdy.Frame) bool { _, ok := f.(*spdy.SynReplyFrame); return ok }).(*spdy.SynReplyFrame)
+	rep := p2.expect("SYN_REPLY", func(f mspdy.Frame) bool { _, ok := f.(*mspdy.SynReplyFrame); return ok }).(*mspdy.SynReplyFrame)
 	for k := range rep.Headers {
 		switch strings.ToLower(k) {
 		case "connection", "keep-alive", "transfer-encoding":
@@ -827,7 +827,7 @@ func TestServerRefusesBeyondMaxStreams(t *testing.T) {
 	for _, id := range []uint32{1, 3, 5} {
 		p.mustWrite(synStream(id, reqBlock("GET", "/"), true))
 	}
-	if rst := p.expectRst(5); rst.Status != spdy.RefusedStream {
+	if rst := p.expectRst(5); rst.Status != mspdy.RefusedStream {
 		t.Fatalf("status %d", rst.Status)
 	}
 	pingAlive(t, p)
@@ -860,13 +860,13 @@ func TestWriteTimeout(t *testing.T) {
 		ss.handlersWG.Wait()
 	})
 	// A peer that grants huge windows, opens a stream, and never reads.
-	fr, err := spdy.NewFramer(a, nil)
+	fr, err := mspdy.NewFramer(a, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []spdy.Frame{
-		&spdy.SettingsFrame{FlagIdValues: []spdy.SettingsFlagIdValue{{Id: spdy.SettingsInitialWindowSize, Value: 1 << 30}}},
-		&spdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 30},
+	for _, f := range []mspdy.Frame{
+		&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 30}}},
+		&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 30},
 		synStream(1, reqBlock("GET", "/"), true),
 	} {
 		if err := fr.WriteFrame(f); err != nil {
