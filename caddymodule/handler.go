@@ -252,15 +252,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	p.logger.Store(h.logger)
 	p.drain.Store(int64(h.DrainTimeout))
 
-	rp := &reverseproxy.Handler{
-		Upstreams:        reverseproxy.UpstreamPool{{Dial: placeholderUpstream}},
-		Transport:        h.transport,
-		FlushInterval:    h.FlushInterval,
-		TrustedProxies:   h.TrustedProxies,
-		Headers:          h.Headers,
-		StreamTimeout:    h.StreamTimeout,
-		StreamCloseDelay: h.StreamCloseDelay,
-	}
+	rp := h.reverseProxy()
+	rp.Upstreams = reverseproxy.UpstreamPool{{Dial: placeholderUpstream}}
+	rp.Transport = h.transport
 	// Only a fully provisioned reverse proxy may be cleaned up.
 	if err := rp.Provision(ctx); err != nil {
 		return fmt.Errorf("spdy_origin: provisioning reverse proxy: %w", err)
@@ -309,6 +303,17 @@ func (h *Handler) buildSpdyConfig() (*spdy.Config, error) {
 		return nil, fmt.Errorf("spdy_origin: session settings: %w", err)
 	}
 	return cfg, nil
+}
+
+// reverseProxy returns a reverse_proxy handler with h's proxying options.
+func (h *Handler) reverseProxy() *reverseproxy.Handler {
+	return &reverseproxy.Handler{
+		FlushInterval:    h.FlushInterval,
+		TrustedProxies:   h.TrustedProxies,
+		Headers:          h.Headers,
+		StreamTimeout:    h.StreamTimeout,
+		StreamCloseDelay: h.StreamCloseDelay,
+	}
 }
 
 // Validate checks the configuration without side effects.
