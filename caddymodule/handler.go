@@ -233,7 +233,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return errors.New("spdy_origin: at least one token is required (agents authenticate with it)")
 	}
 
-	cfg, err := h.buildSpdyConfig()
+	cfg, err := h.spdyConfig()
 	if err != nil {
 		return err
 	}
@@ -263,42 +263,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-func (h *Handler) buildSpdyConfig() (*spdy.Config, error) {
-	cfg := spdy.DefaultConfig()
-	if h.StreamWindow != 0 {
-		if h.StreamWindow < 0 || h.StreamWindow > math.MaxInt32 {
-			return nil, fmt.Errorf("spdy_origin: stream_window %d out of range (1..%d)", h.StreamWindow, math.MaxInt32)
+// spdyConfig is the configuration of the agents' sessions. Zero fields of
+// spdy.Config mean its defaults, as zero fields of Handler do.
+func (h *Handler) spdyConfig() (*spdy.Config, error) {
+	for name, v := range map[string]int64{"stream_window": h.StreamWindow, "session_window": h.SessionWindow} {
+		if v < 0 || v > math.MaxInt32 {
+			return nil, fmt.Errorf("spdy_origin: %s %d out of range (1..%d)", name, v, math.MaxInt32)
 		}
-		cfg.StreamWindow = int32(h.StreamWindow)
 	}
-	if h.SessionWindow != 0 {
-		if h.SessionWindow < 0 || h.SessionWindow > math.MaxInt32 {
-			return nil, fmt.Errorf("spdy_origin: session_window %d out of range (1..%d)", h.SessionWindow, math.MaxInt32)
-		}
-		cfg.SessionWindow = int32(h.SessionWindow)
+	cfg := &spdy.Config{
+		StreamWindow:         int32(h.StreamWindow),
+		SessionWindow:        int32(h.SessionWindow),
+		MaxConcurrentStreams: h.MaxConcurrentStreams,
+		MaxUpgradedStreams:   h.MaxUpgradedStreams,
+		PingInterval:         time.Duration(h.PingInterval),
+		PingTimeout:          time.Duration(h.PingTimeout),
+		WriteTimeout:         time.Duration(h.WriteTimeout),
+		StreamIdleTimeout:    time.Duration(h.StreamIdleTimeout),
+		StreamQueueTimeout:   time.Duration(h.StreamQueueTimeout),
+		Logger:               h.logger.Named("spdy").Sugar(),
 	}
-	if h.MaxConcurrentStreams != 0 {
-		cfg.MaxConcurrentStreams = h.MaxConcurrentStreams
-	}
-	if h.MaxUpgradedStreams != 0 {
-		cfg.MaxUpgradedStreams = h.MaxUpgradedStreams
-	}
-	if h.PingInterval != 0 {
-		cfg.PingInterval = time.Duration(h.PingInterval)
-	}
-	if h.PingTimeout != 0 {
-		cfg.PingTimeout = time.Duration(h.PingTimeout)
-	}
-	if h.WriteTimeout != 0 {
-		cfg.WriteTimeout = time.Duration(h.WriteTimeout)
-	}
-	if h.StreamIdleTimeout != 0 {
-		cfg.StreamIdleTimeout = time.Duration(h.StreamIdleTimeout)
-	}
-	if h.StreamQueueTimeout != 0 {
-		cfg.StreamQueueTimeout = time.Duration(h.StreamQueueTimeout)
-	}
-	cfg.Logger = h.logger.Named("spdy").Sugar()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("spdy_origin: session settings: %w", err)
 	}
