@@ -167,6 +167,7 @@ type Handler struct {
 	proxy     *reverseproxy.Handler
 	spdyCfg   *spdy.Config
 	limiter   *authLimiter
+	user      *poolUser // joined the pool: the last step of Provision
 	logger    *zap.Logger
 }
 
@@ -179,9 +180,47 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision resolves tokens, takes a pool reference and provisions the
-// internal reverse proxy.
+// internal reverse proxy. Nothing it does changes what a live config uses
+// until its last step, joining the pool (poolsettings.go), which fails
+// without side effects if another handler of this config gave the pool
+// other settings.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.setDefaults()
+	var err error
+	if h.tokens, err = h.resolveTokens(); err != nil {
+		return err
+	}
+	if h.spdyCfg, err = h.spdyConfig(); err != nil {
+		return err
+	}
+	h.transport = &Transport{
+		Pool:                  h.Pool,
+		DialTimeout:           h.DialTimeout,
+		ResponseHeaderTimeout: h.ResponseHeaderTimeout,
+	}
+	if err := h.transport.Provision(ctx); err != nil {
+		return err
+	}
+	rp := h.reverseProxy()
+	rp.Upstreams = reverseproxy.UpstreamPool{{Dial: placeholderUpstream}}
+	rp.Transport = h.transport
+	// Only a fully provisioned reverse proxy may be cleaned up.
+	if err := rp.Provision(ctx); err != nil {
+		return fmt.Errorf("spdy_origin: provisioning reverse proxy: %w", err)
+	}
+	h.proxy = rp
+
+	user := &poolUser{config: ctx.Done(), name: handlerName(ctx, h.Connect), settings: h.poolSettings(), logger: h.logger}
+	if err := h.transport.pool.join(user); err != nil {
+		return fmt.Errorf("spdy_origin: %w", err)
+	}
+	h.user = user
+	h.limiter = poolAuthLimiter(h.Pool, h.MaxAuthFailures, time.Duration(h.AuthFailureWindow))
+	return nil
+}
+
+func (h *Handler) setDefaults() {
 	if h.Pool == "" {
 		h.Pool = DefaultPool
 	}
@@ -194,31 +233,38 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxAuthFailures == 0 {
 		h.MaxAuthFailures = defaultMaxAuthFailures
 	}
-	if h.AuthFailureWindow == 0 {
-		h.AuthFailureWindow = caddy.Duration(defaultAuthFailureWindow)
+	for _, d := range []struct {
+		field *caddy.Duration
+		def   time.Duration
+	}{
+		{&h.AuthFailureWindow, defaultAuthFailureWindow},
+		{&h.RetryAfter, defaultRetryAfter},
+		{&h.DrainTimeout, defaultDrainTimeout},
+	} {
+		if *d.field == 0 {
+			*d.field = caddy.Duration(d.def)
+		}
 	}
-	if h.RetryAfter == 0 {
-		h.RetryAfter = caddy.Duration(defaultRetryAfter)
-	}
-	if h.DrainTimeout == 0 {
-		h.DrainTimeout = caddy.Duration(defaultDrainTimeout)
-	}
+}
 
+// resolveTokens resolves the placeholders in Token. A short token is
+// logged as a warning.
+func (h *Handler) resolveTokens() ([][]byte, error) {
 	repl := caddy.NewReplacer()
-	h.tokens = h.tokens[:0]
+	var tokens [][]byte
 	for i, tok := range h.Token {
-		// A bearer token in a header never has surrounding whitespace (HTTP
-		// trims it), so a trailing newline from an env var or secrets file
-		// would make the token unusable: trim it.
 		// Unknown or empty placeholders are errors: silently dropping one
 		// would leave a weaker token than the one configured.
 		v, err := repl.ReplaceOrErr(tok, true, true)
 		if err != nil {
-			return fmt.Errorf("spdy_origin: token %d: %w (is the environment variable set?)", i+1, err)
+			return nil, fmt.Errorf("spdy_origin: token %d: %w (is the environment variable set?)", i+1, err)
 		}
+		// A bearer token in a header never has surrounding whitespace (HTTP
+		// trims it), so a trailing newline from an env var or secrets file
+		// would make the token unusable: trim it.
 		v = strings.TrimSpace(v)
 		if v == "" {
-			return fmt.Errorf("spdy_origin: token %d (%q) is empty after resolving placeholders; is the environment variable set?", i+1, tok)
+			return nil, fmt.Errorf("spdy_origin: token %d (%q) is empty after resolving placeholders; is the environment variable set?", i+1, tok)
 		}
 		if len(v) < minTokenBytes {
 			// Loud but not fatal: a short token may be what an existing
@@ -227,40 +273,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 				"`head -c 32 /dev/urandom | base64` or `openssl rand -base64 32`",
 				zap.Int("token", i+1), zap.Int("bytes", len(v)), zap.Int("recommended_min_bytes", minTokenBytes))
 		}
-		h.tokens = append(h.tokens, []byte(v))
+		tokens = append(tokens, []byte(v))
 	}
-	if len(h.tokens) == 0 {
-		return errors.New("spdy_origin: at least one token is required (agents authenticate with it)")
+	if len(tokens) == 0 {
+		return nil, errors.New("spdy_origin: at least one token is required (agents authenticate with it)")
 	}
-
-	cfg, err := h.spdyConfig()
-	if err != nil {
-		return err
-	}
-	h.spdyCfg = cfg
-	h.limiter = poolAuthLimiter(h.Pool, h.MaxAuthFailures, time.Duration(h.AuthFailureWindow))
-
-	h.transport = &Transport{
-		Pool:                  h.Pool,
-		DialTimeout:           h.DialTimeout,
-		ResponseHeaderTimeout: h.ResponseHeaderTimeout,
-	}
-	if err := h.transport.Provision(ctx); err != nil {
-		return err
-	}
-	p := h.transport.pool
-	p.logger.Store(h.logger)
-	p.drain.Store(int64(h.DrainTimeout))
-
-	rp := h.reverseProxy()
-	rp.Upstreams = reverseproxy.UpstreamPool{{Dial: placeholderUpstream}}
-	rp.Transport = h.transport
-	// Only a fully provisioned reverse proxy may be cleaned up.
-	if err := rp.Provision(ctx); err != nil {
-		return fmt.Errorf("spdy_origin: provisioning reverse proxy: %w", err)
-	}
-	h.proxy = rp
-	return nil
+	return tokens, nil
 }
 
 // spdyConfig is the configuration of the agents' sessions. Zero fields of
@@ -332,6 +350,11 @@ func (h *Handler) Validate() error {
 // partial Provision. Fields stay set: requests of this config may still be
 // finishing during a reload.
 func (h *Handler) Cleanup() error {
+	if h.user != nil {
+		// Before the transport gives the pool back: if this is the pool's
+		// last reference, its Destruct uses this handler's drain timeout.
+		h.transport.pool.leave(h.user)
+	}
 	var err error
 	if h.proxy != nil {
 		err = h.proxy.Cleanup()
