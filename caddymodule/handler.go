@@ -54,91 +54,130 @@ const (
 // (499 client gone, 502 stream failed, 504 timeout) match reverse_proxy.
 // With no agent connected the handler answers 503 with Retry-After.
 type Handler struct {
-	// Pool names the pool that registering agents join and that requests
-	// are proxied to. Default: "default".
+	// Pool names the pool that agents registering here join and that
+	// requests are proxied to. Pools are process-global and outlive
+	// config reloads; several handlers (sites) may share one, and the
+	// handlers of one config on one pool must then agree on
+	// MaxAuthFailures, AuthFailureWindow, MaxSessions and DrainTimeout
+	// (a difference is a config error). Default: "default".
 	Pool string `json:"pool,omitempty"`
 
-	// Connect is the path of the registration route. Requests to exactly
-	// this path are never proxied. Default: "/.well-known/spdy-origin".
+	// Connect is the path of the registration route, matched exactly.
+	// Requests to it are never proxied; agents must PUT to it over
+	// HTTP/1.1 (other methods get 405, HTTP/2 and HTTP/3 get 505).
+	// Default: "/.well-known/spdy-origin".
 	Connect string `json:"connect,omitempty"`
 
-	// Token lists the bearer tokens agents may register with; at least one
-	// is required. Placeholders such as {env.SPDY_ORIGIN_TOKEN} are resolved
-	// once at provision time. Tokens are compared in constant time. A token
-	// shorter than 16 bytes is logged as a warning at load.
+	// Token lists the bearer tokens agents may register with; at least
+	// one is required. Placeholders such as {env.SPDY_ORIGIN_TOKEN} are
+	// resolved once at load, and an unknown or empty one is a config
+	// error; surrounding whitespace (a trailing newline from a secrets
+	// file) is trimmed. Tokens are compared in constant time. A token
+	// shorter than 16 bytes is logged as a warning at load; make one with
+	// `openssl rand -base64 32`.
 	Token []string `json:"token,omitempty"`
 
-	// MaxRegistrationBody caps the registration request body, in bytes;
-	// larger bodies get 413. Default: 65536.
+	// MaxRegistrationBody caps the body of a registration request, in
+	// bytes; a larger one gets 413 (at once, unread, when its declared
+	// length is larger). Default: 65536 (64 KiB).
 	MaxRegistrationBody int64 `json:"max_registration_body,omitempty"`
 
-	// MaxSessions caps the sessions in the pool; further registrations get
-	// 503 with Retry-After. Default: 0, unlimited.
+	// MaxSessions caps the agent sessions in the pool; registrations
+	// beyond it get 503 with Retry-After before their connection is taken
+	// over. Sessions draining after GOAWAY do not count. It caps the
+	// whole pool, so the handlers of one config on one pool must agree on
+	// it. Default: 0, unlimited.
 	MaxSessions int `json:"max_sessions,omitempty"`
 
 	// MaxAuthFailures is how many missing or wrong tokens one address
 	// prefix (an IPv4 address, an IPv6 /64) may send within
-	// AuthFailureWindow; its further wrong tokens get 429 for
-	// AuthFailureWindow. A valid token is never locked out. Default: 10.
+	// AuthFailureWindow; its further wrong tokens get 429 until
+	// AuthFailureWindow has passed since the one that reached it. A valid
+	// token always registers, whatever its address. The counts are kept
+	// per pool name for the life of the process, across reloads, so the
+	// handlers of one config on one pool must agree on it. Default: 10.
 	MaxAuthFailures int `json:"max_auth_failures,omitempty"`
 
-	// AuthFailureWindow is the window for MaxAuthFailures, also the lockout
-	// time. Default: 1m.
+	// AuthFailureWindow is the window MaxAuthFailures counts in, and how
+	// long a prefix stays locked out. The handlers of one config on one
+	// pool must agree on it. Default: 1m.
 	AuthFailureWindow caddy.Duration `json:"auth_failure_window,omitempty"`
 
-	// RetryAfter is the Retry-After value sent with 503 (no agent, pool
-	// full). A 429 carries the time left in the prefix's lockout instead.
-	// Default: 5s.
+	// RetryAfter is the Retry-After sent with a 503 (no agent connected,
+	// every stream busy, pool full), rounded up to whole seconds. A 429
+	// carries the time left in the prefix's lockout instead. Default: 5s.
 	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
 
-	// DialTimeout: how long a request waits for an agent when none is
-	// connected before getting 503. Default: 0, answer 503 at once.
+	// DialTimeout is how long a request waits for an agent to connect when
+	// the pool has none; then it gets 503. Default: 0, 503 at once.
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
 
-	// ResponseHeaderTimeout: the agent must send response headers within
-	// this time or the client gets 504. Streaming bodies and WebSockets
-	// are not limited by it. Default: 0, no limit.
+	// ResponseHeaderTimeout is how long the agent may take to send the
+	// response headers, from when the request goes out; past it the
+	// stream is reset and the client gets 504. Response bodies and
+	// WebSockets are not limited by it. Default: 0, no limit (a client
+	// that hangs up still cancels the stream).
 	ResponseHeaderTimeout caddy.Duration `json:"response_header_timeout,omitempty"`
 
-	// FlushInterval: as reverse_proxy's flush_interval. Responses without
-	// Content-Length and event streams are flushed immediately regardless.
+	// FlushInterval is reverse_proxy's flush_interval: how often the
+	// response is flushed to the client while it streams; -1 flushes
+	// after every write. Responses without Content-Length and event
+	// streams are flushed at once whatever it is. Default: 0, as in
+	// reverse_proxy.
 	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`
 
-	// TrustedProxies: as reverse_proxy's trusted_proxies (CIDRs or IPs
-	// whose X-Forwarded-* headers are kept). Default: none.
+	// TrustedProxies is reverse_proxy's trusted_proxies: the IP ranges
+	// (CIDR, or single addresses) of proxies in front of Caddy whose
+	// X-Forwarded-* headers are passed on to the agent instead of
+	// replaced. In the Caddyfile, private_ranges stands for the private
+	// and loopback ranges. Default: none.
 	TrustedProxies []string `json:"trusted_proxies,omitempty"`
 
-	// Headers manipulates request headers to the agent (header_up) and
-	// response headers from it (header_down), as reverse_proxy's headers.
+	// Headers manipulates the request headers sent to the agent
+	// (header_up: "request") and the response headers sent to the client
+	// (header_down: "response"), as reverse_proxy's headers do. Default:
+	// none.
 	Headers *headers.Handler `json:"headers,omitempty"`
 
-	// StreamTimeout: as reverse_proxy's stream_timeout, closes upgraded
-	// streams (WebSockets) after this long. Default: no limit.
+	// StreamTimeout is reverse_proxy's stream_timeout: upgraded streams
+	// (WebSockets) are closed after this long. Default: 0, no limit.
 	StreamTimeout caddy.Duration `json:"stream_timeout,omitempty"`
 
-	// StreamCloseDelay: as reverse_proxy's stream_close_delay; upgraded
-	// streams (WebSockets) survive a config reload for this long instead of
-	// being closed when the old config is unloaded. Default: 0.
+	// StreamCloseDelay is reverse_proxy's stream_close_delay: upgraded
+	// streams (WebSockets) survive a config reload for this long instead
+	// of being closed when the old config is unloaded. Default: 0.
 	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
 
-	// DrainTimeout: when the pool is removed from the config, agents get
-	// GOAWAY and open streams this long to finish. Default: 10s.
+	// DrainTimeout applies when the pool is removed from the config:
+	// agents get GOAWAY, open streams have this long to finish, then the
+	// sessions close. The value of the last config that had the pool
+	// applies, so the handlers of one config on one pool must agree on
+	// it. Default: 10s.
 	DrainTimeout caddy.Duration `json:"drain_timeout,omitempty"`
 
-	// StreamWindow is the per-stream receive window (bytes) advertised to
-	// agents. Default: spdy's default (16 MiB).
+	// StreamWindow is the largest receive window one stream grows to, in
+	// bytes: how fast one download can go over a long round trip, and how
+	// much unread data one stalled stream may hold. Range 65536 to
+	// 2147483647. Default: 16 MiB (spdy.DefaultStreamWindow).
 	StreamWindow int64 `json:"stream_window,omitempty"`
 
-	// SessionWindow is the session receive window (bytes). Default: spdy's
-	// default (64 MiB).
+	// SessionWindow is each session's receive window and buffer budget,
+	// in bytes: what its streams together may be granted beyond their
+	// first 64 KiB each. Must be at least StreamWindow. Default: 64 MiB
+	// (spdy.DefaultSessionWindow), or StreamWindow if that is larger.
 	SessionWindow int64 `json:"session_window,omitempty"`
 
-	// MaxConcurrentStreams is advertised to agents (they open none, but
-	// it bounds misbehaving peers). Default: spdy's default.
+	// MaxConcurrentStreams caps the streams open at once on one session:
+	// it is the SETTINGS_MAX_CONCURRENT_STREAMS sent to the agent (agents
+	// open no streams, so that only bounds a misbehaving one), and the
+	// most requests Caddy sends on the session at once, whatever the
+	// agent allows (its --max-streams). Requests beyond either wait up to
+	// StreamQueueTimeout. Default: 1000 (spdy.DefaultMaxConcurrentStreams).
 	MaxConcurrentStreams uint32 `json:"max_concurrent_streams,omitempty"`
 
-	// MaxUpgradedStreams caps WebSocket (101) streams per session.
-	// Default: spdy's default (1000).
+	// MaxUpgradedStreams caps the upgraded streams (WebSockets, other 101
+	// responses) open at once on one session; further upgrades get 503.
+	// Negative allows none. Default: 1000 (spdy.DefaultMaxUpgradedStreams).
 	MaxUpgradedStreams int `json:"max_upgraded_streams,omitempty"`
 
 	// StreamIdleTimeout resets a stream that waits this long on a party
@@ -147,19 +186,27 @@ type Handler struct {
 	// answers, a client that sends no request body bytes (it gets 408).
 	// Quiet streams (an event stream between events, an idle WebSocket)
 	// are not affected. It frees the stream's slot and buffers.
-	// Default: 1m.
+	// Default: 1m (spdy.DefaultStreamIdleTimeout).
 	StreamIdleTimeout caddy.Duration `json:"stream_idle_timeout,omitempty"`
 
-	// StreamQueueTimeout: how long a request waits for a free stream when
-	// every stream the agent allows on its session is in use; then 503
-	// with Retry-After. Default: 10s.
+	// StreamQueueTimeout is how long a request waits for a free stream
+	// when every stream the agents allow is in use; then it gets 503 with
+	// Retry-After. Default: 10s (spdy.DefaultStreamQueueTimeout).
 	StreamQueueTimeout caddy.Duration `json:"stream_queue_timeout,omitempty"`
 
-	// PingInterval, PingTimeout and WriteTimeout tune session keepalive
-	// (an agent that stops answering PINGs within PingTimeout is dropped)
-	// and stalled writes. Defaults: spdy's (15s, 10s, 30s).
+	// PingInterval is how often each session sends a keepalive PING; the
+	// round trips it measures also set how fast stream windows grow.
+	// Default: 15s (spdy.DefaultPingInterval).
 	PingInterval caddy.Duration `json:"ping_interval,omitempty"`
-	PingTimeout  caddy.Duration `json:"ping_timeout,omitempty"`
+
+	// PingTimeout drops a session whose agent sends nothing at all, PING
+	// answers included, for this long; its requests fail rather than
+	// hang. Default: 10s (spdy.DefaultPingTimeout).
+	PingTimeout caddy.Duration `json:"ping_timeout,omitempty"`
+
+	// WriteTimeout closes a session when one write to its connection makes
+	// no progress for this long (an agent that stopped reading).
+	// Default: 30s (spdy.DefaultWriteTimeout).
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	tokens    [][]byte // resolved
