@@ -331,9 +331,12 @@ func (h *Handler) resolveTokens() ([][]byte, error) {
 // spdyConfig is the configuration of the agents' sessions. Zero fields of
 // spdy.Config mean its defaults, as zero fields of Handler do.
 func (h *Handler) spdyConfig() (*spdy.Config, error) {
-	for name, v := range map[string]int64{"stream_window": h.StreamWindow, "session_window": h.SessionWindow} {
-		if v < 0 || v > math.MaxInt32 {
-			return nil, fmt.Errorf("spdy_origin: %s %d out of range (1..%d)", name, v, math.MaxInt32)
+	for _, w := range []struct {
+		name string
+		v    int64
+	}{{"stream_window", h.StreamWindow}, {"session_window", h.SessionWindow}} {
+		if w.v < 0 || w.v > math.MaxInt32 {
+			return nil, fmt.Errorf("spdy_origin: %s %d out of range (1..%d)", w.name, w.v, math.MaxInt32)
 		}
 	}
 	cfg := &spdy.Config{

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
 func TestHandlerValidate(t *testing.T) {
@@ -96,5 +97,40 @@ func TestShortTokenWarning(t *testing.T) {
 	}
 	if strings.Contains(string(b), short) {
 		t.Fatalf("the log contains the token: %s", b)
+	}
+}
+
+// The session settings pass to spdy as they are: zero means spdy's default,
+// so a lone stream_window above the default session window is fine (the
+// session window follows it), and values spdy cannot take are config errors.
+func TestSpdyConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		h       Handler
+		wantErr string
+	}{
+		{name: "defaults"},
+		{name: "large stream window alone", h: Handler{StreamWindow: 128 << 20}},
+		{name: "stream window out of range", h: Handler{StreamWindow: 1 << 31}, wantErr: "stream_window 2147483648 out of range"},
+		{name: "negative session window", h: Handler{SessionWindow: -1}, wantErr: "session_window -1 out of range"},
+		{name: "stream window below SPDY's minimum", h: Handler{StreamWindow: 1000}, wantErr: "below the SPDY minimum"},
+		{name: "session window below stream window", h: Handler{StreamWindow: 8 << 20, SessionWindow: 1 << 20}, wantErr: "smaller than the stream window"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.h.logger = zap.NewNop()
+			cfg, err := tc.h.spdyConfig()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.StreamWindow != int32(tc.h.StreamWindow) || cfg.Logger == nil {
+				t.Fatalf("config %+v", cfg)
+			}
+		})
 	}
 }
