@@ -46,11 +46,14 @@ var ErrPoolBusy = errors.New("spdy_origin: every agent session of this pool is a
 // requires; any `to` address works too.) Agents register through a
 // `spdy_origin` handler configured with the same pool.
 type Transport struct {
-	// Pool is the name of the pool of agent sessions. Default: "default".
+	// Pool is the name of the pool whose agent sessions take the
+	// requests. Agents join it by registering through a spdy_origin
+	// handler with the same pool. Default: "default".
 	Pool string `json:"pool,omitempty"`
 
 	// DialTimeout is how long a request waits for an agent to connect when
-	// the pool has no usable session. Default: 0, answer 503 at once.
+	// the pool has no usable session; then it gets 503. Default: 0, 503 at
+	// once.
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
 
 	// ResponseHeaderTimeout bounds the time from sending the request until
