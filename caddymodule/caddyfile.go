@@ -1,6 +1,9 @@
 package caddymodule
 
 import (
+	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -8,7 +11,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"github.com/dustin/go-humanize"
 )
 
@@ -17,10 +19,6 @@ func parseCaddyfileHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 	err := m.UnmarshalCaddyfile(h.Dispenser)
 	return m, err
 }
-
-// privateRanges mirrors the `private_ranges` shorthand of reverse_proxy's
-// trusted_proxies (Caddy's internal package cannot be imported).
-var privateRanges = []string{"192.168.0.0/16", "172.16.0.0/12", "10.0.0.0/8", "127.0.0.1/8", "fd00::/8", "::1"}
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
@@ -57,141 +55,19 @@ var privateRanges = []string{"192.168.0.0/16", "172.16.0.0/12", "10.0.0.0/8", "1
 //	    stream_idle_timeout    <duration>
 //	    stream_queue_timeout   <duration>
 //	}
+//
+// flush_interval, trusted_proxies, header_up, header_down, stream_timeout
+// and stream_close_delay are reverse_proxy's own subdirectives, parsed by
+// reverse_proxy's parser. Every subdirective but token, trusted_proxies,
+// header_up and header_down may appear once.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
+	head := d.Token()
 	if d.NextArg() {
 		return d.Errf("spdy_origin takes no arguments besides a matcher, got %q; use a block: spdy_origin { token ... }", d.Val())
 	}
-	seen := map[string]bool{}
-	once := func(name string) error {
-		if seen[name] {
-			return d.Errf("%s specified more than once", name)
-		}
-		seen[name] = true
-		return nil
-	}
-	for d.NextBlock(0) {
-		name := d.Val()
-		var err error
-		switch name {
-		case "pool":
-			if err = once(name); err == nil {
-				h.Pool, err = oneArg(d)
-			}
-		case "connect":
-			if err = once(name); err == nil {
-				h.Connect, err = oneArg(d)
-				if err == nil && !strings.HasPrefix(h.Connect, "/") {
-					err = d.Errf("connect must be a path starting with '/', got %q", h.Connect)
-				}
-			}
-		case "token":
-			var tok string
-			if tok, err = oneArg(d); err == nil {
-				h.Token = append(h.Token, tok)
-			}
-		case "max_registration_body":
-			if err = once(name); err == nil {
-				h.MaxRegistrationBody, err = sizeArg(d)
-			}
-		case "stream_window":
-			if err = once(name); err == nil {
-				h.StreamWindow, err = sizeArg(d)
-			}
-		case "session_window":
-			if err = once(name); err == nil {
-				h.SessionWindow, err = sizeArg(d)
-			}
-		case "max_sessions":
-			if err = once(name); err == nil {
-				h.MaxSessions, err = intArg(d)
-			}
-		case "max_auth_failures":
-			if err = once(name); err == nil {
-				h.MaxAuthFailures, err = intArg(d)
-			}
-		case "max_upgraded_streams":
-			if err = once(name); err == nil {
-				h.MaxUpgradedStreams, err = intArg(d)
-			}
-		case "max_concurrent_streams":
-			if err = once(name); err == nil {
-				var n int
-				if n, err = intArg(d); err == nil {
-					h.MaxConcurrentStreams = uint32(n)
-				}
-			}
-		case "auth_failure_window":
-			err = durationOnce(d, once, &h.AuthFailureWindow)
-		case "retry_after":
-			err = durationOnce(d, once, &h.RetryAfter)
-		case "drain_timeout":
-			err = durationOnce(d, once, &h.DrainTimeout)
-		case "dial_timeout":
-			err = durationOnce(d, once, &h.DialTimeout)
-		case "response_header_timeout":
-			err = durationOnce(d, once, &h.ResponseHeaderTimeout)
-		case "stream_timeout":
-			err = durationOnce(d, once, &h.StreamTimeout)
-		case "stream_close_delay":
-			err = durationOnce(d, once, &h.StreamCloseDelay)
-		case "ping_interval":
-			err = durationOnce(d, once, &h.PingInterval)
-		case "ping_timeout":
-			err = durationOnce(d, once, &h.PingTimeout)
-		case "write_timeout":
-			err = durationOnce(d, once, &h.WriteTimeout)
-		case "stream_idle_timeout":
-			err = durationOnce(d, once, &h.StreamIdleTimeout)
-		case "stream_queue_timeout":
-			err = durationOnce(d, once, &h.StreamQueueTimeout)
-		case "flush_interval":
-			if err = once(name); err == nil {
-				var v string
-				if v, err = oneArg(d); err == nil {
-					if n, convErr := strconv.Atoi(v); convErr == nil {
-						h.FlushInterval = caddy.Duration(n)
-					} else if dur, durErr := caddy.ParseDuration(v); durErr == nil {
-						h.FlushInterval = caddy.Duration(dur)
-					} else {
-						err = d.Errf("flush_interval: bad duration %q: %v", v, durErr)
-					}
-				}
-			}
-		case "trusted_proxies":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			for _, a := range args {
-				if a == "private_ranges" {
-					h.TrustedProxies = append(h.TrustedProxies, privateRanges...)
-				} else {
-					h.TrustedProxies = append(h.TrustedProxies, a)
-				}
-			}
-		case "header_up":
-			if h.Headers == nil {
-				h.Headers = new(headers.Handler)
-			}
-			if h.Headers.Request == nil {
-				h.Headers.Request = new(headers.HeaderOps)
-			}
-			err = headerOp(d, h.Headers.Request)
-		case "header_down":
-			if h.Headers == nil {
-				h.Headers = new(headers.Handler)
-			}
-			if h.Headers.Response == nil {
-				h.Headers.Response = &headers.RespHeaderOps{HeaderOps: new(headers.HeaderOps)}
-			}
-			err = headerOp(d, h.Headers.Response.HeaderOps)
-		default:
-			return d.Errf("unrecognized spdy_origin subdirective: %s", name)
-		}
-		if err != nil {
-			return err
-		}
+	if err := parseBlock(d, "spdy_origin", h.subdirectives(head)); err != nil {
+		return err
 	}
 	if len(h.Token) == 0 {
 		return d.Err("spdy_origin: at least one 'token <secret>' is required (e.g. token {env.SPDY_ORIGIN_TOKEN})")
@@ -199,84 +75,74 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func oneArg(d *caddyfile.Dispenser) (string, error) {
-	name := d.Val()
-	if !d.NextArg() {
-		return "", d.ArgErr()
+// subdirectives is the handler's Caddyfile vocabulary; head is the
+// directive's name token.
+func (h *Handler) subdirectives(head caddyfile.Token) map[string]subdirective {
+	subs := map[string]subdirective{
+		"connect":               {parse: pathArg(&h.Connect)},
+		"token":                 {parse: appendArg(&h.Token), repeatable: true},
+		"max_registration_body": {parse: sizeArg(&h.MaxRegistrationBody)},
+		"max_sessions":          {parse: intArg(&h.MaxSessions)},
+		"max_auth_failures":     {parse: intArg(&h.MaxAuthFailures)},
+		"auth_failure_window":   {parse: durationArg(&h.AuthFailureWindow)},
+		"retry_after":           {parse: durationArg(&h.RetryAfter)},
+		"drain_timeout":         {parse: durationArg(&h.DrainTimeout)},
+
+		"stream_window":          {parse: sizeArg(&h.StreamWindow)},
+		"session_window":         {parse: sizeArg(&h.SessionWindow)},
+		"max_concurrent_streams": {parse: intArg(&h.MaxConcurrentStreams)},
+		"max_upgraded_streams":   {parse: intArg(&h.MaxUpgradedStreams)},
+		"ping_interval":          {parse: durationArg(&h.PingInterval)},
+		"ping_timeout":           {parse: durationArg(&h.PingTimeout)},
+		"write_timeout":          {parse: durationArg(&h.WriteTimeout)},
+		"stream_idle_timeout":    {parse: durationArg(&h.StreamIdleTimeout)},
+		"stream_queue_timeout":   {parse: durationArg(&h.StreamQueueTimeout)},
 	}
-	v := d.Val()
-	if d.NextArg() {
-		return "", d.Errf("%s takes one argument; unexpected %q", name, d.Val())
+	maps.Copy(subs, transportSubdirectives(&h.Pool, &h.DialTimeout, &h.ResponseHeaderTimeout))
+	proxy := h.proxySubdirective(head)
+	for _, name := range []string{"flush_interval", "stream_timeout", "stream_close_delay"} {
+		subs[name] = subdirective{parse: proxy}
 	}
-	return v, nil
+	for _, name := range []string{"trusted_proxies", "header_up", "header_down"} {
+		subs[name] = subdirective{parse: proxy, repeatable: true}
+	}
+	return subs
 }
 
-func intArg(d *caddyfile.Dispenser) (int, error) {
-	name := d.Val()
-	v, err := oneArg(d)
-	if err != nil {
-		return 0, err
+// proxySubdirective parses one of reverse_proxy's own subdirectives with
+// reverse_proxy's parser, so that it means exactly what it means there
+// (private_ranges, header ops, "-1" for flush_interval...), and keeps the
+// fields that parser sets. head is the directive's name token.
+func (h *Handler) proxySubdirective(head caddyfile.Token) func(*caddyfile.Dispenser) error {
+	return func(d *caddyfile.Dispenser) error {
+		name := d.Val()
+		seg := d.NextSegment()
+		if len(seg) == 1 {
+			return d.ArgErr()
+		}
+		rp := h.reverseProxy()
+		if err := rp.UnmarshalCaddyfile(caddyfile.NewDispenser(proxyBlock(head, seg))); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if rp.StreamTimeout < 0 || rp.StreamCloseDelay < 0 {
+			return d.Errf("%s: duration must not be negative, got %q", name, seg[1].Text)
+		}
+		h.FlushInterval, h.TrustedProxies, h.Headers = rp.FlushInterval, rp.TrustedProxies, rp.Headers
+		h.StreamTimeout, h.StreamCloseDelay = rp.StreamTimeout, rp.StreamCloseDelay
+		return nil
 	}
-	n, convErr := strconv.Atoi(v)
-	if convErr != nil || n < 0 {
-		return 0, d.Errf("%s: want a non-negative integer, got %q", name, v)
-	}
-	return n, nil
 }
 
-func sizeArg(d *caddyfile.Dispenser) (int64, error) {
-	name := d.Val()
-	v, err := oneArg(d)
-	if err != nil {
-		return 0, err
-	}
-	n, convErr := humanize.ParseBytes(v)
-	if convErr != nil {
-		return 0, d.Errf("%s: bad size %q: %v", name, v, convErr)
-	}
-	if n > 1<<62 {
-		return 0, d.Errf("%s: size %q too large", name, v)
-	}
-	return int64(n), nil
-}
-
-func durationOnce(d *caddyfile.Dispenser, once func(string) error, dst *caddy.Duration) error {
-	name := d.Val()
-	if err := once(name); err != nil {
-		return err
-	}
-	v, err := oneArg(d)
-	if err != nil {
-		return err
-	}
-	dur, perr := caddy.ParseDuration(v)
-	if perr != nil {
-		return d.Errf("%s: bad duration %q: %v", name, v, perr)
-	}
-	if dur < 0 {
-		return d.Errf("%s: duration must not be negative, got %q", name, v)
-	}
-	*dst = caddy.Duration(dur)
-	return nil
-}
-
-func headerOp(d *caddyfile.Dispenser, ops *headers.HeaderOps) error {
-	args := d.RemainingArgs()
-	var err error
-	switch len(args) {
-	case 1:
-		err = headers.CaddyfileHeaderOp(ops, args[0], "", nil)
-	case 2:
-		err = headers.CaddyfileHeaderOp(ops, args[0], args[1], nil)
-	case 3:
-		err = headers.CaddyfileHeaderOp(ops, args[0], args[1], &args[2])
-	default:
-		return d.ArgErr()
-	}
-	if err != nil {
-		return d.Err(err.Error())
-	}
-	return nil
+// proxyBlock wraps a subdirective's tokens as the block of a reverse_proxy
+// directive: `<head> { <seg> }`. The braces are copies of head (same file,
+// line and import chain), so the block opens on the directive's line; the
+// closing brace gets a line of its own after the segment.
+func proxyBlock(head caddyfile.Token, seg caddyfile.Segment) []caddyfile.Token {
+	open, end := head, head
+	open.Text, end.Text = "{", "}"
+	last := seg[len(seg)-1]
+	end.Line = max(head.Line, last.Line+last.NumLineBreaks()) + 1
+	return slices.Concat([]caddyfile.Token{head, open}, seg, []caddyfile.Token{end})
 }
 
 // UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:
@@ -291,34 +157,17 @@ func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("transport spdy_origin takes no arguments, got %q", d.Val())
 	}
-	seen := map[string]bool{}
-	once := func(name string) error {
-		if seen[name] {
-			return d.Errf("%s specified more than once", name)
-		}
-		seen[name] = true
-		return nil
+	return parseBlock(d, "spdy_origin transport", transportSubdirectives(&t.Pool, &t.DialTimeout, &t.ResponseHeaderTimeout))
+}
+
+// transportSubdirectives are the subdirectives the handler shares with
+// the transport.
+func transportSubdirectives(pool *string, dialTimeout, responseHeaderTimeout *caddy.Duration) map[string]subdirective {
+	return map[string]subdirective{
+		"pool":                    {parse: stringArg(pool)},
+		"dial_timeout":            {parse: durationArg(dialTimeout)},
+		"response_header_timeout": {parse: durationArg(responseHeaderTimeout)},
 	}
-	for d.NextBlock(0) {
-		name := d.Val()
-		var err error
-		switch name {
-		case "pool":
-			if err = once(name); err == nil {
-				t.Pool, err = oneArg(d)
-			}
-		case "dial_timeout":
-			err = durationOnce(d, once, &t.DialTimeout)
-		case "response_header_timeout":
-			err = durationOnce(d, once, &t.ResponseHeaderTimeout)
-		default:
-			return d.Errf("unrecognized spdy_origin transport subdirective: %s", name)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // UnmarshalCaddyfile sets up the upstream source: `dynamic spdy_origin`.
@@ -331,6 +180,130 @@ func (u *UpstreamSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("dynamic spdy_origin takes no block, got %q", d.Val())
 	}
 	return nil
+}
+
+// subdirective is how one subdirective of a block is parsed.
+type subdirective struct {
+	// parse reads the subdirective's arguments; the dispenser is on its name.
+	parse func(d *caddyfile.Dispenser) error
+	// repeatable subdirectives may appear more than once; others once.
+	repeatable bool
+}
+
+// parseBlock parses the block of the directive d is on. what names the
+// directive in errors.
+func parseBlock(d *caddyfile.Dispenser, what string, subs map[string]subdirective) error {
+	seen := make(map[string]bool)
+	for d.NextBlock(0) {
+		name := d.Val()
+		sub, ok := subs[name]
+		if !ok {
+			return d.Errf("unrecognized %s subdirective: %s", what, name)
+		}
+		if seen[name] && !sub.repeatable {
+			return d.Errf("%s specified more than once", name)
+		}
+		seen[name] = true
+		if err := sub.parse(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// oneArg returns the single argument of the subdirective d is on.
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	name := d.Val()
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.Errf("%s takes one argument; unexpected %q", name, d.Val())
+	}
+	return v, nil
+}
+
+// argParser parses the single argument of a subdirective into dst with
+// conv, which is given the subdirective's name for its errors.
+func argParser[T any](dst *T, conv func(name, v string) (T, error)) func(*caddyfile.Dispenser) error {
+	return func(d *caddyfile.Dispenser) error {
+		name := d.Val()
+		v, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		x, err := conv(name, v)
+		if err != nil {
+			return d.WrapErr(err)
+		}
+		*dst = x
+		return nil
+	}
+}
+
+func stringArg(dst *string) func(*caddyfile.Dispenser) error {
+	return argParser(dst, func(_, v string) (string, error) { return v, nil })
+}
+
+// appendArg appends the argument of each occurrence to dst.
+func appendArg(dst *[]string) func(*caddyfile.Dispenser) error {
+	return func(d *caddyfile.Dispenser) error {
+		var v string
+		if err := stringArg(&v)(d); err != nil {
+			return err
+		}
+		*dst = append(*dst, v)
+		return nil
+	}
+}
+
+func pathArg(dst *string) func(*caddyfile.Dispenser) error {
+	return argParser(dst, func(name, v string) (string, error) {
+		if !strings.HasPrefix(v, "/") {
+			return "", fmt.Errorf("%s must be a path starting with '/', got %q", name, v)
+		}
+		return v, nil
+	})
+}
+
+// intArg parses a non-negative integer that fits in T.
+func intArg[T int | uint32](dst *T) func(*caddyfile.Dispenser) error {
+	return argParser(dst, func(name, v string) (T, error) {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || int(T(n)) != n {
+			return 0, fmt.Errorf("%s: want a non-negative integer, got %q", name, v)
+		}
+		return T(n), nil
+	})
+}
+
+// sizeArg parses a byte size such as 4096, 64KiB or 16MB.
+func sizeArg(dst *int64) func(*caddyfile.Dispenser) error {
+	return argParser(dst, func(name, v string) (int64, error) {
+		n, err := humanize.ParseBytes(v)
+		if err != nil {
+			return 0, fmt.Errorf("%s: bad size %q: %v", name, v, err)
+		}
+		if n > 1<<62 {
+			return 0, fmt.Errorf("%s: size %q too large", name, v)
+		}
+		return int64(n), nil
+	})
+}
+
+// durationArg parses a non-negative duration such as 30s, 1m or 1d.
+func durationArg(dst *caddy.Duration) func(*caddyfile.Dispenser) error {
+	return argParser(dst, func(name, v string) (caddy.Duration, error) {
+		dur, err := caddy.ParseDuration(v)
+		if err != nil {
+			return 0, fmt.Errorf("%s: bad duration %q: %v", name, v, err)
+		}
+		if dur < 0 {
+			return 0, fmt.Errorf("%s: duration must not be negative, got %q", name, v)
+		}
+		return caddy.Duration(dur), nil
+	})
 }
 
 // Interface guards

@@ -2,13 +2,19 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 func TestUnmarshalCaddyfileHandler(t *testing.T) {
@@ -75,76 +81,25 @@ func TestUnmarshalCaddyfileHandler(t *testing.T) {
 			}`,
 			want: `{"token":["x"],"trusted_proxies":["192.168.0.0/16","172.16.0.0/12","10.0.0.0/8","127.0.0.1/8","fd00::/8","::1"]}`,
 		},
-		{
-			name:    "missing token",
-			input:   "spdy_origin {\n\tpool home\n}",
-			wantErr: "at least one 'token <secret>' is required",
-		},
-		{
-			name:    "missing token, no block",
-			input:   "spdy_origin",
-			wantErr: "at least one 'token <secret>' is required",
-		},
-		{
-			name:  "unknown subdirective with line",
-			input: "spdy_origin {\n\ttoken x\n\tupstream 10.0.0.1\n}",
-			line:  3, wantErr: "unrecognized spdy_origin subdirective: upstream",
-		},
-		{
-			name:  "bad duration with line",
-			input: "spdy_origin {\n\ttoken x\n\n\tdial_timeout soon\n}",
-			line:  4, wantErr: `dial_timeout: bad duration "soon"`,
-		},
-		{
-			name:  "negative duration",
-			input: "spdy_origin {\n\ttoken x\n\tping_timeout -5s\n}",
-			line:  3, wantErr: "ping_timeout: duration must not be negative",
-		},
-		{
-			name:  "bad flush interval",
-			input: "spdy_origin {\n\ttoken x\n\tflush_interval often\n}",
-			line:  3, wantErr: `flush_interval: bad duration "often"`,
-		},
-		{
-			name:  "bad size",
-			input: "spdy_origin {\n\ttoken x\n\tstream_window lots\n}",
-			line:  3, wantErr: `stream_window: bad size "lots"`,
-		},
-		{
-			name:  "bad integer",
-			input: "spdy_origin {\n\ttoken x\n\tmax_sessions -1\n}",
-			line:  3, wantErr: `max_sessions: want a non-negative integer, got "-1"`,
-		},
-		{
-			name:  "duplicate pool",
-			input: "spdy_origin {\n\ttoken x\n\tpool a\n\tpool b\n}",
-			line:  4, wantErr: "pool specified more than once",
-		},
-		{
-			name:  "token without value",
-			input: "spdy_origin {\n\ttoken\n}",
-			line:  2, wantErr: "wrong argument count",
-		},
-		{
-			name:  "pool with two args",
-			input: "spdy_origin {\n\ttoken x\n\tpool a b\n}",
-			line:  3, wantErr: `pool takes one argument; unexpected "b"`,
-		},
-		{
-			name:  "connect must be a path",
-			input: "spdy_origin {\n\ttoken x\n\tconnect agents\n}",
-			line:  3, wantErr: `connect must be a path starting with '/'`,
-		},
-		{
-			name:    "inline argument",
-			input:   "spdy_origin localhost:8080 {\n\ttoken x\n}",
-			wantErr: "spdy_origin takes no arguments besides a matcher",
-		},
-		{
-			name:  "header_up without field",
-			input: "spdy_origin {\n\ttoken x\n\theader_up\n}",
-			line:  3, wantErr: "wrong argument count",
-		},
+		{name: "missing token", input: "spdy_origin {\n\tpool home\n}", wantErr: "at least one 'token <secret>' is required"},
+		{name: "missing token, no block", input: "spdy_origin", wantErr: "at least one 'token <secret>' is required"},
+		{name: "unknown subdirective with line", input: "spdy_origin {\n\ttoken x\n\tupstream 10.0.0.1\n}", line: 3, wantErr: "unrecognized spdy_origin subdirective: upstream"},
+		{name: "bad duration with line", input: "spdy_origin {\n\ttoken x\n\n\tdial_timeout soon\n}", line: 4, wantErr: `dial_timeout: bad duration "soon"`},
+		{name: "negative duration", input: "spdy_origin {\n\ttoken x\n\tping_timeout -5s\n}", line: 3, wantErr: "ping_timeout: duration must not be negative"},
+		{name: "bad flush interval", input: "spdy_origin {\n\ttoken x\n\tflush_interval often\n}", line: 3, wantErr: `flush_interval: bad duration value 'often'`}, // reverse_proxy's message
+		{name: "duplicate flush interval", input: "spdy_origin {\n\ttoken x\n\tflush_interval 1s\n\tflush_interval 2s\n}", line: 4, wantErr: "flush_interval specified more than once"},
+		{name: "negative stream timeout", input: "spdy_origin {\n\ttoken x\n\tstream_timeout -5s\n}", line: 3, wantErr: `stream_timeout: duration must not be negative, got "-5s"`},
+		{name: "trusted_proxies without ranges", input: "spdy_origin {\n\ttoken x\n\ttrusted_proxies\n}", line: 3, wantErr: "wrong argument count"},
+		{name: "max_concurrent_streams beyond uint32", input: "spdy_origin {\n\ttoken x\n\tmax_concurrent_streams 4294967296\n}", line: 3, wantErr: `max_concurrent_streams: want a non-negative integer, got "4294967296"`},
+		{name: "reverse_proxy subdirective not passed through", input: "spdy_origin {\n\ttoken x\n\tlb_policy first\n}", line: 3, wantErr: "unrecognized spdy_origin subdirective: lb_policy"},
+		{name: "bad size", input: "spdy_origin {\n\ttoken x\n\tstream_window lots\n}", line: 3, wantErr: `stream_window: bad size "lots"`},
+		{name: "bad integer", input: "spdy_origin {\n\ttoken x\n\tmax_sessions -1\n}", line: 3, wantErr: `max_sessions: want a non-negative integer, got "-1"`},
+		{name: "duplicate pool", input: "spdy_origin {\n\ttoken x\n\tpool a\n\tpool b\n}", line: 4, wantErr: "pool specified more than once"},
+		{name: "token without value", input: "spdy_origin {\n\ttoken\n}", line: 2, wantErr: "wrong argument count"},
+		{name: "pool with two args", input: "spdy_origin {\n\ttoken x\n\tpool a b\n}", line: 3, wantErr: `pool takes one argument; unexpected "b"`},
+		{name: "connect must be a path", input: "spdy_origin {\n\ttoken x\n\tconnect agents\n}", line: 3, wantErr: `connect must be a path starting with '/'`},
+		{name: "inline argument", input: "spdy_origin localhost:8080 {\n\ttoken x\n}", wantErr: "spdy_origin takes no arguments besides a matcher"},
+		{name: "header_up without field", input: "spdy_origin {\n\ttoken x\n\theader_up\n}", line: 3, wantErr: "wrong argument count"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -223,52 +178,110 @@ func TestUnmarshalCaddyfileTransport(t *testing.T) {
 	}
 }
 
-func TestHandlerValidate(t *testing.T) {
-	h := Handler{Connect: "relative"}
-	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "connect must be a path") {
-		t.Fatalf("want connect error, got %v", err)
-	}
-	h = Handler{Connect: "/x", DialTimeout: -1}
-	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "dial_timeout must not be negative") {
-		t.Fatalf("want dial_timeout error, got %v", err)
-	}
-	h = Handler{Connect: "/x"}
-	if err := h.Validate(); err != nil {
+var updateGolden = flag.Bool("update", false, "rewrite testdata/adapt.json from the adapter's output")
+
+// TestAdaptGolden checks the Caddyfile adapter's output for spdy_origin: the
+// directive is ordered before reverse_proxy without a global order option,
+// matchers work, and the transport and upstream source adapt.
+func TestAdaptGolden(t *testing.T) {
+	in, err := os.ReadFile("testdata/adapt.caddyfile")
+	if err != nil {
 		t.Fatal(err)
 	}
+	if *updateGolden {
+		out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(in, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile("testdata/adapt.json.tmp", out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Skip("wrote testdata/adapt.json.tmp; indent it into testdata/adapt.json after review")
+	}
+	want, err := os.ReadFile("testdata/adapt.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caddytest.AssertAdapt(t, string(in), "caddyfile", string(want))
 }
 
-func TestBearerToken(t *testing.T) {
-	for in, want := range map[string]string{
-		"Bearer abc":   "abc",
-		"bearer  abc ": "abc",
-		"BEARER abc":   "abc",
-		"Basic abc":    "",
-		"Bearer ":      "",
-		"":             "",
-		"Bearerabc":    "",
-	} {
-		got, ok := bearerToken(in)
-		if got != want || ok != (want != "") {
-			t.Errorf("bearerToken(%q) = %q, %v; want %q", in, got, ok, want)
+// reverse_proxy's own subdirectives go through reverse_proxy's parser:
+// private_ranges is Caddy's list, repeated subdirectives add up, and tokens
+// from an imported snippet parse as they do in place.
+func TestCaddyfileProxySubdirectives(t *testing.T) {
+	var h Handler
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`spdy_origin {
+		token x
+		trusted_proxies private_ranges 192.0.2.0/24
+		trusted_proxies 198.51.100.1
+		header_up X-A a
+		header_up X-B b
+	}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(caddyhttp.PrivateRangesCIDR(), "192.0.2.0/24", "198.51.100.1")
+	if !slices.Equal(h.TrustedProxies, want) {
+		t.Fatalf("trusted_proxies %q, want %q", h.TrustedProxies, want)
+	}
+	if got := h.Headers.Request.Set; got.Get("X-A") != "a" || got.Get("X-B") != "b" {
+		t.Fatalf("header_up: %v", got)
+	}
+
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(`
+(proxying) {
+	header_up X-From-Snippet yes
+	flush_interval -1
+}
+example.com {
+	spdy_origin {
+		import proxying
+		token x
+		trusted_proxies 10.0.0.0/8
+	}
+}`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := findHandler(t, out, "spdy_origin")
+	wantJSON := `{"flush_interval":-1,"handler":"spdy_origin","headers":{"request":{"set":{"X-From-Snippet":["yes"]}}},"token":["x"],"trusted_proxies":["10.0.0.0/8"]}`
+	if got != wantJSON {
+		t.Fatalf("handler from a Caddyfile with a snippet:\n got: %s\nwant: %s", got, wantJSON)
+	}
+}
+
+// findHandler returns the JSON (keys sorted) of the first handler named
+// name in an adapted config.
+func findHandler(t *testing.T, config []byte, name string) string {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(config, &v); err != nil {
+		t.Fatal(err)
+	}
+	var found any
+	var walk func(any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if v["handler"] == name && found == nil {
+				found = v
+			}
+			for _, x := range v {
+				walk(x)
+			}
+		case []any:
+			for _, x := range v {
+				walk(x)
+			}
 		}
 	}
-}
-
-func TestTokenValid(t *testing.T) {
-	h := Handler{tokens: [][]byte{[]byte("one"), []byte("two-longer")}}
-	for tok, want := range map[string]bool{"one": true, "two-longer": true, "two": false, "": false, "one ": false} {
-		if got := h.tokenValid(tok); got != want {
-			t.Errorf("tokenValid(%q) = %v, want %v", tok, got, want)
-		}
+	walk(v)
+	if found == nil {
+		t.Fatalf("no %s handler in %s", name, config)
 	}
-}
-
-func TestCleanIdentity(t *testing.T) {
-	if got := cleanIdentity(" nas\x00-1\n "); got != "nas-1" {
-		t.Fatalf("got %q", got)
+	b, err := json.Marshal(found)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got := cleanIdentity(strings.Repeat("a", 300)); len(got) != 128 {
-		t.Fatalf("len %d", len(got))
-	}
+	return string(b)
 }

@@ -6,15 +6,24 @@
 //
 // Where to start reading:
 //   - handler.go: the handler's configuration, provisioning and request dispatch.
+//   - caddyfile.go: Caddyfile syntax; reverse_proxy's own subdirectives go
+//     to reverse_proxy's parser.
 //   - register.go: how an agent registers (auth, refusals, hijack, handshake);
 //     limiter.go: the lockout of address prefixes that send wrong tokens.
-//   - pool.go: process-global pools of agent sessions that survive config reloads.
+//   - pool.go: process-global pools of agent sessions that survive config
+//     reloads; poolsettings.go: what the handlers of one pool share, and
+//     how a config load changes it (nothing until Provision's last step).
 //   - transport.go: the http.RoundTripper that turns a proxied request into a
-//     SPDY stream on the least-busy session of a pool.
-//   - caddyfile.go: Caddyfile syntax; metrics.go and admin.go: observability.
+//     SPDY stream on the least-busy session of a pool; body.go: the request
+//     and response bodies it hands over; upstreams.go: `dynamic spdy_origin`.
+//   - metrics.go and admin.go: observability.
 //
 // The handler does not reimplement reverse proxying: it provisions a Caddy
 // reverseproxy.Handler whose transport is ours, so X-Forwarded-*, trusted
 // proxies, hop-by-hop rules, flushing, 499/502/504 mapping, header_up/down
 // and WebSocket upgrades behave exactly as they do with reverse_proxy.
+//
+// Tests are named after what they test (register_test.go, transport_test.go,
+// ...); caddy_test.go runs the in-process Caddy they share, agent_test.go
+// and hostile_test.go are the test agents.
 package caddymodule

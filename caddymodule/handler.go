@@ -54,91 +54,130 @@ const (
 // (499 client gone, 502 stream failed, 504 timeout) match reverse_proxy.
 // With no agent connected the handler answers 503 with Retry-After.
 type Handler struct {
-	// Pool names the pool that registering agents join and that requests
-	// are proxied to. Default: "default".
+	// Pool names the pool that agents registering here join and that
+	// requests are proxied to. Pools are process-global and outlive
+	// config reloads; several handlers (sites) may share one, and the
+	// handlers of one config on one pool must then agree on
+	// MaxAuthFailures, AuthFailureWindow, MaxSessions and DrainTimeout
+	// (a difference is a config error). Default: "default".
 	Pool string `json:"pool,omitempty"`
 
-	// Connect is the path of the registration route. Requests to exactly
-	// this path are never proxied. Default: "/.well-known/spdy-origin".
+	// Connect is the path of the registration route, matched exactly.
+	// Requests to it are never proxied; agents must PUT to it over
+	// HTTP/1.1 (other methods get 405, HTTP/2 and HTTP/3 get 505).
+	// Default: "/.well-known/spdy-origin".
 	Connect string `json:"connect,omitempty"`
 
-	// Token lists the bearer tokens agents may register with; at least one
-	// is required. Placeholders such as {env.SPDY_ORIGIN_TOKEN} are resolved
-	// once at provision time. Tokens are compared in constant time. A token
-	// shorter than 16 bytes is logged as a warning at load.
+	// Token lists the bearer tokens agents may register with; at least
+	// one is required. Placeholders such as {env.SPDY_ORIGIN_TOKEN} are
+	// resolved once at load, and an unknown or empty one is a config
+	// error; surrounding whitespace (a trailing newline from a secrets
+	// file) is trimmed. Tokens are compared in constant time. A token
+	// shorter than 16 bytes is logged as a warning at load; make one with
+	// `openssl rand -base64 32`.
 	Token []string `json:"token,omitempty"`
 
-	// MaxRegistrationBody caps the registration request body, in bytes;
-	// larger bodies get 413. Default: 65536.
+	// MaxRegistrationBody caps the body of a registration request, in
+	// bytes; a larger one gets 413 (at once, unread, when its declared
+	// length is larger). Default: 65536 (64 KiB).
 	MaxRegistrationBody int64 `json:"max_registration_body,omitempty"`
 
-	// MaxSessions caps the sessions in the pool; further registrations get
-	// 503 with Retry-After. Default: 0, unlimited.
+	// MaxSessions caps the agent sessions in the pool; registrations
+	// beyond it get 503 with Retry-After before their connection is taken
+	// over. Sessions draining after GOAWAY do not count. It caps the
+	// whole pool, so the handlers of one config on one pool must agree on
+	// it. Default: 0, unlimited.
 	MaxSessions int `json:"max_sessions,omitempty"`
 
 	// MaxAuthFailures is how many missing or wrong tokens one address
 	// prefix (an IPv4 address, an IPv6 /64) may send within
-	// AuthFailureWindow; its further wrong tokens get 429 for
-	// AuthFailureWindow. A valid token is never locked out. Default: 10.
+	// AuthFailureWindow; its further wrong tokens get 429 until
+	// AuthFailureWindow has passed since the one that reached it. A valid
+	// token always registers, whatever its address. The counts are kept
+	// per pool name for the life of the process, across reloads, so the
+	// handlers of one config on one pool must agree on it. Default: 10.
 	MaxAuthFailures int `json:"max_auth_failures,omitempty"`
 
-	// AuthFailureWindow is the window for MaxAuthFailures, also the lockout
-	// time. Default: 1m.
+	// AuthFailureWindow is the window MaxAuthFailures counts in, and how
+	// long a prefix stays locked out. The handlers of one config on one
+	// pool must agree on it. Default: 1m.
 	AuthFailureWindow caddy.Duration `json:"auth_failure_window,omitempty"`
 
-	// RetryAfter is the Retry-After value sent with 503 (no agent, pool
-	// full). A 429 carries the time left in the prefix's lockout instead.
-	// Default: 5s.
+	// RetryAfter is the Retry-After sent with a 503 (no agent connected,
+	// every stream busy, pool full), rounded up to whole seconds. A 429
+	// carries the time left in the prefix's lockout instead. Default: 5s.
 	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
 
-	// DialTimeout: how long a request waits for an agent when none is
-	// connected before getting 503. Default: 0, answer 503 at once.
+	// DialTimeout is how long a request waits for an agent to connect when
+	// the pool has none; then it gets 503. Default: 0, 503 at once.
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
 
-	// ResponseHeaderTimeout: the agent must send response headers within
-	// this time or the client gets 504. Streaming bodies and WebSockets
-	// are not limited by it. Default: 0, no limit.
+	// ResponseHeaderTimeout is how long the agent may take to send the
+	// response headers, from when the request goes out; past it the
+	// stream is reset and the client gets 504. Response bodies and
+	// WebSockets are not limited by it. Default: 0, no limit (a client
+	// that hangs up still cancels the stream).
 	ResponseHeaderTimeout caddy.Duration `json:"response_header_timeout,omitempty"`
 
-	// FlushInterval: as reverse_proxy's flush_interval. Responses without
-	// Content-Length and event streams are flushed immediately regardless.
+	// FlushInterval is reverse_proxy's flush_interval: how often the
+	// response is flushed to the client while it streams; -1 flushes
+	// after every write. Responses without Content-Length and event
+	// streams are flushed at once whatever it is. Default: 0, as in
+	// reverse_proxy.
 	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`
 
-	// TrustedProxies: as reverse_proxy's trusted_proxies (CIDRs or IPs
-	// whose X-Forwarded-* headers are kept). Default: none.
+	// TrustedProxies is reverse_proxy's trusted_proxies: the IP ranges
+	// (CIDR, or single addresses) of proxies in front of Caddy whose
+	// X-Forwarded-* headers are passed on to the agent instead of
+	// replaced. In the Caddyfile, private_ranges stands for the private
+	// and loopback ranges. Default: none.
 	TrustedProxies []string `json:"trusted_proxies,omitempty"`
 
-	// Headers manipulates request headers to the agent (header_up) and
-	// response headers from it (header_down), as reverse_proxy's headers.
+	// Headers manipulates the request headers sent to the agent
+	// (header_up: "request") and the response headers sent to the client
+	// (header_down: "response"), as reverse_proxy's headers do. Default:
+	// none.
 	Headers *headers.Handler `json:"headers,omitempty"`
 
-	// StreamTimeout: as reverse_proxy's stream_timeout, closes upgraded
-	// streams (WebSockets) after this long. Default: no limit.
+	// StreamTimeout is reverse_proxy's stream_timeout: upgraded streams
+	// (WebSockets) are closed after this long. Default: 0, no limit.
 	StreamTimeout caddy.Duration `json:"stream_timeout,omitempty"`
 
-	// StreamCloseDelay: as reverse_proxy's stream_close_delay; upgraded
-	// streams (WebSockets) survive a config reload for this long instead of
-	// being closed when the old config is unloaded. Default: 0.
+	// StreamCloseDelay is reverse_proxy's stream_close_delay: upgraded
+	// streams (WebSockets) survive a config reload for this long instead
+	// of being closed when the old config is unloaded. Default: 0.
 	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
 
-	// DrainTimeout: when the pool is removed from the config, agents get
-	// GOAWAY and open streams this long to finish. Default: 10s.
+	// DrainTimeout applies when the pool is removed from the config:
+	// agents get GOAWAY, open streams have this long to finish, then the
+	// sessions close. The value of the last config that had the pool
+	// applies, so the handlers of one config on one pool must agree on
+	// it. Default: 10s.
 	DrainTimeout caddy.Duration `json:"drain_timeout,omitempty"`
 
-	// StreamWindow is the per-stream receive window (bytes) advertised to
-	// agents. Default: spdy's default (16 MiB).
+	// StreamWindow is the largest receive window one stream grows to, in
+	// bytes: how fast one download can go over a long round trip, and how
+	// much unread data one stalled stream may hold. Range 65536 to
+	// 2147483647. Default: 16 MiB (spdy.DefaultStreamWindow).
 	StreamWindow int64 `json:"stream_window,omitempty"`
 
-	// SessionWindow is the session receive window (bytes). Default: spdy's
-	// default (64 MiB).
+	// SessionWindow is each session's receive window and buffer budget,
+	// in bytes: what its streams together may be granted beyond their
+	// first 64 KiB each. Must be at least StreamWindow. Default: 64 MiB
+	// (spdy.DefaultSessionWindow), or StreamWindow if that is larger.
 	SessionWindow int64 `json:"session_window,omitempty"`
 
-	// MaxConcurrentStreams is advertised to agents (they open none, but
-	// it bounds misbehaving peers). Default: spdy's default.
+	// MaxConcurrentStreams caps the streams open at once on one session:
+	// it is the SETTINGS_MAX_CONCURRENT_STREAMS sent to the agent (agents
+	// open no streams, so that only bounds a misbehaving one), and the
+	// most requests Caddy sends on the session at once, whatever the
+	// agent allows (its --max-streams). Requests beyond either wait up to
+	// StreamQueueTimeout. Default: 1000 (spdy.DefaultMaxConcurrentStreams).
 	MaxConcurrentStreams uint32 `json:"max_concurrent_streams,omitempty"`
 
-	// MaxUpgradedStreams caps WebSocket (101) streams per session.
-	// Default: spdy's default (1000).
+	// MaxUpgradedStreams caps the upgraded streams (WebSockets, other 101
+	// responses) open at once on one session; further upgrades get 503.
+	// Negative allows none. Default: 1000 (spdy.DefaultMaxUpgradedStreams).
 	MaxUpgradedStreams int `json:"max_upgraded_streams,omitempty"`
 
 	// StreamIdleTimeout resets a stream that waits this long on a party
@@ -147,19 +186,27 @@ type Handler struct {
 	// answers, a client that sends no request body bytes (it gets 408).
 	// Quiet streams (an event stream between events, an idle WebSocket)
 	// are not affected. It frees the stream's slot and buffers.
-	// Default: 1m.
+	// Default: 1m (spdy.DefaultStreamIdleTimeout).
 	StreamIdleTimeout caddy.Duration `json:"stream_idle_timeout,omitempty"`
 
-	// StreamQueueTimeout: how long a request waits for a free stream when
-	// every stream the agent allows on its session is in use; then 503
-	// with Retry-After. Default: 10s.
+	// StreamQueueTimeout is how long a request waits for a free stream
+	// when every stream the agents allow is in use; then it gets 503 with
+	// Retry-After. Default: 10s (spdy.DefaultStreamQueueTimeout).
 	StreamQueueTimeout caddy.Duration `json:"stream_queue_timeout,omitempty"`
 
-	// PingInterval, PingTimeout and WriteTimeout tune session keepalive
-	// (an agent that stops answering PINGs within PingTimeout is dropped)
-	// and stalled writes. Defaults: spdy's (15s, 10s, 30s).
+	// PingInterval is how often each session sends a keepalive PING; the
+	// round trips it measures also set how fast stream windows grow.
+	// Default: 15s (spdy.DefaultPingInterval).
 	PingInterval caddy.Duration `json:"ping_interval,omitempty"`
-	PingTimeout  caddy.Duration `json:"ping_timeout,omitempty"`
+
+	// PingTimeout drops a session whose agent sends nothing at all, PING
+	// answers included, for this long; its requests fail rather than
+	// hang. Default: 10s (spdy.DefaultPingTimeout).
+	PingTimeout caddy.Duration `json:"ping_timeout,omitempty"`
+
+	// WriteTimeout closes a session when one write to its connection makes
+	// no progress for this long (an agent that stopped reading).
+	// Default: 30s (spdy.DefaultWriteTimeout).
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	tokens    [][]byte // resolved
@@ -167,6 +214,7 @@ type Handler struct {
 	proxy     *reverseproxy.Handler
 	spdyCfg   *spdy.Config
 	limiter   *authLimiter
+	user      *poolUser // joined the pool: the last step of Provision
 	logger    *zap.Logger
 }
 
@@ -179,9 +227,47 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision resolves tokens, takes a pool reference and provisions the
-// internal reverse proxy.
+// internal reverse proxy. Nothing it does changes what a live config uses
+// until its last step, joining the pool (poolsettings.go), which fails
+// without side effects if another handler of this config gave the pool
+// other settings.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.setDefaults()
+	var err error
+	if h.tokens, err = h.resolveTokens(); err != nil {
+		return err
+	}
+	if h.spdyCfg, err = h.spdyConfig(); err != nil {
+		return err
+	}
+	h.transport = &Transport{
+		Pool:                  h.Pool,
+		DialTimeout:           h.DialTimeout,
+		ResponseHeaderTimeout: h.ResponseHeaderTimeout,
+	}
+	if err := h.transport.Provision(ctx); err != nil {
+		return err
+	}
+	rp := h.reverseProxy()
+	rp.Upstreams = reverseproxy.UpstreamPool{{Dial: placeholderUpstream}}
+	rp.Transport = h.transport
+	// Only a fully provisioned reverse proxy may be cleaned up.
+	if err := rp.Provision(ctx); err != nil {
+		return fmt.Errorf("spdy_origin: provisioning reverse proxy: %w", err)
+	}
+	h.proxy = rp
+
+	user := &poolUser{config: ctx.Done(), name: handlerName(ctx, h.Connect), settings: h.poolSettings(), logger: h.logger}
+	if err := h.transport.pool.join(user); err != nil {
+		return fmt.Errorf("spdy_origin: %w", err)
+	}
+	h.user = user
+	h.limiter = poolAuthLimiter(h.Pool, h.MaxAuthFailures, time.Duration(h.AuthFailureWindow))
+	return nil
+}
+
+func (h *Handler) setDefaults() {
 	if h.Pool == "" {
 		h.Pool = DefaultPool
 	}
@@ -194,31 +280,38 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxAuthFailures == 0 {
 		h.MaxAuthFailures = defaultMaxAuthFailures
 	}
-	if h.AuthFailureWindow == 0 {
-		h.AuthFailureWindow = caddy.Duration(defaultAuthFailureWindow)
+	for _, d := range []struct {
+		field *caddy.Duration
+		def   time.Duration
+	}{
+		{&h.AuthFailureWindow, defaultAuthFailureWindow},
+		{&h.RetryAfter, defaultRetryAfter},
+		{&h.DrainTimeout, defaultDrainTimeout},
+	} {
+		if *d.field == 0 {
+			*d.field = caddy.Duration(d.def)
+		}
 	}
-	if h.RetryAfter == 0 {
-		h.RetryAfter = caddy.Duration(defaultRetryAfter)
-	}
-	if h.DrainTimeout == 0 {
-		h.DrainTimeout = caddy.Duration(defaultDrainTimeout)
-	}
+}
 
+// resolveTokens resolves the placeholders in Token. A short token is
+// logged as a warning.
+func (h *Handler) resolveTokens() ([][]byte, error) {
 	repl := caddy.NewReplacer()
-	h.tokens = h.tokens[:0]
+	var tokens [][]byte
 	for i, tok := range h.Token {
-		// A bearer token in a header never has surrounding whitespace (HTTP
-		// trims it), so a trailing newline from an env var or secrets file
-		// would make the token unusable: trim it.
 		// Unknown or empty placeholders are errors: silently dropping one
 		// would leave a weaker token than the one configured.
 		v, err := repl.ReplaceOrErr(tok, true, true)
 		if err != nil {
-			return fmt.Errorf("spdy_origin: token %d: %w (is the environment variable set?)", i+1, err)
+			return nil, fmt.Errorf("spdy_origin: token %d: %w (is the environment variable set?)", i+1, err)
 		}
+		// A bearer token in a header never has surrounding whitespace (HTTP
+		// trims it), so a trailing newline from an env var or secrets file
+		// would make the token unusable: trim it.
 		v = strings.TrimSpace(v)
 		if v == "" {
-			return fmt.Errorf("spdy_origin: token %d (%q) is empty after resolving placeholders; is the environment variable set?", i+1, tok)
+			return nil, fmt.Errorf("spdy_origin: token %d (%q) is empty after resolving placeholders; is the environment variable set?", i+1, tok)
 		}
 		if len(v) < minTokenBytes {
 			// Loud but not fatal: a short token may be what an existing
@@ -227,88 +320,52 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 				"`head -c 32 /dev/urandom | base64` or `openssl rand -base64 32`",
 				zap.Int("token", i+1), zap.Int("bytes", len(v)), zap.Int("recommended_min_bytes", minTokenBytes))
 		}
-		h.tokens = append(h.tokens, []byte(v))
+		tokens = append(tokens, []byte(v))
 	}
-	if len(h.tokens) == 0 {
-		return errors.New("spdy_origin: at least one token is required (agents authenticate with it)")
+	if len(tokens) == 0 {
+		return nil, errors.New("spdy_origin: at least one token is required (agents authenticate with it)")
 	}
+	return tokens, nil
+}
 
-	cfg, err := h.buildSpdyConfig()
-	if err != nil {
-		return err
+// spdyConfig is the configuration of the agents' sessions. Zero fields of
+// spdy.Config mean its defaults, as zero fields of Handler do.
+func (h *Handler) spdyConfig() (*spdy.Config, error) {
+	for _, w := range []struct {
+		name string
+		v    int64
+	}{{"stream_window", h.StreamWindow}, {"session_window", h.SessionWindow}} {
+		if w.v < 0 || w.v > math.MaxInt32 {
+			return nil, fmt.Errorf("spdy_origin: %s %d out of range (1..%d)", w.name, w.v, math.MaxInt32)
+		}
 	}
-	h.spdyCfg = cfg
-	h.limiter = poolAuthLimiter(h.Pool, h.MaxAuthFailures, time.Duration(h.AuthFailureWindow))
+	cfg := &spdy.Config{
+		StreamWindow:         int32(h.StreamWindow),
+		SessionWindow:        int32(h.SessionWindow),
+		MaxConcurrentStreams: h.MaxConcurrentStreams,
+		MaxUpgradedStreams:   h.MaxUpgradedStreams,
+		PingInterval:         time.Duration(h.PingInterval),
+		PingTimeout:          time.Duration(h.PingTimeout),
+		WriteTimeout:         time.Duration(h.WriteTimeout),
+		StreamIdleTimeout:    time.Duration(h.StreamIdleTimeout),
+		StreamQueueTimeout:   time.Duration(h.StreamQueueTimeout),
+		Logger:               h.logger.Named("spdy").Sugar(),
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("spdy_origin: session settings: %w", err)
+	}
+	return cfg, nil
+}
 
-	h.transport = &Transport{
-		Pool:                  h.Pool,
-		DialTimeout:           h.DialTimeout,
-		ResponseHeaderTimeout: h.ResponseHeaderTimeout,
-	}
-	if err := h.transport.Provision(ctx); err != nil {
-		return err
-	}
-	p := h.transport.pool
-	p.logger.Store(h.logger)
-	p.drain.Store(int64(h.DrainTimeout))
-
-	rp := &reverseproxy.Handler{
-		Upstreams:        reverseproxy.UpstreamPool{{Dial: placeholderUpstream}},
-		Transport:        h.transport,
+// reverseProxy returns a reverse_proxy handler with h's proxying options.
+func (h *Handler) reverseProxy() *reverseproxy.Handler {
+	return &reverseproxy.Handler{
 		FlushInterval:    h.FlushInterval,
 		TrustedProxies:   h.TrustedProxies,
 		Headers:          h.Headers,
 		StreamTimeout:    h.StreamTimeout,
 		StreamCloseDelay: h.StreamCloseDelay,
 	}
-	// Only a fully provisioned reverse proxy may be cleaned up.
-	if err := rp.Provision(ctx); err != nil {
-		return fmt.Errorf("spdy_origin: provisioning reverse proxy: %w", err)
-	}
-	h.proxy = rp
-	return nil
-}
-
-func (h *Handler) buildSpdyConfig() (*spdy.Config, error) {
-	cfg := spdy.DefaultConfig()
-	if h.StreamWindow != 0 {
-		if h.StreamWindow < 0 || h.StreamWindow > math.MaxInt32 {
-			return nil, fmt.Errorf("spdy_origin: stream_window %d out of range (1..%d)", h.StreamWindow, math.MaxInt32)
-		}
-		cfg.StreamWindow = int32(h.StreamWindow)
-	}
-	if h.SessionWindow != 0 {
-		if h.SessionWindow < 0 || h.SessionWindow > math.MaxInt32 {
-			return nil, fmt.Errorf("spdy_origin: session_window %d out of range (1..%d)", h.SessionWindow, math.MaxInt32)
-		}
-		cfg.SessionWindow = int32(h.SessionWindow)
-	}
-	if h.MaxConcurrentStreams != 0 {
-		cfg.MaxConcurrentStreams = h.MaxConcurrentStreams
-	}
-	if h.MaxUpgradedStreams != 0 {
-		cfg.MaxUpgradedStreams = h.MaxUpgradedStreams
-	}
-	if h.PingInterval != 0 {
-		cfg.PingInterval = time.Duration(h.PingInterval)
-	}
-	if h.PingTimeout != 0 {
-		cfg.PingTimeout = time.Duration(h.PingTimeout)
-	}
-	if h.WriteTimeout != 0 {
-		cfg.WriteTimeout = time.Duration(h.WriteTimeout)
-	}
-	if h.StreamIdleTimeout != 0 {
-		cfg.StreamIdleTimeout = time.Duration(h.StreamIdleTimeout)
-	}
-	if h.StreamQueueTimeout != 0 {
-		cfg.StreamQueueTimeout = time.Duration(h.StreamQueueTimeout)
-	}
-	cfg.Logger = h.logger.Named("spdy").Sugar()
-	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("spdy_origin: session settings: %w", err)
-	}
-	return cfg, nil
 }
 
 // Validate checks the configuration without side effects.
@@ -343,6 +400,11 @@ func (h *Handler) Validate() error {
 // partial Provision. Fields stay set: requests of this config may still be
 // finishing during a reload.
 func (h *Handler) Cleanup() error {
+	if h.user != nil {
+		// Before the transport gives the pool back: if this is the pool's
+		// last reference, its Destruct uses this handler's drain timeout.
+		h.transport.pool.leave(h.user)
+	}
 	var err error
 	if h.proxy != nil {
 		err = h.proxy.Cleanup()

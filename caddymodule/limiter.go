@@ -29,10 +29,19 @@ const authPruneEvery = time.Second
 // is full, failures from prefixes it does not track are counted in one
 // shared overflow entry. A sprayer thus locks out that overflow entry,
 // which costs nothing to anyone holding a valid token.
+//
+// The counts live in the pool's authTable, which outlives config reloads;
+// max and window are the settings of the handler that holds this limiter,
+// so loading a config never changes the limits a live one applies.
 type authLimiter struct {
+	*authTable
 	max    int
 	window time.Duration
-	now    func() time.Time // time.Now, but tests move it
+}
+
+// authTable is what a pool's limiters count in.
+type authTable struct {
+	now func() time.Time // time.Now, but tests move it
 
 	mu       sync.Mutex
 	entries  map[netip.Prefix]authEntry
@@ -63,23 +72,25 @@ const (
 	unparsedPrefix = "unparsed client address"
 )
 
+// newAuthLimiter returns a limiter with a table of its own.
 func newAuthLimiter(max int, window time.Duration) *authLimiter {
-	return &authLimiter{max: max, window: window, now: time.Now, entries: make(map[netip.Prefix]authEntry)}
+	return &authLimiter{authTable: newAuthTable(), max: max, window: window}
 }
 
-// authLimiters holds one limiter per pool name for the life of the process,
+func newAuthTable() *authTable {
+	return &authTable{now: time.Now, entries: make(map[netip.Prefix]authEntry)}
+}
+
+// authTables holds one table per pool name for the life of the process,
 // so that a config reload (frequent with tools that generate configs) does
 // not lift a lockout.
-var authLimiters sync.Map // pool name → *authLimiter
+var authTables sync.Map // pool name → *authTable
 
-// poolAuthLimiter returns the pool's limiter with the latest settings.
+// poolAuthLimiter returns a limiter with these settings that counts in the
+// pool's table.
 func poolAuthLimiter(pool string, max int, window time.Duration) *authLimiter {
-	v, _ := authLimiters.LoadOrStore(pool, newAuthLimiter(max, window))
-	l := v.(*authLimiter)
-	l.mu.Lock()
-	l.max, l.window = max, window
-	l.mu.Unlock()
-	return l
+	v, _ := authTables.LoadOrStore(pool, newAuthTable())
+	return &authLimiter{authTable: v.(*authTable), max: max, window: window}
 }
 
 // authPrefix is the unit of accounting: an IPv4 address, or the /64 of an

@@ -85,9 +85,10 @@ func (s *session) currentRTT(st spdy.Stats) time.Duration {
 
 // pool is a set of agent sessions that serve one pool name.
 type pool struct {
-	name   string
-	logger atomic.Pointer[zap.Logger]
-	drain  atomic.Int64 // drain timeout in ns for Destruct
+	name string
+	// active is the user (handler) whose logger and drain timeout are in
+	// force: the newest, or the last to leave (see poolsettings.go).
+	active atomic.Pointer[poolUser]
 	// noSessionLogged rate-limits the "no agent" warning to one per second.
 	noSessionLogged atomic.Int64
 
@@ -96,6 +97,7 @@ type pool struct {
 	order    []*session // sessions in join order, for rotation
 	rr       uint64     // rotation counter for ties
 	closed   bool
+	users    []*poolUser   // handlers using the pool, oldest first
 	changed  chan struct{} // closed and replaced whenever a session joins
 	reserved int           // max_sessions slots held by registrations not yet joined
 
@@ -105,14 +107,11 @@ type pool struct {
 }
 
 func newPool(name string) *pool {
-	p := &pool{
+	return &pool{
 		name:     name,
 		sessions: make(map[*session]struct{}),
 		changed:  make(chan struct{}),
 	}
-	p.logger.Store(zap.NewNop())
-	p.drain.Store(int64(defaultDrainTimeout))
-	return p
 }
 
 // loadPool returns the pool for name, creating it, and takes a reference
@@ -131,8 +130,6 @@ func releasePool(name string) {
 	_, _ = pools.Delete(name)
 }
 
-func (p *pool) log() *zap.Logger { return p.logger.Load() }
-
 // Destruct runs when the last config using the pool is unloaded: refuse new
 // sessions, send GOAWAY to every agent, let open streams finish for up to the
 // drain timeout, then close. It does not block Caddy's config unload.
@@ -146,7 +143,7 @@ func (p *pool) Destruct() error {
 		list = append(list, s)
 	}
 	p.mu.Unlock()
-	drain := time.Duration(p.drain.Load())
+	drain := p.drainTimeout()
 	p.log().Info("pool removed from config; sending GOAWAY to agents",
 		zap.String("pool", p.name), zap.Int("sessions", len(list)), zap.Duration("drain_timeout", drain))
 	for _, s := range list {

@@ -1,173 +1,16 @@
 package caddymodule
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"crypto/tls"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	mobyspdy "github.com/moby/spdystream/spdy"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 )
-
-// A request waiting for an agent (dial_timeout) must not keep waiting on a
-// pool that was removed from the config: no agent can join it any more.
-func TestPoolDestructWakesWaiters(t *testing.T) {
-	p := newPool("destruct-wait")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	done := make(chan *session, 1)
-	go func() { done <- p.waitForSession(ctx) }()
-	time.Sleep(20 * time.Millisecond) // let it block on p.changed
-	if err := p.Destruct(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case s := <-done:
-		if s != nil {
-			t.Fatalf("got a session from a closed pool")
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("waitForSession still waiting after the pool was destructed (until dial_timeout)")
-	}
-}
-
-// Once an IP is locked out, its further attempts are refused with 429 but not
-// logged as warnings one by one: the lockout itself was logged, and an
-// attacker must not be able to flood the log at request rate.
-func TestLockedOutAttemptsLoggedQuietly(t *testing.T) {
-	core, logs := observer.New(zapcore.InfoLevel)
-	h := &Handler{
-		Pool: "lockout-log", Connect: testConnect, RetryAfter: 1,
-		tokens:  [][]byte{[]byte(testToken)},
-		limiter: newAuthLimiter(2, time.Minute),
-		logger:  zap.New(core),
-	}
-	try := func() int {
-		r := httptest.NewRequest(http.MethodPut, testConnect, strings.NewReader("x"))
-		r.Header.Set("Authorization", "Bearer wrong")
-		w := httptest.NewRecorder()
-		if err := h.serveRegistration(w, r); err != nil {
-			var he caddyhttp.HandlerError
-			if !errors.As(err, &he) {
-				t.Fatalf("error without a status: %v", err)
-			}
-			return he.StatusCode
-		}
-		return w.Code
-	}
-	for i := range 2 {
-		if code := try(); code != http.StatusUnauthorized {
-			t.Fatalf("attempt %d: %d, want 401", i+1, code)
-		}
-	}
-	for i := range 50 {
-		if code := try(); code != http.StatusTooManyRequests {
-			t.Fatalf("locked-out attempt %d: %d, want 429", i+1, code)
-		}
-	}
-	if n := logs.FilterLevelExact(zapcore.WarnLevel).Len(); n > 3 {
-		t.Fatalf("%d warnings for 2 failures and 50 locked-out attempts; want the failures and the lockout only", n)
-	}
-}
-
-// Tokens from the environment or a secrets file often carry a trailing
-// newline. A bearer token in a header can never have surrounding whitespace,
-// so such a configured token must be trimmed, not silently unusable.
-func TestTokenWhitespaceTrimmed(t *testing.T) {
-	t.Setenv("SPDY_ORIGIN_TEST_TOKEN_NL", " "+testToken+"\n")
-	loadConfig(t, map[string]any{"handler": "spdy_origin", "pool": "token-nl", "token": []string{"{env.SPDY_ORIGIN_TEST_TOKEN_NL}"}})
-	reg, err := register(t, testConnect, "Bearer "+testToken, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if reg.status != http.StatusOK {
-		t.Fatalf("registration with the token from a newline-terminated env var: %d %q", reg.status, reg.body)
-	}
-	reg.conn.Close()
-}
-
-// An agent may send its first SPDY frames right behind the registration
-// body, before it has read the 200 (Amahi origins pipeline like this). Those
-// bytes sit in the server's buffer at hijack time and must reach the session:
-// here a PING the session has to answer.
-func TestRegistrationPipelinedFrames(t *testing.T) {
-	loadConfig(t, spdyRoute("pipelined", nil))
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", testHTTPSAddr, &tls.Config{
-		ServerName: "localhost", InsecureSkipVerify: true, NextProtos: []string{"http/1.1"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	var ping bytes.Buffer
-	fr, err := mobyspdy.NewFramer(&ping, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fr.WriteFrame(&mobyspdy.PingFrame{Id: 2}); err != nil {
-		t.Fatal(err)
-	}
-	body := "pipelined agent\n"
-	msg := fmt.Sprintf("PUT %s HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s%s",
-		testConnect, testToken, len(body), body, ping.Bytes())
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(conn, msg); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("registration: %d %v", resp.StatusCode, err)
-	}
-	in, err := mobyspdy.NewFramer(io.Discard, br)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		f, err := in.ReadFrame()
-		if err != nil {
-			t.Fatalf("no PING reply (the pipelined frame was lost?): %v", err)
-		}
-		if p, ok := f.(*mobyspdy.PingFrame); ok && p.Id == 2 {
-			return
-		}
-	}
-}
-
-// A token whose placeholder is unknown or resolves to nothing must fail the
-// config: dropping the placeholder would leave a weaker token than the one
-// the user wrote.
-func TestTokenPlaceholderErrors(t *testing.T) {
-	for _, tok := range []string{"{env.SPDY_ORIGIN_SURELY_UNSET_VAR}", "prefix-{no.such.placeholder}"} {
-		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-		h := &Handler{Token: []string{tok}}
-		err := h.Provision(ctx)
-		_ = h.Cleanup()
-		cancel()
-		if err == nil {
-			t.Errorf("token %q: Provision succeeded, want an error", tok)
-		} else {
-			t.Logf("token %q: %v", tok, err)
-		}
-	}
-}
 
 // A registration holds its max_sessions slot from before its 200 until its
 // session joins or it fails, so two registrations cannot both take the last
@@ -202,5 +45,149 @@ func TestPoolReserve(t *testing.T) {
 	}
 	if p.reserved != 0 {
 		t.Fatalf("%d slots still reserved", p.reserved)
+	}
+}
+
+// A request waiting for an agent (dial_timeout) must not keep waiting on a
+// pool that was removed from the config: no agent can join it any more.
+func TestPoolDestructWakesWaiters(t *testing.T) {
+	p := newPool("destruct-wait")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan *session, 1)
+	go func() { done <- p.waitForSession(ctx) }()
+	time.Sleep(20 * time.Millisecond) // let it block on p.changed
+	if err := p.Destruct(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-done:
+		if s != nil {
+			t.Fatalf("got a session from a closed pool")
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("waitForSession still waiting after the pool was destructed (until dial_timeout)")
+	}
+}
+
+func TestLoadBalancing(t *testing.T) {
+	tester := loadConfig(t, spdyRoute("lb", nil))
+	a := startAgent(t, "lb-A")
+	b := startAgent(t, "lb-B")
+	waitSessions(t, "lb", 2)
+	held := make(chan string, 16)
+	for _, ag := range []*testAgent{a, b} {
+		go func(ag *testAgent) {
+			for s := range ag.held {
+				held <- s
+			}
+		}(ag)
+	}
+
+	// Least open streams: start requests one at a time, each after the
+	// previous one is being held by an agent; they must alternate.
+	c := bigClient()
+	var wg sync.WaitGroup
+	counts := map[string]int{}
+	errs := make(chan error, 4)
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Get(fmt.Sprintf("%s/hold?id=%d", testBase, i))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			if _, err := io.ReadAll(resp.Body); err != nil || resp.StatusCode != 200 {
+				errs <- fmt.Errorf("hold %d: %d %v", i, resp.StatusCode, err)
+			}
+		}()
+		select {
+		case s := <-held:
+			counts[strings.Split(s, ":")[0]]++
+		case <-time.After(10 * time.Second):
+			t.Fatalf("request %d never reached an agent", i)
+		}
+	}
+	close(a.release)
+	close(b.release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if counts["lb-A"] != 2 || counts["lb-B"] != 2 {
+		t.Fatalf("concurrent requests not spread by open streams: %v", counts)
+	}
+
+	// Sequential requests rotate over idle sessions.
+	seq := map[string]int{}
+	for range 20 {
+		resp, _ := get(t, tester.Client, "/hello")
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET /hello: %d", resp.StatusCode)
+		}
+		seq[resp.Header.Get("X-Agent")]++
+	}
+	if seq["lb-A"] < 5 || seq["lb-B"] < 5 {
+		t.Fatalf("sequential requests not spread: %v", seq)
+	}
+	t.Logf("load-balancing: concurrent held requests lb-A=%d lb-B=%d (least open streams); sequential requests lb-A=%d lb-B=%d",
+		counts["lb-A"], counts["lb-B"], seq["lb-A"], seq["lb-B"])
+}
+
+func TestReloadDuringDownload(t *testing.T) {
+	loadConfig(t, spdyRoute("reload", nil))
+	a := startAgent(t, "reload-A")
+	waitSessions(t, "reload", 1)
+	sessionID := allPoolsByName(t)["reload"].Sessions[0].ID
+
+	c := bigClient()
+	resp, err := c.Get(fmt.Sprintf("%s/big?size=%d", testBase, bigSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	if _, err := io.CopyN(h, resp.Body, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+
+	// Reload with a changed config while the download is mid-stream.
+	tester := loadConfig(t, spdyRoute("reload", map[string]any{
+		"headers": map[string]any{"response": map[string]any{"set": map[string]any{"X-Config": []string{"v2"}}}},
+	}))
+
+	rest, err := io.Copy(h, resp.Body)
+	if err != nil {
+		t.Fatalf("download broken by reload after %d more bytes: %v", rest, err)
+	}
+	n := int64(4<<20) + rest
+	if got, want := fmt.Sprintf("%x", h.Sum(nil)), testDataDigest(t, bigSize); n != bigSize || got != want {
+		t.Fatalf("download across reload: %d bytes, sha256 %s; want %d, %s", n, got, bigSize, want)
+	}
+	if !a.alive() {
+		t.Fatal("agent session closed by the reload")
+	}
+	p := allPoolsByName(t)["reload"]
+	if len(p.Sessions) != 1 || p.Sessions[0].ID != sessionID {
+		t.Fatalf("pool after reload: %+v, want session %d", p.Sessions, sessionID)
+	}
+	r, _ := get(t, tester.Client, "/hello")
+	if r.StatusCode != 200 || r.Header.Get("X-Config") != "v2" || r.Header.Get("X-Agent") != "reload-A" {
+		t.Fatalf("after reload: %d, X-Config %q, X-Agent %q", r.StatusCode, r.Header.Get("X-Config"), r.Header.Get("X-Agent"))
+	}
+	t.Logf("reload: %d-byte download completed across the config reload with sha256 ok; agent session %d stayed connected; new config active (X-Config: %s)",
+		n, sessionID, r.Header.Get("X-Config"))
+
+	// Removing the directive sends GOAWAY and the agent's session ends.
+	loadConfig(t, map[string]any{"handler": "static_response", "body": "no spdy here"})
+	select {
+	case <-a.sess.Done():
+		t.Logf("removing spdy_origin closed the agent session: %v", a.sess.Err())
+	case <-time.After(15 * time.Second):
+		t.Fatal("agent still connected after its pool was removed from the config")
 	}
 }

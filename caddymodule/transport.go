@@ -4,14 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -20,7 +17,6 @@ import (
 
 func init() {
 	caddy.RegisterModule(Transport{})
-	caddy.RegisterModule(UpstreamSource{})
 }
 
 // DefaultPool is the pool name used when none is configured.
@@ -50,11 +46,14 @@ var ErrPoolBusy = errors.New("spdy_origin: every agent session of this pool is a
 // requires; any `to` address works too.) Agents register through a
 // `spdy_origin` handler configured with the same pool.
 type Transport struct {
-	// Pool is the name of the pool of agent sessions. Default: "default".
+	// Pool is the name of the pool whose agent sessions take the
+	// requests. Agents join it by registering through a spdy_origin
+	// handler with the same pool. Default: "default".
 	Pool string `json:"pool,omitempty"`
 
 	// DialTimeout is how long a request waits for an agent to connect when
-	// the pool has no usable session. Default: 0, answer 503 at once.
+	// the pool has no usable session; then it gets 503. Default: 0, 503 at
+	// once.
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
 
 	// ResponseHeaderTimeout bounds the time from sending the request until
@@ -126,109 +125,160 @@ func (e timeoutError) Temporary() bool { return true }
 var errHeaderTimeout = errors.New("response header timeout")
 
 // RoundTrip sends req on the least busy session of the pool. A request the
-// agent provably did not process (spdy.IsRetryable) is retried once on
-// another session, provided none of its body was consumed.
+// agent provably did not process (spdy.IsRetryable) is sent once more on
+// another session, provided none of its body was read.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	p := t.pool
-	if p == nil {
+	if t.pool == nil {
 		return nil, errors.New("spdy_origin transport is not provisioned")
 	}
+	s, err := t.session(req)
+	if err != nil {
+		return nil, err
+	}
+	pr := t.prepare(req, s)
+	resp, err := s.roundTrip(pr.out)
+	if pr.unprocessed(err) && pr.body.takeBack() {
+		s2 := t.pool.pick(s)
+		if s2 == nil {
+			// Nothing processed it and nothing else can take it.
+			pr.stopTimer()
+			closeBody(req) // taken back: nothing reads it
+			return nil, t.unavailable(s, err)
+		}
+		resp, err = pr.retryOn(s2, err)
+		if pr.unprocessed(err) {
+			pr.stopTimer()
+			pr.body.Close()
+			return nil, t.unavailable(pr.s, err)
+		}
+	}
+	return pr.finish(resp, err)
+}
+
+// session returns the pool's least busy session, waiting up to
+// dial_timeout for an agent when it has none. Without one, the request
+// gets 503.
+func (t *Transport) session(req *http.Request) (*session, error) {
+	p := t.pool
 	s := p.pick(nil)
 	if s == nil && t.DialTimeout > 0 {
 		wctx, cancel := context.WithTimeout(req.Context(), time.Duration(t.DialTimeout))
 		s = p.waitForSession(wctx)
 		cancel()
 	}
-	if s == nil {
-		closeBody(req) // nothing reads it yet
-		if err := req.Context().Err(); err != nil {
-			return nil, err
-		}
-		t.logUnavailable("no agent connected to pool; answering 503 (is the agent running and using the right token and pool?)")
-		countRequest(p.name, http.StatusServiceUnavailable)
-		return nil, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("%w (pool %q)", ErrNoSession, p.name))
+	if s != nil {
+		return s, nil
 	}
+	closeBody(req) // nothing reads it yet
+	if err := req.Context().Err(); err != nil {
+		return nil, err
+	}
+	t.logUnavailable("no agent connected to pool; answering 503 (is the agent running and using the right token and pool?)")
+	countRequest(p.name, http.StatusServiceUnavailable)
+	return nil, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("%w (pool %q)", ErrNoSession, p.name))
+}
 
-	ctx := req.Context()
-	var cancel context.CancelCauseFunc
-	var timer *time.Timer
+// proxiedRequest is one request on its way to an agent.
+type proxiedRequest struct {
+	t    *Transport
+	req  *http.Request // as reverse_proxy handed it over
+	out  *http.Request // what the agent gets
+	body *guardedBody  // out's body; nil without one
+	s    *session      // where out goes
+
+	// With response_header_timeout: ctx is cancelled with
+	// errHeaderTimeout when timer fires, or when the response body is
+	// closed.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+}
+
+// prepare makes the request for the agent: req as the client sent it to
+// us, on a context that response_header_timeout bounds.
+func (t *Transport) prepare(req *http.Request, s *session) *proxiedRequest {
+	pr := &proxiedRequest{t: t, req: req, s: s, ctx: req.Context()}
 	if t.ResponseHeaderTimeout > 0 {
-		ctx, cancel = context.WithCancelCause(ctx)
-		timer = time.AfterFunc(time.Duration(t.ResponseHeaderTimeout), func() { cancel(errHeaderTimeout) })
+		pr.ctx, pr.cancel = context.WithCancelCause(pr.ctx)
+		pr.timer = time.AfterFunc(time.Duration(t.ResponseHeaderTimeout), func() { pr.cancel(errHeaderTimeout) })
 	}
-	release := func() {
-		if timer != nil {
-			timer.Stop()
-			cancel(nil)
-		}
-	}
-
-	out := req.WithContext(ctx) // shallow copy: a RoundTripper must not modify req
+	pr.out = req.WithContext(pr.ctx) // shallow copy: a RoundTripper must not modify req
 	u := *req.URL
-	out.URL = &u
+	pr.out.URL = &u
 	// reverse_proxy pointed URL.Host at its placeholder upstream; the agent
 	// should see the host and scheme the client used.
-	if out.Host != "" {
-		out.URL.Host = out.Host
+	if pr.out.Host != "" {
+		pr.out.URL.Host = pr.out.Host
 	}
 	if req.TLS != nil {
-		out.URL.Scheme = "https"
+		pr.out.URL.Scheme = "https"
 	} else {
-		out.URL.Scheme = "http"
+		pr.out.URL.Scheme = "http"
 	}
-	var body *guardedBody
 	if req.Body != nil && req.Body != http.NoBody {
-		body = &guardedBody{rc: req.Body}
-		out.Body = body
+		pr.body = &guardedBody{rc: req.Body}
+		pr.out.Body = pr.body
 	}
+	return pr
+}
 
-	resp, err := s.roundTrip(out)
-	if err != nil && spdy.IsRetryable(err) && ctx.Err() == nil && (body == nil || body.takeBack()) {
-		s2 := p.pick(s)
-		if s2 == nil {
-			// Nothing processed it and nothing else can take it.
-			release()
-			closeBody(req) // taken back: nothing reads it
-			return nil, t.unavailable(s, err)
-		}
-		if c := t.logger.Check(zapcore.DebugLevel, "retrying request on another agent session"); c != nil {
-			c.Write(zap.String("pool", p.name), zap.Uint64("failed_session", s.id),
-				zap.Uint64("session", s2.id), zap.Error(err))
-		}
-		if body != nil {
-			body = &guardedBody{rc: req.Body}
-			out.Body = body
-		}
-		s = s2
-		resp, err = s.roundTrip(out)
-		if err != nil && spdy.IsRetryable(err) && ctx.Err() == nil {
-			release()
-			body.Close()
-			return nil, t.unavailable(s, err)
-		}
+// unprocessed reports whether err means the agent did not process the
+// request, which is still wanted.
+func (pr *proxiedRequest) unprocessed(err error) bool {
+	return err != nil && spdy.IsRetryable(err) && pr.ctx.Err() == nil
+}
+
+// retryOn sends the request again, on s after its first session failed
+// with err; its body was taken back.
+func (pr *proxiedRequest) retryOn(s *session, err error) (*http.Response, error) {
+	if c := pr.t.logger.Check(zapcore.DebugLevel, "retrying request on another agent session"); c != nil {
+		c.Write(zap.String("pool", pr.t.pool.name), zap.Uint64("failed_session", pr.s.id),
+			zap.Uint64("session", s.id), zap.Error(err))
 	}
-	if timer != nil && !timer.Stop() && errors.Is(context.Cause(ctx), errHeaderTimeout) {
+	if pr.body != nil {
+		pr.body = &guardedBody{rc: pr.req.Body}
+		pr.out.Body = pr.body
+	}
+	pr.s = s
+	return s.roundTrip(pr.out)
+}
+
+// stopTimer ends response_header_timeout for a request that gets no
+// response.
+func (pr *proxiedRequest) stopTimer() {
+	if pr.timer != nil {
+		pr.timer.Stop()
+		pr.cancel(nil)
+	}
+}
+
+// finish maps the outcome of the last attempt: 504 once
+// response_header_timeout fired, the stream's error mapped, or the
+// response with its body owning the stream's context.
+func (pr *proxiedRequest) finish(resp *http.Response, err error) (*http.Response, error) {
+	p := pr.t.pool
+	if pr.timer != nil && !pr.timer.Stop() && errors.Is(context.Cause(pr.ctx), errHeaderTimeout) {
 		// The timer fired; even if headers just arrived, the stream's
 		// context is cancelled, so the body could not be read.
 		if err == nil {
 			_ = resp.Body.Close()
 		}
-		body.Close()
+		pr.body.Close()
 		countRequest(p.name, http.StatusGatewayTimeout)
 		return nil, timeoutError{msg: fmt.Sprintf("spdy_origin: agent (pool %q, session %d) sent no response headers within %s",
-			p.name, s.id, time.Duration(t.ResponseHeaderTimeout))}
+			p.name, pr.s.id, time.Duration(pr.t.ResponseHeaderTimeout))}
 	}
 	if err != nil {
-		if cancel != nil {
-			cancel(nil)
+		if pr.cancel != nil {
+			pr.cancel(nil)
 		}
-		body.Close()
-		return nil, t.failed(req, s, err)
+		pr.body.Close()
+		return nil, pr.t.failed(pr.req, pr.s, err)
 	}
 	countRequest(p.name, resp.StatusCode)
-	if cancel != nil {
+	if pr.cancel != nil {
 		// The stream lives on ctx: release it only when the body is done.
-		resp.Body = withCancel(resp.Body, func() { cancel(nil) })
+		resp.Body = withCancel(resp.Body, func() { pr.cancel(nil) })
 	}
 	return resp, nil
 }
@@ -293,148 +343,11 @@ func (t *Transport) logUnavailable(msg string, fields ...zap.Field) {
 	t.logger.Warn(msg, append([]zap.Field{zap.String("pool", t.pool.name)}, fields...)...)
 }
 
-func closeBody(req *http.Request) {
-	if req.Body != nil {
-		_ = req.Body.Close()
-	}
-}
-
-// guardedBody is the request body one attempt reads. It counts what was
-// read, so a request is only retried while none of its body has gone out;
-// it lets the transport take the body back for a retry only when no read
-// is under way; and it never closes the body while a read is under way
-// (Caddy's body wrappers are not safe for that): a close that comes then
-// is done by the read when it returns.
-type guardedBody struct {
-	rc io.ReadCloser
-
-	mu          sync.Mutex
-	read        int64
-	reading     bool
-	takenBack   bool // a retry owns the body now: reads fail, Close is a no-op
-	closeWanted bool
-	closed      bool
-}
-
-var errBodyTakenBack = errors.New("spdy_origin: request body taken back for a retry")
-
-func (b *guardedBody) Read(p []byte) (int, error) {
-	b.mu.Lock()
-	if b.takenBack || b.closed {
-		b.mu.Unlock()
-		if b.takenBack {
-			return 0, errBodyTakenBack
-		}
-		return 0, http.ErrBodyReadAfterClose
-	}
-	b.reading = true
-	b.mu.Unlock()
-	n, err := b.rc.Read(p)
-	b.mu.Lock()
-	b.reading = false
-	b.read += int64(n)
-	closeNow := b.closeWanted && !b.closed
-	if closeNow {
-		b.closed = true
-	}
-	b.mu.Unlock()
-	if closeNow {
-		_ = b.rc.Close()
-	}
-	return n, err
-}
-
-// Close closes the body now, or when the read under way returns. A nil
-// body (no request body) is fine.
-func (b *guardedBody) Close() error {
-	if b == nil {
-		return nil
-	}
-	b.mu.Lock()
-	if b.takenBack || b.closed {
-		b.mu.Unlock()
-		return nil
-	}
-	if b.reading {
-		b.closeWanted = true
-		b.mu.Unlock()
-		return nil
-	}
-	b.closed = true
-	b.mu.Unlock()
-	return b.rc.Close()
-}
-
-// takeBack ends this attempt's use of the body if none of it was read and
-// no read is under way, so that a retry may read it from the start.
-func (b *guardedBody) takeBack() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.read > 0 || b.reading || b.closed {
-		return false
-	}
-	b.takenBack = true
-	return true
-}
-
-// withCancel calls cancel once the body is closed, keeping the
-// io.ReadWriteCloser of 101 responses that reverse_proxy needs for upgrades.
-func withCancel(body io.ReadCloser, cancel func()) io.ReadCloser {
-	if rwc, ok := body.(io.ReadWriteCloser); ok {
-		return &cancelRWC{ReadWriteCloser: rwc, cancel: cancel}
-	}
-	return &cancelBody{ReadCloser: body, cancel: cancel}
-}
-
-type cancelBody struct {
-	io.ReadCloser
-	cancel func()
-}
-
-func (b *cancelBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.cancel()
-	return err
-}
-
-type cancelRWC struct {
-	io.ReadWriteCloser
-	cancel func()
-}
-
-func (b *cancelRWC) Close() error {
-	err := b.ReadWriteCloser.Close()
-	b.cancel()
-	return err
-}
-
-// placeholderUpstream is the upstream reverse_proxy "dials"; our transport
-// ignores it. The .invalid TLD (RFC 2606) can never resolve.
-const placeholderUpstream = "spdy-origin.invalid:443"
-
-// UpstreamSource gives reverse_proxy the placeholder upstream it needs
-// when its transport is spdy_origin: `dynamic spdy_origin`.
-type UpstreamSource struct{}
-
-// CaddyModule returns the Caddy module information.
-func (UpstreamSource) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{
-		ID:  "http.reverse_proxy.upstreams.spdy_origin",
-		New: func() caddy.Module { return new(UpstreamSource) },
-	}
-}
-
-// GetUpstreams returns the placeholder upstream.
-func (UpstreamSource) GetUpstreams(*http.Request) ([]*reverseproxy.Upstream, error) {
-	return []*reverseproxy.Upstream{{Dial: placeholderUpstream}}, nil
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Transport)(nil)
 	_ caddy.Validator             = (*Transport)(nil)
 	_ caddy.CleanerUpper          = (*Transport)(nil)
 	_ http.RoundTripper           = (*Transport)(nil)
-	_ reverseproxy.UpstreamSource = (*UpstreamSource)(nil)
 	_ interface{ Timeout() bool } = timeoutError{}
 )
