@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -92,7 +93,10 @@ func startHostileAgent(t testing.TB, name, connect string) *hostileAgent {
 			}
 			if p, ok := f.(*mobyspdy.PingFrame); ok {
 				if !h.muted.Load() {
-					_ = h.write(&mobyspdy.PingFrame{Id: p.Id})
+					// Encoded by hand: a PING has no header block, so it
+					// must not wait for a bomb being compressed (encMu),
+					// which takes longer than Caddy's ping timeout.
+					_ = h.send(pingFrame(p.Id))
 				}
 				continue
 			}
@@ -106,6 +110,13 @@ func startHostileAgent(t testing.TB, name, connect string) *hostileAgent {
 	}()
 	t.Cleanup(h.close)
 	return h
+}
+
+// pingFrame is a PING frame (SPDY/3: control bit, version 3, type 6,
+// length 4, the id).
+func pingFrame(id uint32) []byte {
+	b := []byte{0x80, 3, 0, 6, 0, 0, 0, 4}
+	return binary.BigEndian.AppendUint32(b, id)
 }
 
 func (h *hostileAgent) close() {
