@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/spdy-origin/spdy-origin/internal/handshake"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
@@ -264,12 +265,12 @@ func (a *Agent) connLoop(ctx context.Context, proxy *url.URL, idx int) {
 			}
 			failures++
 			var delay time.Duration
-			var hs *handshakeError
+			var refused *handshake.StatusError
 			switch {
-			case errors.Is(err, errTokenRejected):
+			case errors.Is(err, handshake.ErrTokenRejected):
 				delay = rejected.next()
-			case errors.As(err, &hs) && hs.retryAfter > 0:
-				delay = min(max(hs.retryAfter, bo.next()), a.tun.maxRetryAfter)
+			case errors.As(err, &refused) && refused.RetryAfter > 0:
+				delay = min(max(refused.RetryAfter, bo.next()), a.tun.maxRetryAfter)
 			default:
 				rejected.reset()
 				delay = bo.next()

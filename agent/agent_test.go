@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/spdy-origin/spdy-origin/internal/handshake"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
@@ -59,10 +60,10 @@ func TestHandshakeOK(t *testing.T) {
 		t.Fatalf("connect: %v", err)
 	}
 	ps := p.next(t)
-	if got := ps.hdr.Get(headerAgentName); got != "test-agent" {
+	if got := ps.hdr.Get(handshake.HeaderName); got != "test-agent" {
 		t.Errorf("name header %q", got)
 	}
-	if ps.hdr.Get(headerAgentVersion) == "" || len(ps.hdr.Get(headerAgentInstance)) != 16 || ps.hdr.Get(headerAgentConnection) != "0" {
+	if ps.hdr.Get(handshake.HeaderVersion) == "" || len(ps.hdr.Get(handshake.HeaderInstance)) != 16 || ps.hdr.Get(handshake.HeaderConnection) != "0" {
 		t.Errorf("identity headers: %v", ps.hdr)
 	}
 	if !strings.HasPrefix(ps.body, "spdy-origin-agent ") {
@@ -108,7 +109,7 @@ func TestHandshakeDefaultPath(t *testing.T) {
 	if _, err := connectOnce(t, ta, &bare); err != nil {
 		t.Fatalf("connect to %s: %v", bare.String(), err)
 	}
-	if got := connectURL(&bare).Path; got != "/.well-known/spdy-origin" {
+	if got := handshake.RegisterURL(&bare).Path; got != "/.well-known/spdy-origin" {
 		t.Fatalf("default path %q", got)
 	}
 }
@@ -129,7 +130,7 @@ func TestHandshakeFailures(t *testing.T) {
 			name: "401 token rejected",
 			opts: func(o *Options, _ *fakeProxy) *url.URL { o.Token = "wrong"; return nil },
 			want: []string{"token rejected", "401", "invalid token"},
-			is:   errTokenRejected,
+			is:   handshake.ErrTokenRejected,
 		},
 		{
 			name: "500 with body excerpt",
@@ -138,7 +139,7 @@ func TestHandshakeFailures(t *testing.T) {
 				return true
 			})},
 			want:  []string{"500 Internal Server Error", "database on fire"},
-			notIs: errTokenRejected,
+			notIs: handshake.ErrTokenRejected,
 		},
 		{
 			name: "HTTP/2 only endpoint answers 505",
@@ -461,8 +462,8 @@ func TestSeveralConnectionsAndProxies(t *testing.T) {
 		var idx []string
 		for i := 0; i < 3; i++ {
 			ps := p.next(t)
-			idx = append(idx, ps.hdr.Get(headerAgentConnection))
-			instances[ps.hdr.Get(headerAgentInstance)] = true
+			idx = append(idx, ps.hdr.Get(handshake.HeaderConnection))
+			instances[ps.hdr.Get(handshake.HeaderInstance)] = true
 			if code, body := get(t, ps.sess, "/headers"); code != 200 || !strings.Contains(body, "path=/headers") {
 				t.Fatalf("request via %s: %d %q", p.url.Host, code, body)
 			}
