@@ -1,4 +1,4 @@
-package main
+package agent
 
 // Dialing a proxy: TCP, TLS (ALPN http/1.1 only), then the registration
 // (internal/handshake.Register: the PUT with the token and identity headers,

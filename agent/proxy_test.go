@@ -1,4 +1,4 @@
-package main
+package agent
 
 // A test proxy: an httptest TLS server that checks the agent's registration PUT,
 // hijacks, answers with the proxy's half of the handshake (handshake.Accept) and runs

@@ -1,4 +1,4 @@
-package main
+package agent
 
 // End-to-end WebSocket tests: a real WebSocket client (github.com/coder/websocket)
 // talks TLS to an in-process Caddy (caddytest) running the spdy_origin handler; the

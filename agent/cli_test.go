@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"bytes"
@@ -169,19 +169,19 @@ func TestParseArgs(t *testing.T) {
 
 func TestRunExitCodes(t *testing.T) {
 	var out, errOut bytes.Buffer
-	if code := run([]string{"--version"}, envMap(nil), &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "spdy-origin-agent ") {
+	if code := Main([]string{"--version"}, envMap(nil), &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "spdy-origin-agent ") {
 		t.Fatalf("--version: code %d, out %q", code, out.String())
 	}
 	errOut.Reset()
-	if code := run([]string{"--no-such-flag"}, envMap(nil), &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "Usage:") {
+	if code := Main([]string{"--no-such-flag"}, envMap(nil), &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "Usage:") {
 		t.Fatalf("unknown flag: code %d, stderr %q", code, errOut.String())
 	}
 	errOut.Reset()
-	if code := run([]string{"--proxy", "https://x", "--token", "t"}, envMap(nil), &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "--to") {
+	if code := Main([]string{"--proxy", "https://x", "--token", "t"}, envMap(nil), &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "--to") {
 		t.Fatalf("missing --to: code %d, stderr %q", code, errOut.String())
 	}
 	errOut.Reset()
-	code := run([]string{"--proxy", "https://x", "--token", "t", "--root", "/definitely/not/here"}, envMap(nil), &out, &errOut)
+	code := Main([]string{"--proxy", "https://x", "--token", "t", "--root", "/definitely/not/here"}, envMap(nil), &out, &errOut)
 	if code != 2 || !strings.Contains(errOut.String(), "--root") {
 		t.Fatalf("missing root dir: code %d, stderr %q", code, errOut.String())
 	}
