@@ -19,19 +19,21 @@ import (
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
-// Options is the user-facing configuration, filled from flags and environment.
+// Options configures an Agent. Main fills it from flags and environment variables
+// (each field names its flag); NewAgent requires Proxies, Token, exactly one of To and
+// Root, and Connections of at least 1.
 type Options struct {
-	Proxies            []*url.URL // where to register; https:// (or http:// for local tests)
-	Token              string     // bearer token the proxy expects
-	To                 *url.URL   // upstream to reverse-proxy to (exclusive with Root)
-	Root               string     // directory to serve (exclusive with To)
-	CAFile             string     // extra PEM roots for verifying the proxy
-	InsecureSkipVerify bool       // do not verify the proxy's certificate (testing only)
-	Connections        int        // parallel sessions per proxy
-	Name               string     // identity sent to the proxy
-	DrainTimeout       time.Duration
-	MaxStreams         uint32 // concurrent streams the proxy may open per session; 0: spdy's default
-	MaxUpgrades        int    // upgraded streams (WebSockets) per session; 0: spdy's default
+	Proxies            []*url.URL    // --proxy: where to register; https:// (http:// for local tests); no path: handshake.DefaultPath
+	Token              string        // --token: the bearer token the proxy expects
+	To                 *url.URL      // --to: upstream to reverse-proxy to (exclusive with Root)
+	Root               string        // --root: directory to serve (exclusive with To)
+	CAFile             string        // --ca-file: extra PEM roots for verifying the proxy
+	InsecureSkipVerify bool          // --insecure-skip-verify: do not verify the proxy's certificate (testing only)
+	Connections        int           // --connections: parallel sessions per proxy (Main's default 2)
+	Name               string        // --name: identity sent to the proxy (Main's default: the host name)
+	DrainTimeout       time.Duration // --drain-timeout: how long in-flight streams may finish once Run's context ends
+	MaxStreams         uint32        // --max-streams: concurrent streams the proxy may open per session; 0: spdy's default
+	MaxUpgrades        int           // --max-upgrades: upgraded streams (WebSockets) per session; 0: spdy's default
 }
 
 // tuning holds knobs that users do not set but tests shorten.
@@ -83,7 +85,8 @@ type Agent struct {
 	sessions map[*spdy.Session]struct{}
 }
 
-// NewAgent validates opts and prepares TLS and the stream handler.
+// NewAgent validates opts and prepares TLS and the stream handler; log may be nil.
+// Nothing is dialled before Run.
 func NewAgent(opts Options, log *zap.Logger) (*Agent, error) {
 	return newAgent(opts, defaultTuning(), log)
 }
