@@ -39,7 +39,7 @@ type proxySession struct {
 	conn net.Conn
 }
 
-type fakeProxy struct {
+type testProxy struct {
 	t        *testing.T
 	srv      *httptest.Server
 	url      *url.URL
@@ -60,21 +60,21 @@ type fakeProxy struct {
 	all   []*spdy.Session
 }
 
-type proxyOpt func(*fakeProxy)
+type proxyOpt func(*testProxy)
 
 func withBehave(f func(n int, w http.ResponseWriter, r *http.Request) bool) proxyOpt {
-	return func(p *fakeProxy) { p.behave = f }
+	return func(p *testProxy) { p.behave = f }
 }
 
 func withAfter(f func(n int, conn net.Conn) bool) proxyOpt {
-	return func(p *fakeProxy) { p.after = f }
+	return func(p *testProxy) { p.after = f }
 }
 
-func withPlainHTTP() proxyOpt { return func(p *fakeProxy) { p.plain = true } }
+func withPlainHTTP() proxyOpt { return func(p *testProxy) { p.plain = true } }
 
-func newFakeProxy(t *testing.T, opts ...proxyOpt) *fakeProxy {
+func newTestProxy(t *testing.T, opts ...proxyOpt) *testProxy {
 	t.Helper()
-	p := &fakeProxy{t: t, sessions: make(chan *proxySession, 256)}
+	p := &testProxy{t: t, sessions: make(chan *proxySession, 256)}
 	for _, o := range opts {
 		o(p)
 	}
@@ -99,7 +99,7 @@ func newFakeProxy(t *testing.T, opts ...proxyOpt) *fakeProxy {
 	return p
 }
 
-func (p *fakeProxy) close() {
+func (p *testProxy) close() {
 	p.mu.Lock()
 	all, conns := p.all, p.conns
 	p.all, p.conns = nil, nil
@@ -114,7 +114,7 @@ func (p *fakeProxy) close() {
 	p.srv.Close()
 }
 
-func (p *fakeProxy) serve(w http.ResponseWriter, r *http.Request) {
+func (p *testProxy) serve(w http.ResponseWriter, r *http.Request) {
 	n := int(p.attempts.Add(1))
 	if r.Method != http.MethodPut {
 		http.Error(w, "registration needs PUT", http.StatusMethodNotAllowed)
@@ -165,7 +165,7 @@ func (p *fakeProxy) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 // next waits for the next session the agent opens.
-func (p *fakeProxy) next(t *testing.T) *proxySession {
+func (p *testProxy) next(t *testing.T) *proxySession {
 	t.Helper()
 	select {
 	case ps := <-p.sessions:
@@ -264,11 +264,11 @@ type testAgent struct {
 	done   chan struct{}
 }
 
-func baseOpts(proxies ...*fakeProxy) Options {
+func baseOpts(proxies ...*testProxy) Options {
 	o := Options{Token: testToken, Connections: 1, Name: "test-agent", DrainTimeout: 5 * time.Second}
 	for _, p := range proxies {
 		o.Proxies = append(o.Proxies, p.url)
-		o.CAFile = p.caFile // every fake proxy has its own cert; tests with several set CAFile themselves
+		o.CAFile = p.caFile // every test proxy has its own cert; tests with several set CAFile themselves
 	}
 	return o
 }
@@ -332,7 +332,7 @@ func (ta *testAgent) count(lvl zapcore.Level, substr string) int {
 }
 
 // front exposes an agent handler to test clients, either over plain net/http or
-// through the real path: fake proxy → SPDY session → agent.
+// through the real path: test proxy → SPDY session → agent.
 type front struct {
 	client *http.Client
 	base   string
@@ -372,7 +372,7 @@ func httpFront(t *testing.T, to *url.URL, root string) front {
 
 func spdyFront(t *testing.T, to *url.URL, root string) front {
 	t.Helper()
-	p := newFakeProxy(t)
+	p := newTestProxy(t)
 	o := baseOpts(p)
 	o.To, o.Root = to, root
 	ta := newTestAgent(t, o, nil)
