@@ -29,7 +29,7 @@ caddy:
 
 # go build is incremental on its own.
 agent:
-	$(GO) build -o $(AGENT) ./agent
+	$(GO) build -o $(AGENT) ./cmd/spdy-origin-agent
 
 demo: build
 	bash scripts/demo.sh

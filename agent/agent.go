@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"regexp"
 	"sync"
 	"time"
 
@@ -20,19 +19,21 @@ import (
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
-// Options is the user-facing configuration, filled from flags and environment.
+// Options configures an Agent. Main fills it from flags and environment variables
+// (each field names its flag); NewAgent requires Proxies, Token, exactly one of To and
+// Root, and Connections of at least 1.
 type Options struct {
-	Proxies            []*url.URL // where to register; https:// (or http:// for local tests)
-	Token              string     // bearer token the proxy expects
-	To                 *url.URL   // upstream to reverse-proxy to (exclusive with Root)
-	Root               string     // directory to serve (exclusive with To)
-	CAFile             string     // extra PEM roots for verifying the proxy
-	InsecureSkipVerify bool       // do not verify the proxy's certificate (testing only)
-	Connections        int        // parallel sessions per proxy
-	Name               string     // identity sent to the proxy
-	DrainTimeout       time.Duration
-	MaxStreams         uint32 // concurrent streams the proxy may open per session; 0: spdy's default
-	MaxUpgrades        int    // upgraded streams (WebSockets) per session; 0: spdy's default
+	Proxies            []*url.URL    // --proxy: where to register; https:// (http:// for local tests); no path: handshake.DefaultPath
+	Token              string        // --token: the bearer token the proxy expects
+	To                 *url.URL      // --to: upstream to reverse-proxy to (exclusive with Root)
+	Root               string        // --root: directory to serve (exclusive with To)
+	CAFile             string        // --ca-file: extra PEM roots for verifying the proxy
+	InsecureSkipVerify bool          // --insecure-skip-verify: do not verify the proxy's certificate (testing only)
+	Connections        int           // --connections: parallel sessions per proxy (Main's default 2)
+	Name               string        // --name: identity sent to the proxy (Main's default: the host name)
+	DrainTimeout       time.Duration // --drain-timeout: how long in-flight streams may finish once Run's context ends
+	MaxStreams         uint32        // --max-streams: concurrent streams the proxy may open per session; 0: spdy's default
+	MaxUpgrades        int           // --max-upgrades: upgraded streams (WebSockets) per session; 0: spdy's default
 }
 
 // tuning holds knobs that users do not set but tests shorten.
@@ -84,7 +85,8 @@ type Agent struct {
 	sessions map[*spdy.Session]struct{}
 }
 
-// NewAgent validates opts and prepares TLS and the stream handler.
+// NewAgent validates opts and prepares TLS and the stream handler; log may be nil.
+// Nothing is dialled before Run.
 func NewAgent(opts Options, log *zap.Logger) (*Agent, error) {
 	return newAgent(opts, defaultTuning(), log)
 }
@@ -93,43 +95,11 @@ func newAgent(opts Options, tun tuning, log *zap.Logger) (*Agent, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	if len(opts.Proxies) == 0 {
-		return nil, errors.New("at least one --proxy is required")
-	}
-	if opts.Token == "" {
-		return nil, errors.New("--token is required")
-	}
-	if (opts.To == nil) == (opts.Root == "") {
-		return nil, errors.New("exactly one of --to and --root is required")
-	}
-	if opts.Connections < 1 {
-		return nil, fmt.Errorf("--connections must be at least 1, got %d", opts.Connections)
-	}
-	if opts.DrainTimeout < 0 {
-		return nil, fmt.Errorf("--drain-timeout must not be negative")
+	if err := opts.validate(log); err != nil {
+		return nil, err
 	}
 	if tun.sleep == nil {
 		tun.sleep = sleepCtx
-	}
-	a := &Agent{
-		opts:     opts,
-		tun:      tun,
-		log:      log,
-		instance: newInstanceID(),
-		sessions: make(map[*spdy.Session]struct{}),
-	}
-	for _, p := range opts.Proxies {
-		switch p.Scheme {
-		case "https":
-		case "http":
-			log.Warn("proxy URL is plain http: the token and all traffic travel unencrypted; use only for local tests",
-				zap.String("proxy", p.Redacted()))
-		default:
-			return nil, fmt.Errorf("proxy URL %q: scheme must be https (or http for local tests)", p.Redacted())
-		}
-		if p.Host == "" {
-			return nil, fmt.Errorf("proxy URL %q has no host", p.Redacted())
-		}
 	}
 	tc, err := proxyTLSConfig(opts.CAFile, opts.InsecureSkipVerify)
 	if err != nil {
@@ -139,39 +109,94 @@ func newAgent(opts Options, tun tuning, log *zap.Logger) (*Agent, error) {
 		log.Warn("!!! --insecure-skip-verify: the proxy's TLS certificate is NOT verified; anyone on the path can " +
 			"impersonate the proxy, steal the token and read or change all traffic. Never use this in production. !!!")
 	}
-	a.tlsConf = tc
+	a := &Agent{
+		opts:     opts,
+		tun:      tun,
+		log:      log,
+		tlsConf:  tc,
+		instance: newInstanceID(),
+		sessions: make(map[*spdy.Session]struct{}),
+	}
+	if a.handler, a.closeIdle, err = newHandler(opts, tun, log); err != nil {
+		return nil, err
+	}
+	if a.tun.spdy, err = sessionConfig(tun.spdy, opts); err != nil {
+		a.closeIdle()
+		return nil, err
+	}
+	return a, nil
+}
+
+// validate checks what NewAgent cannot work without, and warns about plain-http proxies.
+func (o *Options) validate(log *zap.Logger) error {
+	if len(o.Proxies) == 0 {
+		return errors.New("at least one --proxy is required")
+	}
+	if o.Token == "" {
+		return errors.New("--token is required")
+	}
+	if (o.To == nil) == (o.Root == "") {
+		return errors.New("exactly one of --to and --root is required")
+	}
+	if o.Connections < 1 {
+		return fmt.Errorf("--connections must be at least 1, got %d", o.Connections)
+	}
+	if o.DrainTimeout < 0 {
+		return fmt.Errorf("--drain-timeout must not be negative")
+	}
+	for _, p := range o.Proxies {
+		switch p.Scheme {
+		case "https":
+		case "http":
+			log.Warn("proxy URL is plain http: the token and all traffic travel unencrypted; use only for local tests",
+				zap.String("proxy", p.Redacted()))
+		default:
+			return fmt.Errorf("proxy URL %q: scheme must be https (or http for local tests)", p.Redacted())
+		}
+		if p.Host == "" {
+			return fmt.Errorf("proxy URL %q has no host", p.Redacted())
+		}
+	}
+	return nil
+}
+
+// newHandler is what answers the proxy's streams: the --to upstream or the --root
+// directory; closeIdle releases its resources at exit.
+func newHandler(opts Options, tun tuning, log *zap.Logger) (h http.Handler, closeIdle func(), err error) {
 	if opts.To != nil {
 		u, err := newUpstreamHandler(opts.To, tun, log)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		a.handler, a.closeIdle = u, u.transport.CloseIdleConnections
-	} else {
-		f, err := newFileHandler(opts.Root, log)
-		if err != nil {
-			return nil, err
-		}
-		a.handler, a.closeIdle = f, f.close
+		return u, u.transport.CloseIdleConnections, nil
 	}
-	if tun.spdy == nil {
-		tun.spdy = spdy.DefaultConfig()
+	f, err := newFileHandler(opts.Root, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, f.close, nil
+}
+
+// sessionConfig is the template of every session's settings: base (nil: spdy's
+// defaults) with --max-streams and --max-upgrades applied.
+func sessionConfig(base *spdy.Config, opts Options) (*spdy.Config, error) {
+	if base == nil {
+		base = spdy.DefaultConfig()
 	}
 	if opts.MaxStreams > 0 || opts.MaxUpgrades > 0 {
-		c := *tun.spdy
+		c := *base
 		if opts.MaxStreams > 0 {
 			c.MaxConcurrentStreams = opts.MaxStreams
 		}
 		if opts.MaxUpgrades > 0 {
 			c.MaxUpgradedStreams = opts.MaxUpgrades
 		}
-		tun.spdy = &c
+		base = &c
 	}
-	if err := tun.spdy.Validate(); err != nil {
-		a.closeIdle()
+	if err := base.Validate(); err != nil {
 		return nil, fmt.Errorf("spdy config: %w", err)
 	}
-	a.tun.spdy = tun.spdy
-	return a, nil
+	return base, nil
 }
 
 // proxyTLSConfig builds the client TLS config used to dial proxies: system roots plus
@@ -243,97 +268,32 @@ func (a *Agent) servingDesc() string {
 	return "files from " + a.opts.Root
 }
 
-// connLoop keeps one session to proxy alive until ctx ends. Logging is per state change:
-// the first failure of a kind is a warning, identical repeats are debug lines, and
-// recovering is one info line, so a proxy that is down for hours does not flood the log.
+// connLoop keeps one session to proxy alive until ctx ends: connect, serve until the
+// session ends or the proxy sends GOAWAY, wait (retries says how long), again.
 func (a *Agent) connLoop(ctx context.Context, proxy *url.URL, idx int) {
 	log := a.log.With(zap.String("proxy", proxy.Redacted()), zap.Int("conn", idx))
-	bo := newBackoff(a.tun.backoffMin, a.tun.backoffMax)
-	bo.rnd = a.tun.rnd
-	rejected := newBackoff(a.tun.rejectedMin, a.tun.rejectedMax)
-	rejected.rnd = a.tun.rnd
-	var (
-		lastErr  string
-		failures int
-	)
+	r := newRetries(a.tun, log)
 	for ctx.Err() == nil {
 		sess, err := a.connect(ctx, proxy, idx, log)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			failures++
-			var delay time.Duration
-			var hs *handshakeError
-			switch {
-			case errors.Is(err, errTokenRejected):
-				delay = rejected.next()
-			case errors.As(err, &hs) && hs.retryAfter > 0:
-				delay = min(max(hs.retryAfter, bo.next()), a.tun.maxRetryAfter)
-			default:
-				rejected.reset()
-				delay = bo.next()
-			}
-			if msg := errKey(err); msg != lastErr {
-				lastErr = msg
-				log.Warn("cannot connect to proxy; will keep retrying (repeats of this error are logged at debug level)",
-					zap.Error(err), zap.Duration("retry_in", delay.Round(time.Millisecond)))
-			} else {
-				log.Debug("cannot connect to proxy", zap.Error(err), zap.Int("attempt", failures),
-					zap.Duration("retry_in", delay.Round(time.Millisecond)))
-			}
-			if !a.tun.sleep(ctx, delay) {
+			if !a.tun.sleep(ctx, r.failed(err)) {
 				return
 			}
 			continue
 		}
-		rejected.reset()
-		fields := []zap.Field{zap.Stringer("remote", sess.RemoteAddr())}
-		if failures > 0 {
-			fields = append(fields, zap.Int("after_failed_attempts", failures))
-		}
-		log.Info("connected to proxy", fields...)
-		failures, lastErr = 0, ""
+		r.connected(sess)
 		start := time.Now()
-
 		replaced := a.waitSession(ctx, sess, log)
 		if ctx.Err() != nil {
 			return
 		}
-		lived := time.Since(start)
-		if lived >= a.tun.healthyAfter {
-			bo.reset()
-		}
-		delay := bo.next()
-		if replaced {
-			log.Info("proxy sent GOAWAY: opening a replacement session while the old one finishes its streams",
-				zap.Duration("lived", lived.Round(time.Millisecond)), zap.Duration("retry_in", delay.Round(time.Millisecond)))
-		} else {
-			cause := sess.Err()
-			lvl := log.Warn
-			if errors.Is(cause, spdy.ErrPeerGoneAway) || errors.Is(cause, spdy.ErrGoAway) {
-				lvl = log.Info // the proxy closed us politely (reload, shutdown)
-			}
-			lvl("session to proxy ended; reconnecting", zap.NamedError("cause", cause),
-				zap.Duration("lived", lived.Round(time.Millisecond)),
-				zap.Duration("retry_in", delay.Round(time.Millisecond)))
-		}
-		if !a.tun.sleep(ctx, delay) {
+		if !a.tun.sleep(ctx, r.ended(sess, replaced, time.Since(start))) {
 			return
 		}
 	}
-}
-
-// ephemeralSource matches the "local-address->" part of a net.OpError's text
-// ("read tcp 10.0.0.2:51234->203.0.113.7:443: ..."), which names a fresh
-// source port on every attempt.
-var ephemeralSource = regexp.MustCompile(`\S+:\d+->`)
-
-// errKey is the text two connection failures are compared by when deciding
-// whether a failure is new (warn) or a repeat (debug): the error without the
-// local address, so one failure that recurs is not logged as a new one each time.
-func errKey(err error) string {
-	return ephemeralSource.ReplaceAllString(err.Error(), "")
 }
 
 // waitSession blocks until sess ends (false) or the proxy sent GOAWAY while streams

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/spdy-origin/spdy-origin/internal/handshake"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
@@ -51,7 +52,7 @@ func connectOnce(t *testing.T, ta *testAgent, p *url.URL) (*spdy.Session, error)
 
 func TestHandshakeOK(t *testing.T) {
 	to := upstreamMux(t)
-	p := newFakeProxy(t)
+	p := newTestProxy(t)
 	o := baseOpts(p)
 	o.To = to
 	ta := newTestAgent(t, o, nil)
@@ -59,10 +60,10 @@ func TestHandshakeOK(t *testing.T) {
 		t.Fatalf("connect: %v", err)
 	}
 	ps := p.next(t)
-	if got := ps.hdr.Get(headerAgentName); got != "test-agent" {
+	if got := ps.hdr.Get(handshake.HeaderName); got != "test-agent" {
 		t.Errorf("name header %q", got)
 	}
-	if ps.hdr.Get(headerAgentVersion) == "" || len(ps.hdr.Get(headerAgentInstance)) != 16 || ps.hdr.Get(headerAgentConnection) != "0" {
+	if ps.hdr.Get(handshake.HeaderVersion) == "" || len(ps.hdr.Get(handshake.HeaderInstance)) != 16 || ps.hdr.Get(handshake.HeaderConnection) != "0" {
 		t.Errorf("identity headers: %v", ps.hdr)
 	}
 	if !strings.HasPrefix(ps.body, "spdy-origin-agent ") {
@@ -75,7 +76,7 @@ func TestHandshakeOK(t *testing.T) {
 }
 
 func TestInsecureAndPlainProxies(t *testing.T) {
-	secure, plain := newFakeProxy(t), newFakeProxy(t, withPlainHTTP())
+	secure, plain := newTestProxy(t), newTestProxy(t, withPlainHTTP())
 	o := baseOpts(secure, plain)
 	o.CAFile = ""
 	o.InsecureSkipVerify = true
@@ -91,7 +92,7 @@ func TestInsecureAndPlainProxies(t *testing.T) {
 		t.Errorf("plain http warning logged %d times", n)
 	}
 	ta.start(t)
-	for _, p := range []*fakeProxy{secure, plain} {
+	for _, p := range []*testProxy{secure, plain} {
 		if code, body := get(t, p.next(t).sess, "/f.txt"); code != 200 || body != "file" {
 			t.Fatalf("via %s: %d %q", p.url, code, body)
 		}
@@ -99,7 +100,7 @@ func TestInsecureAndPlainProxies(t *testing.T) {
 }
 
 func TestHandshakeDefaultPath(t *testing.T) {
-	p := newFakeProxy(t)
+	p := newTestProxy(t)
 	o := baseOpts(p)
 	o.Root = t.TempDir()
 	ta := newTestAgent(t, o, nil)
@@ -108,7 +109,7 @@ func TestHandshakeDefaultPath(t *testing.T) {
 	if _, err := connectOnce(t, ta, &bare); err != nil {
 		t.Fatalf("connect to %s: %v", bare.String(), err)
 	}
-	if got := connectURL(&bare).Path; got != "/.well-known/spdy-origin" {
+	if got := handshake.RegisterURL(&bare).Path; got != "/.well-known/spdy-origin" {
 		t.Fatalf("default path %q", got)
 	}
 }
@@ -119,7 +120,7 @@ func TestHandshakeFailures(t *testing.T) {
 	tests := []struct {
 		name    string
 		proxy   []proxyOpt
-		opts    func(o *Options, p *fakeProxy) *url.URL // may return another proxy URL
+		opts    func(o *Options, p *testProxy) *url.URL // may return another proxy URL
 		want    []string
 		is      error
 		notIs   error
@@ -127,9 +128,9 @@ func TestHandshakeFailures(t *testing.T) {
 	}{
 		{
 			name: "401 token rejected",
-			opts: func(o *Options, _ *fakeProxy) *url.URL { o.Token = "wrong"; return nil },
+			opts: func(o *Options, _ *testProxy) *url.URL { o.Token = "wrong"; return nil },
 			want: []string{"token rejected", "401", "invalid token"},
-			is:   errTokenRejected,
+			is:   handshake.ErrTokenRejected,
 		},
 		{
 			name: "500 with body excerpt",
@@ -138,7 +139,7 @@ func TestHandshakeFailures(t *testing.T) {
 				return true
 			})},
 			want:  []string{"500 Internal Server Error", "database on fire"},
-			notIs: errTokenRejected,
+			notIs: handshake.ErrTokenRejected,
 		},
 		{
 			name: "HTTP/2 only endpoint answers 505",
@@ -150,12 +151,12 @@ func TestHandshakeFailures(t *testing.T) {
 		},
 		{
 			name: "unknown CA",
-			opts: func(o *Options, _ *fakeProxy) *url.URL { o.CAFile = ""; return nil },
+			opts: func(o *Options, _ *testProxy) *url.URL { o.CAFile = ""; return nil },
 			want: []string{"TLS handshake", "certificate", "--ca-file"},
 		},
 		{
 			name: "host name mismatch",
-			opts: func(o *Options, p *fakeProxy) *url.URL {
+			opts: func(o *Options, p *testProxy) *url.URL {
 				u := *p.url
 				u.Host = "localhost:" + p.url.Port()
 				return &u
@@ -206,7 +207,7 @@ func TestHandshakeFailures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := newFakeProxy(t, tt.proxy...)
+			p := newTestProxy(t, tt.proxy...)
 			o := baseOpts(p)
 			o.Root = t.TempDir()
 			target := p.url
@@ -292,7 +293,7 @@ func TestHandshakeProxyNeverAnswers(t *testing.T) {
 // not one per attempt; recovery is logged with the number of failed attempts.
 func TestReconnectBackoffAndQuietLogs(t *testing.T) {
 	const failures = 6
-	p := newFakeProxy(t, withBehave(func(n int, w http.ResponseWriter, _ *http.Request) bool {
+	p := newTestProxy(t, withBehave(func(n int, w http.ResponseWriter, _ *http.Request) bool {
 		if n <= failures {
 			http.Error(w, "no upstream pool", http.StatusBadGateway)
 			return true
@@ -334,7 +335,7 @@ func TestReconnectBackoffAndQuietLogs(t *testing.T) {
 // Sessions the proxy drops right away grow the delay; a session that lived longer
 // than the healthy period resets it.
 func TestReconnectDroppedSessionsAndReset(t *testing.T) {
-	p := newFakeProxy(t, withAfter(func(n int, conn net.Conn) bool {
+	p := newTestProxy(t, withAfter(func(n int, conn net.Conn) bool {
 		switch {
 		case n <= 3:
 			conn.Close() // dropped right after the handshake
@@ -374,7 +375,7 @@ func TestReconnectDroppedSessionsAndReset(t *testing.T) {
 
 // 401 waits long (and longer each time) instead of hammering the proxy; the message says why.
 func TestTokenRejectedBacksOffLong(t *testing.T) {
-	p := newFakeProxy(t)
+	p := newTestProxy(t)
 	o := baseOpts(p)
 	o.Token = "wrong"
 	o.Root = t.TempDir()
@@ -395,7 +396,7 @@ func TestTokenRejectedBacksOffLong(t *testing.T) {
 }
 
 func TestRetryAfterHonoured(t *testing.T) {
-	p := newFakeProxy(t, withBehave(func(n int, w http.ResponseWriter, _ *http.Request) bool {
+	p := newTestProxy(t, withBehave(func(n int, w http.ResponseWriter, _ *http.Request) bool {
 		if n == 1 {
 			w.Header().Set("Retry-After", "7")
 			http.Error(w, "slow down", http.StatusTooManyRequests)
@@ -417,7 +418,7 @@ func TestRetryAfterHonoured(t *testing.T) {
 func TestDeadConnectionDetectedByPing(t *testing.T) {
 	hold := make(chan struct{})
 	t.Cleanup(func() { close(hold) })
-	p := newFakeProxy(t, withAfter(func(n int, conn net.Conn) bool {
+	p := newTestProxy(t, withAfter(func(n int, conn net.Conn) bool {
 		if n == 1 {
 			return true // keep the connection open and never read or write again
 		}
@@ -442,7 +443,7 @@ func TestDeadConnectionDetectedByPing(t *testing.T) {
 
 func TestSeveralConnectionsAndProxies(t *testing.T) {
 	to := upstreamMux(t)
-	p1, p2 := newFakeProxy(t), newFakeProxy(t)
+	p1, p2 := newTestProxy(t), newTestProxy(t)
 	o := baseOpts(p1, p2)
 	o.To = to
 	o.Connections = 3
@@ -457,12 +458,12 @@ func TestSeveralConnectionsAndProxies(t *testing.T) {
 	ta := newTestAgent(t, o, nil)
 	ta.start(t)
 	instances := map[string]bool{}
-	for _, p := range []*fakeProxy{p1, p2} {
+	for _, p := range []*testProxy{p1, p2} {
 		var idx []string
 		for i := 0; i < 3; i++ {
 			ps := p.next(t)
-			idx = append(idx, ps.hdr.Get(headerAgentConnection))
-			instances[ps.hdr.Get(headerAgentInstance)] = true
+			idx = append(idx, ps.hdr.Get(handshake.HeaderConnection))
+			instances[ps.hdr.Get(handshake.HeaderInstance)] = true
 			if code, body := get(t, ps.sess, "/headers"); code != 200 || !strings.Contains(body, "path=/headers") {
 				t.Fatalf("request via %s: %d %q", p.url.Host, code, body)
 			}
@@ -518,7 +519,7 @@ func blockingUpstream(t *testing.T) (to *url.URL, started <-chan struct{}, relea
 
 func TestGracefulDrain(t *testing.T) {
 	to, started, release := blockingUpstream(t)
-	p := newFakeProxy(t)
+	p := newTestProxy(t)
 	o := baseOpts(p)
 	o.To = to
 	ta := newTestAgent(t, o, nil)
@@ -574,7 +575,7 @@ func TestGracefulDrain(t *testing.T) {
 func TestDrainTimeoutCutsStreams(t *testing.T) {
 	to, started, release := blockingUpstream(t)
 	t.Cleanup(func() { close(release) })
-	p := newFakeProxy(t)
+	p := newTestProxy(t)
 	o := baseOpts(p)
 	o.To = to
 	o.DrainTimeout = 200 * time.Millisecond
@@ -607,7 +608,7 @@ func TestDrainTimeoutCutsStreams(t *testing.T) {
 // a replacement session at once and lets the old stream finish.
 func TestProxyGoAwayReplacesSession(t *testing.T) {
 	to, started, release := blockingUpstream(t)
-	p := newFakeProxy(t)
+	p := newTestProxy(t)
 	o := baseOpts(p)
 	o.To = to
 	tun := testTuning(nil)

@@ -1,8 +1,9 @@
-package main
+package agent
 
-// A fake spdy_origin proxy for tests: an httptest TLS server that takes the agent's
-// registration PUT, hijacks, answers 200 and runs spdy.NewClient on the connection,
-// like the caddymodule does. Tests reach the agent by RoundTrip on those sessions.
+// A test proxy: an httptest TLS server that checks the agent's registration PUT,
+// hijacks, answers with the proxy's half of the handshake (handshake.Accept) and runs
+// spdy.NewClient on the connection, as the caddymodule does. Tests reach the agent by
+// RoundTrip on those sessions; hooks let a test answer an attempt its own way.
 
 import (
 	"context"
@@ -24,6 +25,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/spdy-origin/spdy-origin/internal/handshake"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
@@ -37,7 +39,7 @@ type proxySession struct {
 	conn net.Conn
 }
 
-type fakeProxy struct {
+type testProxy struct {
 	t        *testing.T
 	srv      *httptest.Server
 	url      *url.URL
@@ -58,21 +60,21 @@ type fakeProxy struct {
 	all   []*spdy.Session
 }
 
-type proxyOpt func(*fakeProxy)
+type proxyOpt func(*testProxy)
 
 func withBehave(f func(n int, w http.ResponseWriter, r *http.Request) bool) proxyOpt {
-	return func(p *fakeProxy) { p.behave = f }
+	return func(p *testProxy) { p.behave = f }
 }
 
 func withAfter(f func(n int, conn net.Conn) bool) proxyOpt {
-	return func(p *fakeProxy) { p.after = f }
+	return func(p *testProxy) { p.after = f }
 }
 
-func withPlainHTTP() proxyOpt { return func(p *fakeProxy) { p.plain = true } }
+func withPlainHTTP() proxyOpt { return func(p *testProxy) { p.plain = true } }
 
-func newFakeProxy(t *testing.T, opts ...proxyOpt) *fakeProxy {
+func newTestProxy(t *testing.T, opts ...proxyOpt) *testProxy {
 	t.Helper()
-	p := &fakeProxy{t: t, sessions: make(chan *proxySession, 256)}
+	p := &testProxy{t: t, sessions: make(chan *proxySession, 256)}
 	for _, o := range opts {
 		o(p)
 	}
@@ -97,7 +99,7 @@ func newFakeProxy(t *testing.T, opts ...proxyOpt) *fakeProxy {
 	return p
 }
 
-func (p *fakeProxy) close() {
+func (p *testProxy) close() {
 	p.mu.Lock()
 	all, conns := p.all, p.conns
 	p.all, p.conns = nil, nil
@@ -112,13 +114,13 @@ func (p *fakeProxy) close() {
 	p.srv.Close()
 }
 
-func (p *fakeProxy) serve(w http.ResponseWriter, r *http.Request) {
+func (p *testProxy) serve(w http.ResponseWriter, r *http.Request) {
 	n := int(p.attempts.Add(1))
 	if r.Method != http.MethodPut {
 		http.Error(w, "registration needs PUT", http.StatusMethodNotAllowed)
 		return
 	}
-	if r.Header.Get("Authorization") != "Bearer "+testToken {
+	if tok, ok := handshake.BearerToken(r.Header); !ok || tok != testToken {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="spdy-origin"`)
 		http.Error(w, "invalid token", http.StatusUnauthorized)
 		return
@@ -135,18 +137,19 @@ func (p *fakeProxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.mu.Lock()
 	p.conns = append(p.conns, conn)
 	p.mu.Unlock()
-	const ok = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n\r\nspdy-origin: ok\n"
-	if p.after != nil {
-		_, _ = io.WriteString(conn, ok)
-		if p.after(n, conn) {
-			return
-		}
-	}
 	var c net.Conn = conn
 	if p.after == nil {
 		// Send the 200 in the same write as the first SPDY frame, so the agent's
 		// bufio.Reader surely holds SPDY bytes behind the body.
-		c = newCoalesceConn(conn, []byte(ok))
+		c = &coalesceConn{Conn: conn}
+	}
+	if err := handshake.Accept(c, "spdy-origin: ok\n"); err != nil {
+		p.t.Errorf("handshake.Accept: %v", err)
+		_ = conn.Close()
+		return
+	}
+	if p.after != nil && p.after(n, conn) {
+		return
 	}
 	cfg := spdy.DefaultConfig()
 	sess, err := spdy.NewClient(spdy.BufferedConn(c, brw.Reader), cfg)
@@ -162,7 +165,7 @@ func (p *fakeProxy) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 // next waits for the next session the agent opens.
-func (p *fakeProxy) next(t *testing.T) *proxySession {
+func (p *testProxy) next(t *testing.T) *proxySession {
 	t.Helper()
 	select {
 	case ps := <-p.sessions:
@@ -173,42 +176,44 @@ func (p *fakeProxy) next(t *testing.T) *proxySession {
 	}
 }
 
-// coalesceConn prepends pending to the first Write (or writes it alone after a short
-// pause if nothing else is written), so a handshake answer and SPDY frames share a
+// coalesceConn holds its first Write back until the second (or 50ms), then sends
+// both in one write, so that a handshake answer and the first SPDY frames share a
 // TLS record.
 type coalesceConn struct {
 	net.Conn
-	mu      sync.Mutex
-	pending []byte
-	timer   *time.Timer
-}
-
-func newCoalesceConn(c net.Conn, pending []byte) *coalesceConn {
-	cc := &coalesceConn{Conn: c, pending: pending}
-	cc.mu.Lock()
-	cc.timer = time.AfterFunc(50*time.Millisecond, func() { _, _ = cc.Write(nil) })
-	cc.mu.Unlock()
-	return cc
+	mu     sync.Mutex
+	held   []byte
+	timer  *time.Timer // nil before the first Write
+	passed bool        // the held bytes are out: writes pass through
 }
 
 func (c *coalesceConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
-	if c.pending != nil {
+	defer c.mu.Unlock()
+	switch {
+	case c.timer == nil:
+		c.held = append([]byte(nil), b...)
+		c.timer = time.AfterFunc(50*time.Millisecond, c.flush)
+		return len(b), nil
+	case !c.passed:
 		c.timer.Stop()
-		buf := append(c.pending, b...)
-		c.pending = nil
-		_, err := c.Conn.Write(buf)
-		c.mu.Unlock()
-		if err != nil {
+		c.passed = true
+		if _, err := c.Conn.Write(append(c.held, b...)); err != nil {
 			return 0, err
 		}
 		return len(b), nil
 	}
-	c.mu.Unlock()
-	if len(b) == 0 {
-		return 0, nil
-	}
 	return c.Conn.Write(b)
+}
+
+// flush sends the held bytes alone when nothing followed them.
+func (c *coalesceConn) flush() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.passed {
+		c.passed = true
+		_, _ = c.Conn.Write(c.held)
+	}
 }
 
 // testTuning shortens every delay; sleep records the delays the agent asked for and
@@ -259,11 +264,11 @@ type testAgent struct {
 	done   chan struct{}
 }
 
-func baseOpts(proxies ...*fakeProxy) Options {
+func baseOpts(proxies ...*testProxy) Options {
 	o := Options{Token: testToken, Connections: 1, Name: "test-agent", DrainTimeout: 5 * time.Second}
 	for _, p := range proxies {
 		o.Proxies = append(o.Proxies, p.url)
-		o.CAFile = p.caFile // every fake proxy has its own cert; tests with several set CAFile themselves
+		o.CAFile = p.caFile // every test proxy has its own cert; tests with several set CAFile themselves
 	}
 	return o
 }
@@ -327,7 +332,7 @@ func (ta *testAgent) count(lvl zapcore.Level, substr string) int {
 }
 
 // front exposes an agent handler to test clients, either over plain net/http or
-// through the real path: fake proxy → SPDY session → agent.
+// through the real path: test proxy → SPDY session → agent.
 type front struct {
 	client *http.Client
 	base   string
@@ -367,7 +372,7 @@ func httpFront(t *testing.T, to *url.URL, root string) front {
 
 func spdyFront(t *testing.T, to *url.URL, root string) front {
 	t.Helper()
-	p := newFakeProxy(t)
+	p := newTestProxy(t)
 	o := baseOpts(p)
 	o.To, o.Root = to, root
 	ta := newTestAgent(t, o, nil)

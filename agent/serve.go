@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"bufio"
@@ -165,7 +165,22 @@ func (h *upstreamHandler) serveUpgrade(w http.ResponseWriter, r *http.Request, u
 		writeError(w, http.StatusInternalServerError, "spdy-origin-agent: this stream cannot be upgraded")
 		return
 	}
+	upConn, br, resp, ok := h.upgradeUpstream(w, r, upType, log)
+	if !ok {
+		return
+	}
+	if got := upgradeType(resp.Header); !strings.EqualFold(got, upType) {
+		_ = upConn.Close()
+		log.Warn("upstream switched to a protocol the client did not ask for", zap.String("got", got))
+		writeError(w, http.StatusBadGateway, fmt.Sprintf("spdy-origin-agent: upstream switched protocols to %q, client requested %q", got, upType))
+		return
+	}
+	h.switchProtocols(w, hj, resp, upType, upConn, br, log)
+}
 
+// upgradeRequest is r as it goes to the upstream: the target's URL, the client's
+// headers without hop-by-hop ones, and the upgrade asked for again.
+func (h *upstreamHandler) upgradeRequest(r *http.Request, upType string) *http.Request {
 	out := r.Clone(r.Context())
 	out.URL.Scheme, out.URL.Host = h.target.Scheme, h.target.Host
 	out.URL.Path, out.URL.RawPath = joinURLPath(h.target, r.URL)
@@ -184,21 +199,28 @@ func (h *upstreamHandler) serveUpgrade(w http.ResponseWriter, r *http.Request, u
 	out.Header.Set("Upgrade", upType)
 	out.Body, out.ContentLength, out.TransferEncoding = nil, 0, nil
 	out.Close = false
+	return out
+}
 
+// upgradeUpstream sends the upgrade request on a new upstream connection, within
+// tuning.upgradeHeaderTimeout, and returns the connection, its reader and the 101.
+// Anything else it answers itself (the upstream's refusal relayed, or an error) and
+// returns false.
+func (h *upstreamHandler) upgradeUpstream(w http.ResponseWriter, r *http.Request, upType string, log *zap.Logger) (net.Conn, *bufio.Reader, *http.Response, bool) {
+	out := h.upgradeRequest(r, upType)
 	ctx, cancel := context.WithTimeout(r.Context(), h.tun.upgradeHeaderTimeout)
+	defer cancel()
 	upConn, err := h.dialUpstream(ctx)
 	if err != nil {
-		cancel()
 		h.proxyError(w, r, err)
-		return
+		return nil, nil, nil, false
 	}
 	stop := context.AfterFunc(ctx, func() { _ = upConn.SetDeadline(time.Unix(1, 0)) })
 	if err := out.Write(upConn); err != nil {
 		stop()
-		cancel()
 		_ = upConn.Close()
 		h.proxyError(w, r, fmt.Errorf("writing upgrade request: %w", err))
-		return
+		return nil, nil, nil, false
 	}
 	br := bufio.NewReader(upConn)
 	resp, err := http.ReadResponse(br, out)
@@ -206,29 +228,27 @@ func (h *upstreamHandler) serveUpgrade(w http.ResponseWriter, r *http.Request, u
 		// Refused or ignored upgrade: relay the answer, body included, while the
 		// request context still bounds it.
 		stop()
-		cancel()
 		h.relayResponse(w, resp, log)
 		_ = upConn.Close()
-		return
+		return nil, nil, nil, false
 	}
-	stopped := stop()
-	cancel()
-	if err != nil || !stopped {
+	if stopped := stop(); err != nil || !stopped {
 		_ = upConn.Close()
 		if err == nil {
 			err = ctx.Err()
 		}
 		h.proxyError(w, r, fmt.Errorf("reading upgrade response: %w", err))
-		return
-	}
-	if got := upgradeType(resp.Header); !strings.EqualFold(got, upType) {
-		_ = upConn.Close()
-		log.Warn("upstream switched to a protocol the client did not ask for", zap.String("got", got))
-		writeError(w, http.StatusBadGateway, fmt.Sprintf("spdy-origin-agent: upstream switched protocols to %q, client requested %q", got, upType))
-		return
+		return nil, nil, nil, false
 	}
 	_ = upConn.SetDeadline(time.Time{})
+	return upConn, br, resp, true
+}
 
+// switchProtocols sends the upstream's 101 to the client as the stream's reply, takes
+// the stream over and pipes bytes between it and upConn (read through upR) until both
+// directions end.
+func (h *upstreamHandler) switchProtocols(w http.ResponseWriter, hj http.Hijacker, resp *http.Response, upType string,
+	upConn net.Conn, upR *bufio.Reader, log *zap.Logger) {
 	hdr := resp.Header.Clone()
 	removeHopHeaders(hdr)
 	for k, v := range hdr {
@@ -256,7 +276,7 @@ func (h *upstreamHandler) serveUpgrade(w http.ResponseWriter, r *http.Request, u
 		clientR = rw.Reader // holds bytes read ahead; reads through to client afterwards
 	}
 	log.Debug("upgraded stream open")
-	n1, n2, err := pipe(client, clientR, upConn, br, h.tun.pipeLinger)
+	n1, n2, err := pipe(client, clientR, upConn, upR, h.tun.pipeLinger)
 	if err != nil {
 		log.Debug("upgraded stream ended with error", zap.Error(err), zap.Int64("bytes_to_upstream", n1), zap.Int64("bytes_to_client", n2))
 	} else {

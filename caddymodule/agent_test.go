@@ -3,29 +3,33 @@ package caddymodule
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/spdy-origin/spdy-origin/internal/handshake"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
-// This file is a minimal origin agent for tests, built on package spdy
-// directly (the real agent is package main in ./agent): TLS with ALPN
-// http/1.1, PUT with a bearer token, read the 200 and its body, then serve
-// SPDY streams with an http.Handler.
+// This file is a minimal origin agent for tests: the real client half of
+// the registration (internal/handshake.Register) over TLS with ALPN
+// http/1.1, then SPDY streams served by an http.Handler. The real agent is
+// package agent; the e2e package runs it against Caddy.
 
 const (
-	testConnect = "/.well-known/spdy-origin"
+	testConnect = handshake.DefaultPath
 	testToken   = "test-token-8b1d-4e07" // 16+ bytes: shorter ones are warned about at load
 )
 
@@ -34,12 +38,13 @@ type registration struct {
 	status int
 	header http.Header
 	body   string
-	conn   net.Conn
-	br     *bufio.Reader
+	conn   net.Conn      // on 200: the connection, now carrying SPDY
+	br     *bufio.Reader // on 200: reads conn from the first SPDY byte on
 }
 
-// register performs the agent handshake up to and including the response
-// body. On 200 the connection is left open for SPDY.
+// register dials Caddy and registers with the Authorization header auth
+// and the identity headers in hdr. On 200 the connection is left open for
+// SPDY.
 func register(t testing.TB, path, auth string, hdr map[string]string) (*registration, error) {
 	t.Helper()
 	conn, err := dialCaddy()
@@ -65,41 +70,59 @@ func dialCaddy() (*tls.Conn, error) {
 }
 
 // registerOn is register on a connection already open; it closes conn
-// unless the answer is 200.
+// unless the answer is 200. A bearer token goes through the agent's own
+// client half; any other Authorization (none, Basic) is one no agent
+// sends, and goes raw.
 func registerOn(conn net.Conn, path, auth string, hdr map[string]string) (*registration, error) {
-	body := "spdy-origin test agent\n"
-	var req strings.Builder
-	fmt.Fprintf(&req, "PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n", path, len(body))
-	if auth != "" {
-		fmt.Fprintf(&req, "Authorization: %s\r\n", auth)
+	token, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok {
+		return registerRaw(conn, path, auth)
 	}
-	for k, v := range hdr {
-		fmt.Fprintf(&req, "%s: %s\r\n", k, v)
-	}
-	req.WriteString("\r\n" + body)
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(conn, req.String()); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := handshake.Register(ctx, conn, handshake.Request{
+		URL:   &url.URL{Scheme: "https", Host: "localhost", Path: path},
+		Token: token,
+		Identity: handshake.Identity{
+			Name:     hdr[handshake.HeaderName],
+			Version:  hdr[handshake.HeaderVersion],
+			Instance: hdr[handshake.HeaderInstance],
+		},
+	})
+	var refused *handshake.StatusError
+	switch {
+	case err == nil:
+		return &registration{status: http.StatusOK, body: string(res.Body), conn: conn, br: res.Reader}, nil
+	case errors.As(err, &refused):
 		conn.Close()
+		return &registration{status: refused.StatusCode, header: refused.Header, body: refused.Body}, nil
+	default:
+		conn.Close()
+		return nil, err
+	}
+}
+
+// registerRaw sends a registration PUT with the Authorization header auth
+// (none when empty) and reads the refusal it gets; it closes conn.
+func registerRaw(conn net.Conn, path, auth string) (*registration, error) {
+	defer conn.Close()
+	req := fmt.Sprintf("PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n", path)
+	if auth != "" {
+		req += "Authorization: " + auth + "\r\n"
+	}
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, req+"\r\n"); err != nil {
 		return nil, fmt.Errorf("writing registration: %w", err)
 	}
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
-		conn.Close()
 		return nil, fmt.Errorf("reading registration response: %w", err)
 	}
-	rb, err := io.ReadAll(resp.Body)
+	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		conn.Close()
 		return nil, fmt.Errorf("reading registration body: %w", err)
 	}
-	_ = conn.SetDeadline(time.Time{})
-	r := &registration{status: resp.StatusCode, header: resp.Header, body: string(rb), conn: conn, br: br}
-	if resp.StatusCode != http.StatusOK {
-		conn.Close()
-		r.conn = nil
-	}
-	return r, nil
+	return &registration{status: resp.StatusCode, header: resp.Header, body: string(body)}, nil
 }
 
 // testAgent is a connected test origin.
@@ -138,9 +161,9 @@ func startAgentConfig(t testing.TB, name, connect string, cfg *spdy.Config, h ht
 		cfg = spdy.DefaultConfig()
 	}
 	reg, err := register(t, connect, "Bearer "+testToken, map[string]string{
-		"Spdy-Origin-Agent-Name":     name,
-		"Spdy-Origin-Agent-Version":  "test",
-		"Spdy-Origin-Agent-Instance": "inst-" + name,
+		handshake.HeaderName:     name,
+		handshake.HeaderVersion:  "test",
+		handshake.HeaderInstance: "inst-" + name,
 	})
 	if err != nil {
 		t.Fatalf("agent %s: %v", name, err)

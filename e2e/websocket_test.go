@@ -1,16 +1,8 @@
-package main
+package e2e
 
-// End-to-end WebSocket tests: a real WebSocket client (github.com/coder/websocket)
-// talks TLS to an in-process Caddy (caddytest) running the spdy_origin handler; the
-// request goes through the SPDY session to this package's real Agent, which dials the
-// --to upstream (an httptest server with coder/websocket handlers) and pipes bytes.
-//
-// Caddy listens on free ports chosen at start (see ports). The HTTP/2 extended
-// CONNECT test runs in a child process of this test binary (the GODEBUG setting it
-// needs is read once at process start), with its own ports.
-//
-// The agent reaches Caddy through tcpForwarder, a plain TCP relay the tests can cut,
-// which is what the network sees when the agent's process is killed.
+// WebSockets through the whole chain: coder/websocket client → Caddy (spdy_origin) →
+// SPDY session → agent → upstream with coder/websocket handlers, over HTTP/1.1 and
+// over HTTP/2 extended CONNECT; and the timeouts and reloads they must survive.
 
 import (
 	"bytes"
@@ -18,10 +10,8 @@ import (
 	"crypto/rand"
 	"crypto/sha1"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -32,309 +22,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/coder/websocket"
 	"golang.org/x/net/http2"
 
-	_ "github.com/spdy-origin/spdy-origin/caddymodule"
+	"github.com/spdy-origin/spdy-origin/agent"
 )
-
-// e2ePorts are the ports of one in-process Caddy.
-type e2ePorts struct{ admin, https, http int }
-
-const h2ChildEnv = "SPDY_ORIGIN_E2E_H2_CHILD"
-
-// ports are chosen free once per test process (the HTTP/2 child process picks
-// its own), so runs from other checkouts or packages never collide.
-var ports = sync.OnceValue(func() e2ePorts {
-	free := func() int {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			panic(err)
-		}
-		defer ln.Close()
-		return ln.Addr().(*net.TCPAddr).Port
-	}
-	return e2ePorts{admin: free(), https: free(), http: free()}
-})
-
-// e2eCaddyStarted is set once a test loaded a config; TestMain then stops Caddy.
-var e2eCaddyStarted atomic.Bool
-
-// stopE2ECaddy stops the in-process Caddy (if a test started one), admin endpoint
-// included, so its servers and background goroutines end before the goroutine leak
-// check.
-func stopE2ECaddy() {
-	if !e2eCaddyStarted.Load() {
-		return
-	}
-	if err := caddy.Load([]byte(`{"admin":{"disabled":true}}`), true); err != nil {
-		fmt.Fprintf(os.Stderr, "stopping the in-process Caddy: %v\n", err)
-		_ = caddy.Stop()
-	}
-}
-
-// e2eLeakIgnores are goroutines an in-process Caddy leaves running for the life of
-// the process even after it is stopped: the `caddy run` command that caddytest starts
-// waits forever, the signal handlers it installs, and certmagic's lock file refresher
-// that ends a few seconds after the lock is released.
-var e2eLeakIgnores = []string{
-	"github.com/caddyserver/caddy/v2/cmd.cmdRun",
-	"github.com/caddyserver/caddy/v2.trapSignalsPosix.func1",
-	"github.com/caddyserver/caddy/v2.trapSignalsCrossPlatform.func1",
-	"github.com/caddyserver/certmagic.keepLockfileFresh",
-}
-
-const e2eToken = "e2e-token-5c0f"
-
-// e2eConfig is a Caddy JSON config: the spdy_origin handler for pool on
-// https://localhost:<https>, with extra handler fields and extra server fields.
-func e2eConfig(p e2ePorts, pool string, handler, server map[string]any) string {
-	h := map[string]any{"handler": "spdy_origin", "pool": pool, "token": []string{e2eToken}}
-	for k, v := range handler {
-		h[k] = v
-	}
-	srv := map[string]any{
-		"listen":          []string{":" + strconv.Itoa(p.https)},
-		"automatic_https": map[string]any{"disable_redirects": true},
-		"routes": []any{map[string]any{
-			"match":    []any{map[string]any{"host": []string{"localhost"}}},
-			"handle":   []any{h},
-			"terminal": true,
-		}},
-	}
-	for k, v := range server {
-		srv[k] = v
-	}
-	cfg := map[string]any{
-		"admin":   map[string]any{"listen": "localhost:" + strconv.Itoa(p.admin), "config": map[string]any{"persist": false}},
-		"storage": map[string]any{"module": "file_system", "root": e2eStorageDir()},
-		"logging": map[string]any{"logs": map[string]any{
-			"default": map[string]any{"level": "ERROR"},
-		}},
-		"apps": map[string]any{
-			"pki": map[string]any{"certificate_authorities": map[string]any{"local": map[string]any{"install_trust": false}}},
-			"tls": map[string]any{"automation": map[string]any{"policies": []any{
-				map[string]any{"subjects": []string{"localhost"}, "issuers": []any{map[string]any{"module": "internal"}}},
-			}}},
-			"http": map[string]any{
-				"http_port":    p.http,
-				"https_port":   p.https,
-				"grace_period": "5s",
-				"servers":      map[string]any{"e2e": srv},
-			},
-		},
-	}
-	raw, err := json.Marshal(cfg)
-	if err != nil {
-		panic(err)
-	}
-	return string(raw)
-}
-
-// loadCaddy (re)loads the in-process Caddy with the given config and waits for TLS.
-func loadCaddy(t *testing.T, cfg string) {
-	t.Helper()
-	p := ports()
-	if !e2eCaddyStarted.Load() {
-		// caddytest would silently use any Caddy already answering on the admin port,
-		// e.g. another concurrent run of these tests; refuse instead of interfering.
-		l, err := net.Listen("tcp", fmt.Sprintf("localhost:%d", p.admin))
-		if err != nil {
-			t.Fatalf("admin port %d is taken (another run of these tests?): %v", p.admin, err)
-		}
-		l.Close()
-		e2eCaddyStarted.Store(true)
-	}
-	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: p.admin})
-	tester.InitServer(cfg, "json")
-	if t.Failed() {
-		t.FailNow()
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", fmt.Sprintf("127.0.0.1:%d", p.https),
-			&tls.Config{ServerName: "localhost", RootCAs: caddyRoots(t, false)})
-		if err == nil {
-			conn.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("TLS on :%d not ready: %v", p.https, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// e2eStorageDir is Caddy's storage (internal CA, certificates) in the tests' configs:
-// under XDG_DATA_HOME, which TestMain points at a temporary directory. (Caddy's
-// default storage path is fixed at package init, before TestMain runs.)
-func e2eStorageDir() string {
-	return filepath.Join(os.Getenv("XDG_DATA_HOME"), "caddy-e2e")
-}
-
-// caddyRootFile is where Caddy's internal CA keeps its root certificate.
-func caddyRootFile() string {
-	return filepath.Join(e2eStorageDir(), "pki", "authorities", "local", "root.crt")
-}
-
-// caddyRoots returns a pool with Caddy's root; with must, a missing root fails the
-// test, otherwise an empty pool is returned (before the CA exists).
-func caddyRoots(t *testing.T, must bool) *x509.CertPool {
-	pool := x509.NewCertPool()
-	pem, err := os.ReadFile(caddyRootFile())
-	if err != nil && must {
-		t.Fatalf("reading Caddy's root certificate: %v", err)
-	}
-	pool.AppendCertsFromPEM(pem)
-	return pool
-}
-
-// adminGet fetches path from Caddy's admin API.
-func adminGet(t *testing.T, path string) []byte {
-	t.Helper()
-	resp, err := http.Get(fmt.Sprintf("http://localhost:%d%s", ports().admin, path))
-	if err != nil {
-		t.Fatalf("admin GET %s: %v", path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("admin GET %s: %d %v %s", path, resp.StatusCode, err, b)
-	}
-	return b
-}
-
-type poolView struct {
-	Pool     string `json:"pool"`
-	Sessions []struct {
-		ID              uint64 `json:"id"`
-		OpenStreams     int    `json:"open_streams"`
-		UpgradedStreams int    `json:"upgraded_streams"`
-	} `json:"sessions"`
-}
-
-// poolState returns the pool's sessions as the admin API reports them.
-func poolState(t *testing.T, pool string) poolView {
-	t.Helper()
-	var pools []poolView
-	if err := json.Unmarshal(adminGet(t, "/spdy_origin/pools"), &pools); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range pools {
-		if p.Pool == pool {
-			return p
-		}
-	}
-	return poolView{Pool: pool}
-}
-
-// waitUntil polls cond every 10ms until it is true or timeout passes.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// upgradedGauge reads caddy_spdy_origin_upgraded_streams{pool} from the admin /metrics.
-func upgradedGauge(t *testing.T, pool string) int {
-	t.Helper()
-	prefix := `caddy_spdy_origin_upgraded_streams{pool="` + pool + `"} `
-	for _, line := range strings.Split(string(adminGet(t, "/metrics")), "\n") {
-		if v, ok := strings.CutPrefix(line, prefix); ok {
-			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				t.Fatalf("metric line %q: %v", line, err)
-			}
-			return int(n)
-		}
-	}
-	t.Fatalf("metric %s... not exported", prefix)
-	return 0
-}
-
-// tcpForwarder relays TCP connections from a local port to Caddy. kill cuts every
-// relayed connection with a reset, as the death of the agent's process would.
-type tcpForwarder struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	conns  []*net.TCPConn
-	wg     sync.WaitGroup
-}
-
-func newTCPForwarder(t *testing.T, target string) *tcpForwarder {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &tcpForwarder{ln: ln, target: target}
-	f.wg.Add(1)
-	go f.accept()
-	t.Cleanup(f.close)
-	return f
-}
-
-func (f *tcpForwarder) port() int { return f.ln.Addr().(*net.TCPAddr).Port }
-
-func (f *tcpForwarder) accept() {
-	defer f.wg.Done()
-	for {
-		c, err := f.ln.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("tcp", f.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		a, b := c.(*net.TCPConn), up.(*net.TCPConn)
-		f.mu.Lock()
-		f.conns = append(f.conns, a, b)
-		f.mu.Unlock()
-		f.wg.Add(2)
-		relay := func(dst, src *net.TCPConn) {
-			defer f.wg.Done()
-			_, _ = io.Copy(dst, src)
-			_ = dst.CloseWrite()
-		}
-		go relay(a, b)
-		go relay(b, a)
-	}
-}
-
-// kill resets every relayed connection (both sides).
-func (f *tcpForwarder) kill() {
-	f.mu.Lock()
-	conns := f.conns
-	f.conns = nil
-	f.mu.Unlock()
-	for _, c := range conns {
-		_ = c.SetLinger(0) // RST, not FIN: the peer learns nothing orderly
-		_ = c.Close()
-	}
-}
-
-func (f *tcpForwarder) close() {
-	f.ln.Close()
-	f.kill()
-	f.wg.Wait()
-}
 
 // wsUpstream is the --to server: coder/websocket handlers on plain HTTP.
 type wsUpstream struct {
@@ -438,54 +136,6 @@ func newWSUpstream(t *testing.T) *wsUpstream {
 	t.Cleanup(u.srv.Close)
 	u.url, _ = url.Parse(u.srv.URL)
 	return u
-}
-
-// e2e is one test's setup: Caddy config loaded, upstream running, agent connected.
-type e2e struct {
-	t     *testing.T
-	pool  string
-	up    *wsUpstream
-	fwd   *tcpForwarder
-	agent *testAgent
-}
-
-// setupE2E loads a config for pool, starts an upstream and the real agent (through a
-// forwarder) and waits until Caddy has the agent's session.
-func setupE2E(t *testing.T, pool string, handler, server map[string]any) *e2e {
-	t.Helper()
-	return setupE2EWith(t, pool, handler, server, nil)
-}
-
-// setupE2EWith is setupE2E with a hook that may change the agent's options.
-func setupE2EWith(t *testing.T, pool string, handler, server map[string]any, edit func(*Options)) *e2e {
-	t.Helper()
-	p := ports()
-	// Cleanups run in reverse: clients (registered later by the test) close first,
-	// then the agent stops, then the upstream server shuts down.
-	up := newWSUpstream(t)
-	loadCaddy(t, e2eConfig(p, pool, handler, server))
-	fwd := newTCPForwarder(t, fmt.Sprintf("127.0.0.1:%d", p.https))
-	proxy, _ := url.Parse(fmt.Sprintf("https://localhost:%d/.well-known/spdy-origin", fwd.port()))
-	opts := Options{
-		Proxies:      []*url.URL{proxy},
-		Token:        e2eToken,
-		To:           up.url,
-		CAFile:       caddyRootFile(),
-		Connections:  1,
-		Name:         "e2e-" + pool,
-		DrainTimeout: time.Second,
-	}
-	if edit != nil {
-		edit(&opts)
-	}
-	tun := testTuning(nil)
-	tun.sleep = sleepCtx // really wait between reconnects: Caddy is real
-	tun.backoffMin, tun.backoffMax = 20*time.Millisecond, 200*time.Millisecond
-	ta := newTestAgent(t, opts, &tun)
-	ta.start(t)
-	e := &e2e{t: t, pool: pool, up: up, fwd: fwd, agent: ta}
-	waitUntil(t, 10*time.Second, "the agent's session in pool "+pool, func() bool { return len(poolState(t, pool).Sessions) == 1 })
-	return e
 }
 
 // h1Client talks HTTP/1.1 over TLS to Caddy, verifying its internal CA. With
@@ -955,7 +605,7 @@ func TestWebSocketRootRefused(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "index.html"), []byte("static"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	e := setupE2EWith(t, "ws-root", nil, nil, func(o *Options) { o.To, o.Root = nil, dir })
+	e := setupE2EWith(t, "ws-root", nil, nil, func(o *agent.Options) { o.To, o.Root = nil, dir })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, resp, err := websocket.Dial(ctx, e.url("/"), &websocket.DialOptions{HTTPClient: h1Client(t, 0)})
@@ -970,6 +620,9 @@ func TestWebSocketRootRefused(t *testing.T) {
 		t.Fatalf("agent session lost after a refused upgrade: %d sessions", n)
 	}
 }
+
+// h2ChildEnv marks the child process of TestWebSocketHTTP2ExtendedConnect.
+const h2ChildEnv = "SPDY_ORIGIN_E2E_H2_CHILD"
 
 // TestWebSocketHTTP2ExtendedConnect: WebSockets over HTTP/2 (RFC 8441). Caddy's
 // HTTP/2 server (golang.org/x/net/http2) offers extended CONNECT only when the

@@ -1,0 +1,324 @@
+package agent
+
+// The command line: flags, their environment variables, and Main.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/spdy-origin/spdy-origin/spdy"
+)
+
+// version is set at build time with
+// -ldflags "-X github.com/spdy-origin/spdy-origin/agent.version=v1.2.3"; otherwise
+// it is the module version from the build info, or "devel".
+var version = ""
+
+func agentVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
+
+const envPrefix = "SPDY_ORIGIN_"
+
+// Main runs the agent as the spdy-origin-agent command: args without the program
+// name, getenv for the SPDY_ORIGIN_* variables (os.Getenv), usage and logs to stderr.
+// It runs until SIGINT or SIGTERM, then drains. It returns the exit code: 0 ok (or
+// -h, --version), 1 runtime failure, 2 usage.
+func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	c, err := parseArgs(args, getenv, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		var ue *usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintf(stderr, "spdy-origin-agent: %v\n\nRun 'spdy-origin-agent -h' for usage.\n", err)
+		}
+		return 2
+	}
+	if c.showVersion {
+		fmt.Fprintf(stdout, "spdy-origin-agent %s (%s %s/%s)\n", agentVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return 0
+	}
+	log := newLogger(c.logLevel, c.logFormat, zapcore.Lock(zapcore.AddSync(stderr)))
+	defer func() { _ = log.Sync() }()
+
+	a, err := NewAgent(c.opts, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "spdy-origin-agent: %v\n\nRun 'spdy-origin-agent -h' for usage.\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	signalled := make(chan struct{})
+	go func() {
+		defer close(signalled)
+		<-ctx.Done()
+		log.Info("signal received: draining sessions (send it again to exit at once)",
+			zap.Duration("drain_timeout", c.opts.DrainTimeout))
+		stop() // a second signal kills the process the default way
+	}()
+	err = a.Run(ctx)
+	stop()
+	<-signalled
+	if err != nil {
+		log.Error("agent failed", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+// cliConfig is the parsed command line before validation into Options.
+type cliConfig struct {
+	opts        Options
+	logLevel    zapcore.Level
+	logFormat   string
+	showVersion bool
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error {
+	*s = append(*s, v)
+	return nil
+}
+
+// envName maps a flag name to its environment variable: insecure-skip-verify →
+// SPDY_ORIGIN_INSECURE_SKIP_VERIFY.
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// cliFlags holds the flags' values as parsed, before they are checked.
+type cliFlags struct {
+	proxies                       stringList
+	token, to, root, caFile, name string
+	insecure, showVersion         bool
+	conns, maxUpgrades            int
+	maxStreams                    uint
+	drain                         time.Duration
+	logLevel, logFormat           string
+}
+
+// define declares every flag on fs.
+func (f *cliFlags) define(fs *flag.FlagSet) {
+	fs.StringVar(&f.token, "token", "", "bearer `token` the proxy expects (prefer the env var: command lines are visible to other users)")
+	fs.StringVar(&f.to, "to", "", "upstream `URL` to reverse-proxy to, e.g. http://127.0.0.1:8080 (exclusive with --root)")
+	fs.StringVar(&f.root, "root", "", "`directory` to serve as static files (exclusive with --to)")
+	fs.StringVar(&f.caFile, "ca-file", "", "PEM `file` with extra CA certificates to trust for the proxy, e.g. Caddy's 'tls internal' root")
+	fs.BoolVar(&f.insecure, "insecure-skip-verify", false, "do NOT verify the proxy's TLS certificate (testing only; dangerous)")
+	fs.IntVar(&f.conns, "connections", 2, "parallel sessions to each proxy")
+	fs.StringVar(&f.name, "name", "", "agent `name` sent to the proxy for its logs and metrics (default: host name)")
+	fs.DurationVar(&f.drain, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long in-flight requests may finish")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
+	fs.StringVar(&f.logFormat, "log-format", "console", "log `format`: console or json")
+	fs.UintVar(&f.maxStreams, "max-streams", spdy.DefaultMaxConcurrentStreams, "concurrent requests the proxy may send over one session (SPDY MAX_CONCURRENT_STREAMS)")
+	fs.IntVar(&f.maxUpgrades, "max-upgrades", spdy.DefaultMaxUpgradedStreams, "WebSockets (and other upgraded streams) at once per session; more get 503")
+	fs.BoolVar(&f.showVersion, "version", false, "print the version and exit")
+	fs.Var(&f.proxies, "proxy", "proxy registration `URL`, e.g. https://example.com/.well-known/spdy-origin (repeatable; env: comma-separated)")
+}
+
+// parseArgs parses args (without the program name) and env (os.Environ-style lookups).
+// Flags given on the command line win over the environment. A *usageError means
+// "print usage and exit 2"; flag.ErrHelp means -h was asked for.
+func parseArgs(args []string, getenv func(string) string, usage io.Writer) (*cliConfig, error) {
+	fs := flag.NewFlagSet("spdy-origin-agent", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	var f cliFlags
+	f.define(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(usage, "Usage: spdy-origin-agent --proxy URL --token TOKEN (--to URL | --root DIR) [flags]\n\n")
+		fmt.Fprintf(usage, "Serves a local HTTP server or directory on the internet through Caddy's spdy_origin handler.\n")
+		fmt.Fprintf(usage, "Every flag except --version can also be set by an environment variable %s<FLAG>, e.g. %s, %s.\n\nFlags:\n",
+			envPrefix, envName("token"), envName("proxy"))
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err // already printed by fs with usage
+	}
+	if fs.NArg() > 0 {
+		return nil, usageErrorf("unexpected argument %q", fs.Arg(0))
+	}
+	if err := setFromEnv(fs, getenv); err != nil {
+		return nil, err
+	}
+	return f.config()
+}
+
+// setFromEnv sets every flag not given on the command line from its environment
+// variable, if that is set.
+func setFromEnv(fs *flag.FlagSet, getenv func(string) string) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		// --version has no environment variable: a SPDY_ORIGIN_VERSION that a
+		// container image or package sets for its own purposes must not stop the agent.
+		if set[f.Name] || envErr != nil || f.Name == "version" {
+			return
+		}
+		v := getenv(envName(f.Name))
+		if v == "" {
+			return
+		}
+		vals := []string{v}
+		if f.Name == "proxy" {
+			vals = strings.Split(v, ",")
+		}
+		for _, one := range vals {
+			if one = strings.TrimSpace(one); one == "" {
+				continue
+			}
+			if err := fs.Set(f.Name, one); err != nil {
+				envErr = usageErrorf("%s=%q: %v", envName(f.Name), v, err)
+				return
+			}
+		}
+	})
+	return envErr
+}
+
+// config checks the flags and turns them into a cliConfig.
+func (f *cliFlags) config() (*cliConfig, error) {
+	c := &cliConfig{showVersion: f.showVersion}
+	if c.showVersion {
+		return c, nil
+	}
+	lvl, err := zapcore.ParseLevel(f.logLevel)
+	if err != nil {
+		return nil, usageErrorf("--log-level %q: want debug, info, warn or error", f.logLevel)
+	}
+	c.logLevel = lvl
+	switch f.logFormat {
+	case "console", "json":
+		c.logFormat = f.logFormat
+	default:
+		return nil, usageErrorf("--log-format %q: want console or json", f.logFormat)
+	}
+	if err := f.proxyOptions(&c.opts); err != nil {
+		return nil, err
+	}
+	if err := f.originOptions(&c.opts); err != nil {
+		return nil, err
+	}
+	if err := f.limitOptions(&c.opts); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// proxyOptions checks where and how the agent registers: --proxy, --token,
+// --ca-file, --insecure-skip-verify and --name.
+func (f *cliFlags) proxyOptions(o *Options) error {
+	if len(f.proxies) == 0 {
+		return usageErrorf("--proxy is required (or %s)", envName("proxy"))
+	}
+	for _, p := range f.proxies {
+		u, err := url.Parse(p)
+		if err != nil {
+			return usageErrorf("--proxy %q: %v", p, err)
+		}
+		if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return usageErrorf("--proxy %q: want https://host[:port]/path", p)
+		}
+		o.Proxies = append(o.Proxies, u)
+	}
+	if f.token == "" {
+		return usageErrorf("--token is required (or %s)", envName("token"))
+	}
+	o.Token = f.token
+	o.CAFile = f.caFile
+	o.InsecureSkipVerify = f.insecure
+	o.Name = f.name
+	if o.Name == "" {
+		o.Name, _ = os.Hostname()
+	}
+	return nil
+}
+
+// originOptions checks what the agent serves: --to or --root.
+func (f *cliFlags) originOptions(o *Options) error {
+	switch {
+	case f.to != "" && f.root != "":
+		return usageErrorf("--to and --root are exclusive; give one")
+	case f.to == "" && f.root == "":
+		return usageErrorf("one of --to URL or --root DIR is required")
+	case f.to != "":
+		u, err := url.Parse(f.to)
+		if err != nil {
+			return usageErrorf("--to %q: %v", f.to, err)
+		}
+		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return usageErrorf("--to %q: want http://host:port or https://host:port", f.to)
+		}
+		o.To = u
+	default:
+		o.Root = f.root
+	}
+	return nil
+}
+
+// limitOptions checks the numbers: --connections, --drain-timeout, --max-streams
+// and --max-upgrades.
+func (f *cliFlags) limitOptions(o *Options) error {
+	if f.conns < 1 || f.conns > 64 {
+		return usageErrorf("--connections %d: want 1..64", f.conns)
+	}
+	o.Connections = f.conns
+	if f.drain < 0 {
+		return usageErrorf("--drain-timeout must not be negative")
+	}
+	o.DrainTimeout = f.drain
+	if f.maxStreams < 1 || f.maxStreams > 1<<31-1 {
+		return usageErrorf("--max-streams %d: want 1..2147483647", f.maxStreams)
+	}
+	o.MaxStreams = uint32(f.maxStreams)
+	if f.maxUpgrades < 1 {
+		return usageErrorf("--max-upgrades %d: want at least 1", f.maxUpgrades)
+	}
+	o.MaxUpgrades = f.maxUpgrades
+	return nil
+}
+
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usageErrorf(format string, a ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, a...)}
+}
+
+func newLogger(level zapcore.Level, format string, w zapcore.WriteSyncer) *zap.Logger {
+	ec := zap.NewProductionEncoderConfig()
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	ec.EncodeDuration = zapcore.StringDurationEncoder
+	var enc zapcore.Encoder
+	if format == "json" {
+		enc = zapcore.NewJSONEncoder(ec)
+	} else {
+		ec.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(ec)
+	}
+	return zap.New(zapcore.NewCore(enc, w, level), zap.ErrorOutput(w))
+}

@@ -1,0 +1,12 @@
+// Package agent is spdy-origin-agent, the origin side of spdy-origin: it puts a server
+// that sits behind NAT on the internet through a Caddy server running the spdy_origin
+// module. It dials the proxy over TLS, registers with a PUT (the Amahi spdy-proxy
+// handshake, internal/handshake; dial.go), then becomes the SPDY/3.1 server on that
+// connection and answers the proxy's streams from an upstream URL (--to, serve.go) or a
+// directory (--root, files.go).
+//
+// Start reading at agent.go: NewAgent checks Options, and Agent.Run keeps the sessions
+// up (reconnect with backoff, several connections per proxy, several proxies, a
+// graceful drain when its context ends). cli.go turns flags and environment variables
+// into Options for Main, which cmd/spdy-origin-agent runs.
+package agent
