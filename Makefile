@@ -63,11 +63,22 @@ interop-deps:
 bench: build
 	$(GO) run ./bench
 
-# gofmt and go vet, as CI expects them.
-check:
+# staticcheck, pinned, installed into bin/ on first use (module proxy only).
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(BIN)/staticcheck-$(STATICCHECK_VERSION)
+
+$(STATICCHECK):
+	@mkdir -p $(BIN)
+	GOBIN=$(CURDIR)/$(BIN) GOFLAGS= $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv $(BIN)/staticcheck $@
+
+# gofmt, go vet, a tidy go.mod and staticcheck, as CI runs them.
+check: $(STATICCHECK)
 	@out=$$(find . -name '*.go' -not -path '*/node_modules/*' -not -path './.git/*' | xargs gofmt -l); \
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) mod tidy -diff
+	$(STATICCHECK) ./...
 
 clean:
 	rm -rf $(BIN) .demo

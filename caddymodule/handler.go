@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
+	"github.com/spdy-origin/spdy-origin/internal/handshake"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
@@ -27,8 +28,9 @@ func init() {
 
 // Defaults.
 const (
-	DefaultConnect             = "/.well-known/spdy-origin"
-	defaultMaxRegistrationBody = 64 << 10
+	// DefaultConnect is the registration path (handshake.DefaultPath).
+	DefaultConnect             = handshake.DefaultPath
+	defaultMaxRegistrationBody = handshake.DefaultMaxRequestBody
 	defaultMaxAuthFailures     = 10
 	defaultAuthFailureWindow   = time.Minute
 	defaultRetryAfter          = 5 * time.Second

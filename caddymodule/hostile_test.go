@@ -21,6 +21,7 @@ import (
 	"time"
 
 	mobyspdy "github.com/moby/spdystream/spdy"
+	"github.com/spdy-origin/spdy-origin/internal/handshake"
 )
 
 // Helpers for the hostile-peer tests (isolation_test.go): an agent that
@@ -58,9 +59,9 @@ type hostileAgent struct {
 func startHostileAgent(t testing.TB, name, connect string) *hostileAgent {
 	t.Helper()
 	reg, err := register(t, connect, "Bearer "+testToken, map[string]string{
-		"Spdy-Origin-Agent-Name":     name,
-		"Spdy-Origin-Agent-Version":  "hostile",
-		"Spdy-Origin-Agent-Instance": "inst-" + name,
+		handshake.HeaderName:     name,
+		handshake.HeaderVersion:  "hostile",
+		handshake.HeaderInstance: "inst-" + name,
 	})
 	if err != nil {
 		t.Fatalf("hostile agent %s: %v", name, err)
@@ -148,8 +149,6 @@ func (h *hostileAgent) send(b []byte) error {
 	_, err := h.conn.Write(b)
 	return err
 }
-
-func (h *hostileAgent) write(f mobyspdy.Frame) error { return h.send(h.encode(f)) }
 
 // mute stops PING answers: after a truncated frame every byte we send would
 // be read as part of it.

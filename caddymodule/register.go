@@ -302,14 +302,3 @@ func clientIP(r *http.Request) string {
 	}
 	return host
 }
-
-// bearerToken and cleanIdentity keep TestBearerToken and TestCleanIdentity
-// (caddyfile_test.go) compiling: the rules now live in internal/handshake,
-// whose tests cover them, and these go when those two tests do.
-func bearerToken(auth string) (string, bool) {
-	return handshake.BearerToken(http.Header{"Authorization": {auth}})
-}
-
-func cleanIdentity(v string) string {
-	return handshake.ReadIdentity(http.Header{handshake.HeaderName: {v}}).Name
-}

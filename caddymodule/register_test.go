@@ -449,37 +449,11 @@ func TestRegistrationFailuresLogged(t *testing.T) {
 	}
 }
 
-func TestBearerToken(t *testing.T) {
-	for in, want := range map[string]string{
-		"Bearer abc":   "abc",
-		"bearer  abc ": "abc",
-		"BEARER abc":   "abc",
-		"Basic abc":    "",
-		"Bearer ":      "",
-		"":             "",
-		"Bearerabc":    "",
-	} {
-		got, ok := bearerToken(in)
-		if got != want || ok != (want != "") {
-			t.Errorf("bearerToken(%q) = %q, %v; want %q", in, got, ok, want)
-		}
-	}
-}
-
 func TestTokenValid(t *testing.T) {
 	h := Handler{tokens: [][]byte{[]byte("one"), []byte("two-longer")}}
 	for tok, want := range map[string]bool{"one": true, "two-longer": true, "two": false, "": false, "one ": false} {
 		if got := h.tokenValid(tok); got != want {
 			t.Errorf("tokenValid(%q) = %v, want %v", tok, got, want)
 		}
-	}
-}
-
-func TestCleanIdentity(t *testing.T) {
-	if got := cleanIdentity(" nas\x00-1\n "); got != "nas-1" {
-		t.Fatalf("got %q", got)
-	}
-	if got := cleanIdentity(strings.Repeat("a", 300)); len(got) != 128 {
-		t.Fatalf("len %d", len(got))
 	}
 }

@@ -1,5 +1,7 @@
 package e2e
 
+//lint:file-ignore SA1019 the HTTP/2 extended CONNECT client needs x/net/http2: net/http refuses to send the :protocol pseudo-header.
+
 // WebSockets through the whole chain: coder/websocket client → Caddy (spdy_origin) →
 // SPDY session → agent → upstream with coder/websocket handlers, over HTTP/1.1 and
 // over HTTP/2 extended CONNECT; and the timeouts and reloads they must survive.

@@ -450,7 +450,7 @@ func TestHeaderBlockUnknownStream(t *testing.T) {
 			var p *rawPeer
 			enc := newBlockEncoder(t)
 			ping := uint32(pingFromClient)
-			exchange := func() {}
+			var exchange func()
 			if tc.client {
 				s, p = rawServer(t, bombConfig(c))
 				ping = pingFromServer
