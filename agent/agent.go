@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -34,6 +35,7 @@ type Options struct {
 	DrainTimeout       time.Duration // --drain-timeout: how long in-flight streams may finish once Run's context ends
 	MaxStreams         uint32        // --max-streams: concurrent streams the proxy may open per session; 0: spdy's default
 	MaxUpgrades        int           // --max-upgrades: upgraded streams (WebSockets) per session; 0: spdy's default
+	MetricsAddr        string        // --metrics-addr: serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9464; "": off
 }
 
 // tuning holds knobs that users do not set but tests shorten.
@@ -81,8 +83,9 @@ type Agent struct {
 
 	bg sync.WaitGroup // sessions finishing after the proxy's GOAWAY
 
-	mu       sync.Mutex
-	sessions map[*spdy.Session]struct{}
+	sessions      *sessionTable // live sessions; health and metrics read it
+	metrics       *metrics
+	endpointsAddr atomic.Value // string: where --metrics-addr listens
 }
 
 // NewAgent validates opts and prepares TLS and the stream handler; log may be nil.
@@ -115,9 +118,14 @@ func newAgent(opts Options, tun tuning, log *zap.Logger) (*Agent, error) {
 		log:      log,
 		tlsConf:  tc,
 		instance: newInstanceID(),
-		sessions: make(map[*spdy.Session]struct{}),
 	}
-	if a.handler, a.closeIdle, err = newHandler(opts, tun, log); err != nil {
+	proxies := make([]string, len(opts.Proxies))
+	for i, p := range opts.Proxies {
+		proxies[i] = p.Redacted()
+	}
+	a.sessions = newSessionTable(proxies)
+	a.metrics = newMetrics(a.sessions, opts.Connections)
+	if a.handler, a.closeIdle, err = newHandler(opts, tun, a.metrics, log); err != nil {
 		return nil, err
 	}
 	if a.tun.spdy, err = sessionConfig(tun.spdy, opts); err != nil {
@@ -160,21 +168,22 @@ func (o *Options) validate(log *zap.Logger) error {
 	return nil
 }
 
-// newHandler is what answers the proxy's streams: the --to upstream or the --root
-// directory; closeIdle releases its resources at exit.
-func newHandler(opts Options, tun tuning, log *zap.Logger) (h http.Handler, closeIdle func(), err error) {
+// newHandler is what answers the proxy's streams, counted in m: the --to
+// upstream or the --root directory; closeIdle releases its resources at exit.
+func newHandler(opts Options, tun tuning, m *metrics, log *zap.Logger) (h http.Handler, closeIdle func(), err error) {
 	if opts.To != nil {
 		u, err := newUpstreamHandler(opts.To, tun, log)
 		if err != nil {
 			return nil, nil, err
 		}
-		return u, u.transport.CloseIdleConnections, nil
+		u.countError = m.upstreamError
+		return m.instrument(u), u.transport.CloseIdleConnections, nil
 	}
 	f, err := newFileHandler(opts.Root, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	return f, f.close, nil
+	return m.instrument(f), f.close, nil
 }
 
 // sessionConfig is the template of every session's settings: base (nil: spdy's
@@ -234,7 +243,15 @@ func newInstanceID() string {
 // Run connects to every proxy with opts.Connections sessions each and keeps them
 // up until ctx is cancelled. Then it sends GOAWAY on every session, lets in-flight
 // streams finish for up to opts.DrainTimeout, closes what is left and returns nil.
+// With opts.MetricsAddr it serves the metrics and health endpoints meanwhile (and
+// returns an error at once if it cannot listen there).
 func (a *Agent) Run(ctx context.Context) error {
+	stopEndpoints, err := a.startEndpoints()
+	if err != nil {
+		return err
+	}
+	defer stopEndpoints()
+	context.AfterFunc(ctx, a.sessions.setStopping)
 	a.log.Info("agent starting",
 		zap.String("version", agentVersion()),
 		zap.String("name", a.opts.Name),
@@ -272,13 +289,16 @@ func (a *Agent) servingDesc() string {
 // session ends or the proxy sends GOAWAY, wait (retries says how long), again.
 func (a *Agent) connLoop(ctx context.Context, proxy *url.URL, idx int) {
 	log := a.log.With(zap.String("proxy", proxy.Redacted()), zap.Int("conn", idx))
+	sl := slot{proxy: proxy.Redacted(), conn: idx}
 	r := newRetries(a.tun, log)
 	for ctx.Err() == nil {
-		sess, err := a.connect(ctx, proxy, idx, log)
+		sess, err := a.connect(ctx, proxy, sl, log)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			a.sessions.failed(sl, err)
+			a.metrics.reconnect(sl.proxy, connectCause(err))
 			if !a.tun.sleep(ctx, r.failed(err)) {
 				return
 			}
@@ -290,6 +310,10 @@ func (a *Agent) connLoop(ctx context.Context, proxy *url.URL, idx int) {
 		if ctx.Err() != nil {
 			return
 		}
+		if !replaced {
+			a.sessions.failed(sl, fmt.Errorf("session ended: %w", sess.Err()))
+		}
+		a.metrics.reconnect(sl.proxy, endCause(sess.Err(), replaced))
 		if !a.tun.sleep(ctx, r.ended(sess, replaced, time.Since(start))) {
 			return
 		}
@@ -303,7 +327,7 @@ func (a *Agent) connLoop(ctx context.Context, proxy *url.URL, idx int) {
 func (a *Agent) waitSession(ctx context.Context, sess *spdy.Session, log *zap.Logger) bool {
 	select {
 	case <-sess.Done():
-		a.untrack(sess)
+		a.sessions.remove(sess)
 		return false
 	case <-ctx.Done():
 		a.drain(sess, log)
@@ -312,7 +336,7 @@ func (a *Agent) waitSession(ctx context.Context, sess *spdy.Session, log *zap.Lo
 	}
 	select {
 	case <-sess.Done():
-		a.untrack(sess)
+		a.sessions.remove(sess)
 		return false
 	default:
 	}
@@ -321,7 +345,7 @@ func (a *Agent) waitSession(ctx context.Context, sess *spdy.Session, log *zap.Lo
 		defer a.bg.Done()
 		select {
 		case <-sess.Done():
-			a.untrack(sess)
+			a.sessions.remove(sess)
 			log.Debug("replaced session finished", zap.NamedError("cause", sess.Err()))
 		case <-ctx.Done():
 			a.drain(sess, log)
@@ -332,7 +356,7 @@ func (a *Agent) waitSession(ctx context.Context, sess *spdy.Session, log *zap.Lo
 
 // drain sends GOAWAY and waits up to DrainTimeout for in-flight streams, then closes.
 func (a *Agent) drain(sess *spdy.Session, log *zap.Logger) {
-	defer a.untrack(sess)
+	defer a.sessions.remove(sess)
 	open := sess.Stats().OpenStreams
 	log.Info("draining session", zap.Int("open_streams", open), zap.Duration("timeout", a.opts.DrainTimeout))
 	ctx, cancel := context.WithTimeout(context.Background(), a.opts.DrainTimeout)
@@ -350,21 +374,5 @@ func (a *Agent) drain(sess *spdy.Session, log *zap.Logger) {
 	log.Info("session drained")
 }
 
-func (a *Agent) track(s *spdy.Session) {
-	a.mu.Lock()
-	a.sessions[s] = struct{}{}
-	a.mu.Unlock()
-}
-
-func (a *Agent) untrack(s *spdy.Session) {
-	a.mu.Lock()
-	delete(a.sessions, s)
-	a.mu.Unlock()
-}
-
-// activeSessions reports how many sessions are currently up (for tests and status).
-func (a *Agent) activeSessions() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return len(a.sessions)
-}
+// activeSessions reports how many sessions are currently up (for tests).
+func (a *Agent) activeSessions() int { return a.sessions.count() }

@@ -43,7 +43,7 @@ func get(t *testing.T, sess *spdy.Session, path string) (int, string) {
 
 func connectOnce(t *testing.T, ta *testAgent, p *url.URL) (*spdy.Session, error) {
 	t.Helper()
-	sess, err := ta.connect(context.Background(), p, 0, zap.NewNop())
+	sess, err := ta.connect(context.Background(), p, slot{proxy: p.Redacted()}, zap.NewNop())
 	if err == nil {
 		t.Cleanup(func() { _ = sess.Close(); <-sess.Done() })
 	}

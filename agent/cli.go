@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"os/signal"
@@ -23,10 +24,14 @@ import (
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
-// version is set at build time with
-// -ldflags "-X github.com/spdy-origin/spdy-origin/agent.version=v1.2.3"; otherwise
-// it is the module version from the build info, or "devel".
-var version = ""
+// version and commit are set at build time (make dist does) with
+//
+//	-ldflags "-X github.com/spdy-origin/spdy-origin/agent.version=v1.2.3
+//	          -X github.com/spdy-origin/spdy-origin/agent.commit=0123abcd..."
+//
+// Otherwise version is the module version from the build info, or "devel", and
+// commit is the VCS revision the go command stamped, or "unknown".
+var version, commit = "", ""
 
 func agentVersion() string {
 	if version != "" {
@@ -36,6 +41,20 @@ func agentVersion() string {
 		return bi.Main.Version
 	}
 	return "devel"
+}
+
+func agentCommit() string {
+	if commit != "" {
+		return commit
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && s.Value != "" {
+				return s.Value
+			}
+		}
+	}
+	return "unknown"
 }
 
 const envPrefix = "SPDY_ORIGIN_"
@@ -57,7 +76,7 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 		return 2
 	}
 	if c.showVersion {
-		fmt.Fprintf(stdout, "spdy-origin-agent %s (%s %s/%s)\n", agentVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		fmt.Fprintf(stdout, "spdy-origin-agent %s (commit %s, %s %s/%s)\n", agentVersion(), agentCommit(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
 	}
 	log := newLogger(c.logLevel, c.logFormat, zapcore.Lock(zapcore.AddSync(stderr)))
@@ -114,6 +133,7 @@ func envName(flagName string) string {
 type cliFlags struct {
 	proxies                       stringList
 	token, to, root, caFile, name string
+	metricsAddr                   string
 	insecure, showVersion         bool
 	conns, maxUpgrades            int
 	maxStreams                    uint
@@ -135,7 +155,8 @@ func (f *cliFlags) define(fs *flag.FlagSet) {
 	fs.StringVar(&f.logFormat, "log-format", "console", "log `format`: console or json")
 	fs.UintVar(&f.maxStreams, "max-streams", spdy.DefaultMaxConcurrentStreams, "concurrent requests the proxy may send over one session (SPDY MAX_CONCURRENT_STREAMS)")
 	fs.IntVar(&f.maxUpgrades, "max-upgrades", spdy.DefaultMaxUpgradedStreams, "WebSockets (and other upgraded streams) at once per session; more get 503")
-	fs.BoolVar(&f.showVersion, "version", false, "print the version and exit")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this `host:port`, e.g. 127.0.0.1:9464 (default: off; no authentication, keep it local)")
+	fs.BoolVar(&f.showVersion, "version", false, "print the version (and commit) and exit")
 	fs.Var(&f.proxies, "proxy", "proxy registration `URL`, e.g. https://example.com/.well-known/spdy-origin (repeatable; env: comma-separated)")
 }
 
@@ -224,6 +245,12 @@ func (f *cliFlags) config() (*cliConfig, error) {
 	}
 	if err := f.limitOptions(&c.opts); err != nil {
 		return nil, err
+	}
+	if f.metricsAddr != "" {
+		if _, _, err := net.SplitHostPort(f.metricsAddr); err != nil {
+			return nil, usageErrorf("--metrics-addr %q: want host:port, e.g. 127.0.0.1:9464", f.metricsAddr)
+		}
+		c.opts.MetricsAddr = f.metricsAddr
 	}
 	return c, nil
 }

@@ -114,6 +114,17 @@ func TestParseArgs(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "metrics address from the environment",
+			args: []string{"--proxy", "https://a.example", "--token", "t", "--to", "http://127.0.0.1:1"},
+			env:  map[string]string{"SPDY_ORIGIN_METRICS_ADDR": "127.0.0.1:9464"},
+			check: func(t *testing.T, c *cliConfig) {
+				if c.opts.MetricsAddr != "127.0.0.1:9464" {
+					t.Fatalf("MetricsAddr = %q", c.opts.MetricsAddr)
+				}
+			},
+		},
+		{name: "bad metrics address", args: []string{"--proxy", "https://x", "--token", "t", "--to", "http://x:1", "--metrics-addr", "9464"}, wantErr: "--metrics-addr"},
 		{name: "stray argument", args: []string{"--proxy", "https://x", "extra"}, wantErr: "unexpected argument"},
 	}
 	for _, tt := range tests {
@@ -138,6 +149,12 @@ func TestRunExitCodes(t *testing.T) {
 	var out, errOut bytes.Buffer
 	if code := Main([]string{"--version"}, envMap(nil), &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "spdy-origin-agent ") {
 		t.Fatalf("--version: code %d, out %q", code, out.String())
+	}
+	version, commit = "v9.8.7", "0123456789abcdef"
+	t.Cleanup(func() { version, commit = "", "" })
+	out.Reset()
+	if Main([]string{"--version"}, envMap(nil), &out, &errOut); !strings.HasPrefix(out.String(), "spdy-origin-agent v9.8.7 (commit 0123456789abcdef, go") {
+		t.Fatalf("--version with -X version and commit: %q", out.String())
 	}
 	errOut.Reset()
 	if code := Main([]string{"--no-such-flag"}, envMap(nil), &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "Usage:") {

@@ -23,8 +23,10 @@ import (
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
-// connect dials proxy, registers, and starts a SPDY server session on the connection.
-func (a *Agent) connect(ctx context.Context, proxy *url.URL, idx int, log *zap.Logger) (*spdy.Session, error) {
+// connect dials proxy, registers, and starts a SPDY server session on the
+// connection, for connection slot sl. Its errors say at which stage it failed
+// (stageError, for the metrics).
+func (a *Agent) connect(ctx context.Context, proxy *url.URL, sl slot, log *zap.Logger) (*spdy.Session, error) {
 	hctx, cancel := context.WithTimeout(ctx, a.tun.handshakeTimeout)
 	defer cancel()
 
@@ -39,7 +41,7 @@ func (a *Agent) connect(ctx context.Context, proxy *url.URL, idx int, log *zap.L
 			Name:       a.opts.Name,
 			Version:    agentVersion(),
 			Instance:   a.instance,
-			Connection: strconv.Itoa(idx),
+			Connection: strconv.Itoa(sl.conn),
 		},
 	})
 	if err != nil {
@@ -55,9 +57,9 @@ func (a *Agent) connect(ctx context.Context, proxy *url.URL, idx int, log *zap.L
 	sess, err := spdy.NewServer(spdy.BufferedConn(conn, res.Reader), &cfg, a.handler)
 	if err != nil {
 		_ = conn.Close()
-		return nil, fmt.Errorf("starting SPDY session: %w", err)
+		return nil, &stageError{causeRegistration, fmt.Errorf("starting SPDY session: %w", err)}
 	}
-	a.track(sess)
+	a.sessions.add(sess, sl)
 	return sess, nil
 }
 
@@ -78,7 +80,7 @@ func (a *Agent) dialProxy(ctx context.Context, proxy *url.URL) (net.Conn, error)
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("dialing proxy %s: %w", addr, ctxErr(ctx, err))
+		return nil, &stageError{causeDial, fmt.Errorf("dialing proxy %s: %w", addr, ctxErr(ctx, err))}
 	}
 	if tc, ok := raw.(*net.TCPConn); ok {
 		_ = tc.SetKeepAlive(true)
@@ -92,11 +94,11 @@ func (a *Agent) dialProxy(ctx context.Context, proxy *url.URL) (net.Conn, error)
 	tlsConn := tls.Client(raw, cfg)
 	if err := tlsConn.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
-		return nil, fmt.Errorf("TLS handshake with proxy %s: %w%s", addr, ctxErr(ctx, err), tlsHint(err))
+		return nil, &stageError{causeTLS, fmt.Errorf("TLS handshake with proxy %s: %w%s", addr, ctxErr(ctx, err), tlsHint(err))}
 	}
 	if p := tlsConn.ConnectionState().NegotiatedProtocol; p != "" && p != "http/1.1" {
 		_ = tlsConn.Close()
-		return nil, fmt.Errorf("proxy %s negotiated ALPN protocol %q; registration needs http/1.1", addr, p)
+		return nil, &stageError{causeTLS, fmt.Errorf("proxy %s negotiated ALPN protocol %q; registration needs http/1.1", addr, p)}
 	}
 	return tlsConn, nil
 }

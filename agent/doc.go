@@ -9,4 +9,8 @@
 // up (reconnect with backoff, several connections per proxy, several proxies, a
 // graceful drain when its context ends). cli.go turns flags and environment variables
 // into Options for Main, which cmd/spdy-origin-agent runs.
+//
+// Running it as a service: sessions.go is the table of live sessions that
+// /healthz and /readyz (health.go) and the Prometheus metrics (metrics.go) read;
+// endpoints.go serves them on --metrics-addr.
 package agent

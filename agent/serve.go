@@ -34,6 +34,8 @@ type upstreamHandler struct {
 	dialer    *net.Dialer
 	tun       tuning
 	log       *zap.Logger
+	// countError, if set, counts failed upstream requests by reason (metrics.go).
+	countError func(reason string)
 }
 
 func newUpstreamHandler(target *url.URL, tun tuning, log *zap.Logger) (*upstreamHandler, error) {
@@ -92,10 +94,31 @@ func (h *upstreamHandler) proxyError(w http.ResponseWriter, r *http.Request, err
 		h.log.Debug("request cancelled", zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Error(err))
 		return
 	}
+	h.countFailure(upstreamErrorReason(err))
 	h.log.Warn("upstream request failed", zap.String("method", r.Method), zap.String("uri", r.RequestURI),
 		zap.String("upstream", h.target.Redacted()), zap.Error(err))
 	writeError(w, http.StatusBadGateway, fmt.Sprintf("spdy-origin-agent: upstream %s is unreachable or failed: %v",
 		h.target.Redacted(), err))
+}
+
+func (h *upstreamHandler) countFailure(reason string) {
+	if h.countError != nil {
+		h.countError(reason)
+	}
+}
+
+// upstreamErrorReason sorts an upstream failure before response headers for
+// upstream_errors_total.
+func upstreamErrorReason(err error) string {
+	var op *net.OpError
+	var ne net.Error
+	switch {
+	case errors.As(err, &op) && op.Op == "dial":
+		return upstreamDial
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return upstreamTimeout
+	}
+	return upstreamResponse
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
@@ -118,6 +141,16 @@ func (h *upstreamHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// normally and the client would get a silently truncated body.
 		r = r.WithContext(context.WithValue(r.Context(), http.ServerContextKey, abortMarker))
 	}
+	defer func() {
+		if v := recover(); v != nil {
+			// The response body failed midway. Unless the client left (then
+			// the copy failed on its side), that is the upstream's doing.
+			if v == http.ErrAbortHandler && r.Context().Err() == nil {
+				h.countFailure(upstreamBody)
+			}
+			panic(v)
+		}
+	}()
 	h.rp.ServeHTTP(w, r)
 }
 
