@@ -14,9 +14,13 @@
 //     (403, 404 or a failing "direct") falls through to the replacement.
 //
 // A stamp file next to the output records a hash of the inputs (xcaddy.json,
-// go.mod, go.sum, the Go toolchain version, and every source file of our own
-// packages that the plugin compiles in); when it matches, the build is
-// skipped. The Go build cache (GOCACHE) is left alone so a rebuild after a
+// go.mod, go.sum, the Go toolchain version, the target platform, and every
+// source file of our own packages that the plugin compiles in); when it
+// matches, the build is skipped.
+//
+// -os, -arch and -arm cross-compile (make dist builds linux/amd64 and
+// linux/arm64). They are flags, not GOOS/GOARCH: under `go run`, those would
+// build this program itself for the target. The Go build cache (GOCACHE) is left alone so a rebuild after a
 // source change only recompiles what changed.
 package main
 
@@ -52,6 +56,10 @@ func main() {
 	force := flag.Bool("force", false, "rebuild even if the inputs are unchanged")
 	printHash := flag.Bool("print-hash", false, "print the input hash and exit")
 	verbose := flag.Bool("v", false, "show xcaddy's and go's output even on success")
+	var target xcaddy.Platform
+	flag.StringVar(&target.OS, "os", "", "target GOOS (default: the recipe's, else the host's)")
+	flag.StringVar(&target.Arch, "arch", "", "target GOARCH (default: the recipe's, else the host's)")
+	flag.StringVar(&target.ARM, "arm", "", "target GOARM, with -arch arm")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		flag.Usage()
@@ -61,14 +69,17 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	if err := run(ctx, *configPath, *output, *force, *printHash, *verbose); err != nil {
+	if err := run(ctx, *configPath, *output, target, *force, *printHash, *verbose); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(ctx context.Context, configPath, output string, force, printHash, verbose bool) error {
+func run(ctx context.Context, configPath, output string, target xcaddy.Platform, force, printHash, verbose bool) error {
 	rec, err := loadRecipe(configPath)
 	if err != nil {
+		return err
+	}
+	if err := rec.setTarget(ctx, target); err != nil {
 		return err
 	}
 	if err := checkCaddyVersion(ctx, rec); err != nil {
@@ -100,8 +111,8 @@ func run(ctx context.Context, configPath, output string, force, printHash, verbo
 		return fmt.Errorf("downloading modules: %w", err)
 	}
 
-	log.Printf("building Caddy %s with %d plugin(s) into %s (a cold build takes a few minutes)",
-		rec.CaddyVersion, len(rec.Plugins), output)
+	log.Printf("building Caddy %s for %s with %d plugin(s) into %s (a cold build takes a few minutes)",
+		rec.CaddyVersion, rec.platform(), len(rec.Plugins), output)
 	if err := build(ctx, rec, output, verbose); err != nil {
 		return err
 	}
@@ -158,6 +169,49 @@ func loadRecipe(path string) (*recipe, error) {
 		}
 	}
 	return rec, nil
+}
+
+// setTarget fills the recipe's platform: t's fields where set, else the
+// recipe's own, else the host's (go env GOOS GOARCH GOARM), so the build, the
+// input hash and the file list all name the same target.
+func (r *recipe) setTarget(ctx context.Context, t xcaddy.Platform) error {
+	host, err := goOutput(ctx, r.repoDir, "env", "GOOS", "GOARCH", "GOARM")
+	if err != nil {
+		return err
+	}
+	h := strings.Split(strings.TrimSpace(string(host)), "\n")
+	for len(h) < 3 {
+		h = append(h, "")
+	}
+	for _, f := range []struct {
+		dst        *string
+		flag, host string
+	}{{&r.OS, t.OS, h[0]}, {&r.Arch, t.Arch, h[1]}, {&r.ARM, t.ARM, h[2]}} {
+		if f.flag != "" {
+			*f.dst = f.flag
+		}
+		if *f.dst == "" {
+			*f.dst = strings.TrimSpace(f.host)
+		}
+	}
+	if r.Arch != "arm" {
+		r.ARM = ""
+	}
+	return nil
+}
+
+// platform is the target as GOOS/GOARCH[/vGOARM].
+func (r *recipe) platform() string {
+	p := r.OS + "/" + r.Arch
+	if r.ARM != "" {
+		p += "/v" + r.ARM
+	}
+	return p
+}
+
+// targetEnv is the go command's environment for the target platform.
+func (r *recipe) targetEnv() []string {
+	return []string{"GOOS=" + r.OS, "GOARCH=" + r.Arch, "GOARM=" + r.ARM}
 }
 
 func (r *recipe) hasReplacement(old string) bool {
@@ -238,18 +292,19 @@ func checkCaddyVersion(ctx context.Context, rec *recipe) error {
 }
 
 // inputHash covers everything that changes the binary: the recipe, go.mod and
-// go.sum, the Go version, and the files of every package from a locally
-// replaced module that the plugins compile in (found with `go list -deps`,
-// so test files, docs and node_modules don't count).
+// go.sum, the Go version, the target platform, and the files of every package
+// from a locally replaced module that the plugins compile in for that target
+// (found with `go list -deps`, so test files, docs, node_modules and other
+// platforms' files don't count).
 func inputHash(ctx context.Context, rec *recipe) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "recipe %d\n", len(rec.raw))
 	h.Write(rec.raw)
-	goVersion, err := goOutput(ctx, rec.repoDir, "env", "GOVERSION", "GOOS", "GOARCH")
+	goVersion, err := goOutput(ctx, rec.repoDir, "env", "GOVERSION")
 	if err != nil {
 		return "", err
 	}
-	fmt.Fprintf(h, "go %s\n", bytes.TrimSpace(goVersion))
+	fmt.Fprintf(h, "go %s\ntarget %s\n", bytes.TrimSpace(goVersion), rec.platform())
 
 	var files []string
 	for _, f := range []string{"go.mod", "go.sum"} {
@@ -266,7 +321,7 @@ func inputHash(ctx context.Context, rec *recipe) (string, error) {
 		if dir == "" {
 			continue // a published plugin: pinned by its version in the recipe
 		}
-		fs, err := packageFiles(ctx, dir, p.PackagePath)
+		fs, err := packageFiles(ctx, dir, p.PackagePath, rec.targetEnv())
 		if err != nil {
 			return "", err
 		}
@@ -281,10 +336,10 @@ func inputHash(ctx context.Context, rec *recipe) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func packageFiles(ctx context.Context, dir, pkg string) ([]string, error) {
+func packageFiles(ctx context.Context, dir, pkg string, env []string) ([]string, error) {
 	// -e: a package that does not compile yet still lists its files; the
 	// build itself reports the error.
-	out, err := goOutput(ctx, dir, "list", "-e", "-deps", "-json=Dir,Module,GoFiles,CgoFiles,CFiles,SFiles,EmbedFiles,Error", pkg)
+	out, err := goOutputEnv(ctx, dir, env, "list", "-e", "-deps", "-json=Dir,Module,GoFiles,CgoFiles,CFiles,SFiles,EmbedFiles,Error", pkg)
 	if err != nil {
 		return nil, fmt.Errorf("listing the files of %s: %w", pkg, err)
 	}
@@ -493,8 +548,13 @@ func runGo(ctx context.Context, dir string, env []string, args ...string) error 
 }
 
 func goOutput(ctx context.Context, dir string, args ...string) ([]byte, error) {
+	return goOutputEnv(ctx, dir, nil, args...)
+}
+
+func goOutputEnv(ctx context.Context, dir string, env []string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, goBin(), args...)
 	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -4,8 +4,11 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/xcaddy"
 )
 
 func TestBuildProxy(t *testing.T) {
@@ -153,5 +156,68 @@ func TestUpToDate(t *testing.T) {
 	}
 	if upToDate(bin, stamp, "other") {
 		t.Error("up to date with a stale stamp")
+	}
+}
+
+func TestSetTarget(t *testing.T) {
+	_, path := writeModule(t, testRecipe)
+	rec, err := loadRecipe(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.setTarget(context.Background(), xcaddy.Platform{}); err != nil {
+		t.Fatal(err)
+	}
+	if rec.OS != runtime.GOOS || rec.Arch != runtime.GOARCH {
+		t.Errorf("default target %s, want the host's %s/%s", rec.platform(), runtime.GOOS, runtime.GOARCH)
+	}
+	if err := rec.setTarget(context.Background(), xcaddy.Platform{OS: "linux", Arch: "arm", ARM: "7"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.platform(); got != "linux/arm/v7" {
+		t.Errorf("target %s, want linux/arm/v7", got)
+	}
+	if err := rec.setTarget(context.Background(), xcaddy.Platform{Arch: "arm64", ARM: "7"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.platform(); got != "linux/arm64" {
+		t.Errorf("target %s, want linux/arm64 (GOARM only for arm)", got)
+	}
+}
+
+// TestInputHashPerTarget: each target has its own stamp hash, and a file
+// compiled only for one target changes only that target's hash.
+func TestInputHashPerTarget(t *testing.T) {
+	dir, path := writeModule(t, testRecipe)
+	hash := func(p xcaddy.Platform) string {
+		t.Helper()
+		rec, err := loadRecipe(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rec.setTarget(context.Background(), p); err != nil {
+			t.Fatal(err)
+		}
+		h, err := inputHash(context.Background(), rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	amd64 := xcaddy.Platform{OS: "linux", Arch: "amd64"}
+	arm64 := xcaddy.Platform{OS: "linux", Arch: "arm64"}
+	win := xcaddy.Platform{OS: "windows", Arch: "amd64"}
+	hAMD, hARM, hWin := hash(amd64), hash(arm64), hash(win)
+	if hAMD == hARM || hAMD == hWin {
+		t.Fatal("targets share a hash")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "inner", "inner_windows.go"), []byte("package inner\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if hash(amd64) != hAMD || hash(arm64) != hARM {
+		t.Error("a windows-only file changed a linux target's hash")
+	}
+	if hash(win) == hWin {
+		t.Error("a windows-only file did not change the windows hash")
 	}
 }
