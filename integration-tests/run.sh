@@ -4,7 +4,8 @@
 #
 # Usage: integration-tests/run.sh            (after `make build`; `make test` does both)
 # Env:   ITEST_RUN=regex      run only the tests whose names match
-#        ITEST_PORT_BASE=N    ports N+19 (admin), N+80 (http), N+43..N+45 (sites); default 18400
+#        ITEST_PORT_BASE=N    ports N+19 (admin), N+80 (http), N+43..N+45 (sites), N+101..N+108
+#                             (the HA tests' two Caddy instances and agents, ha.sh); default 18400
 #        ITEST_KEEP=1         keep the work dir (it is kept anyway when a test fails)
 #        ITEST_VERBOSE=1      show each test's output, not only a failing one's
 #        ITEST_BIG=1G         size of the big download/upload
@@ -25,9 +26,9 @@ for b in "$CADDY" "$AGENT"; do
 		exit 2
 	}
 done
-for tool in curl jq cmp sha256sum; do
+for tool in curl jq cmp sha256sum openssl; do
 	command -v "$tool" >/dev/null || {
-		echo "integration tests need '$tool' (apt-get install -y curl jq diffutils coreutils)" >&2
+		echo "integration tests need '$tool' (apt-get install -y curl jq diffutils coreutils openssl)" >&2
 		exit 2
 	}
 done
@@ -502,6 +503,9 @@ t_no_agent_503() {
 	[ -n "$(header "$O/503.h" retry-after)" ] || fail "503 without Retry-After"
 }
 
+# shellcheck source=integration-tests/ha.sh
+. integration-tests/ha.sh
+
 t_demo_script() {
 	# README's first command, non-interactively: start, fetch with --cacert, stop.
 	DEMO_PORT_BASE=$DEMO_PORT_BASE DEMO_DIR=$WORK/demo bash "$REPO/scripts/demo.sh" --check
@@ -528,6 +532,8 @@ run_test bad_token_401 t_bad_token
 run_test lockout_spares_the_right_token t_lockout_spares_the_right_token
 run_test no_agent_503 t_no_agent_503
 run_test demo_script t_demo_script
+run_test ha_two_caddies_one_agent t_ha_two_caddies_one_agent
+run_test agent_upgrade_zero_downtime t_agent_upgrade_zero_downtime
 
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
