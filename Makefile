@@ -15,7 +15,7 @@ GOTESTFLAGS ?=
 GOTESTTIMEOUT ?= 5m
 
 .PHONY: all build caddy agent demo test unit-test integration-test interop-deps \
-	bench check clean
+	bench check clean dist dist-check verify-units
 
 all: build
 
@@ -30,6 +30,21 @@ caddy:
 # go build is incremental on its own.
 agent:
 	$(GO) build -o $(AGENT) ./cmd/spdy-origin-agent
+
+# Release binaries into dist/out/ with SHA256SUMS (scripts/dist.sh): the agent
+# for linux amd64/arm64/armv7, darwin/arm64, windows/amd64; Caddy with the module
+# for linux amd64/arm64. dist-check builds again from a fresh clone at another
+# path and requires identical SHA256SUMS (DIST_CHECK_COLD=1: empty build cache).
+dist:
+	bash scripts/dist.sh
+
+dist-check:
+	bash scripts/dist.sh --check
+
+# systemd-analyze verify and security on dist/systemd/*.service (no running
+# systemd needed; apt-get install -y systemd for the tool).
+verify-units:
+	bash scripts/verify-units.sh
 
 demo: build
 	bash scripts/demo.sh
@@ -81,4 +96,4 @@ check: $(STATICCHECK)
 	$(STATICCHECK) ./...
 
 clean:
-	rm -rf $(BIN) .demo
+	rm -rf $(BIN) .demo dist/out dist/cache
