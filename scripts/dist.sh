@@ -98,7 +98,8 @@ check() {
 	if diff -u "$OUT/SHA256SUMS" "$tmp/out/SHA256SUMS"; then
 		log "reproducible: the rebuild at another path has the same SHA256SUMS"
 	else
-		log "NOT reproducible: SHA256SUMS differ (above)"
+		trap - EXIT
+		log "NOT reproducible: SHA256SUMS differ (above); the rebuild is kept in $tmp/out"
 		exit 1
 	fi
 }
