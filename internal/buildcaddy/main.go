@@ -442,9 +442,29 @@ func build(ctx context.Context, rec *recipe, output string, verbose bool) error 
 	if verbose {
 		logOut = io.MultiWriter(&buf, os.Stderr)
 	}
+	// The binary's build info records a directory replacement as written
+	// in the build module's go.mod. An absolute path would make two
+	// checkouts of one commit build different bytes, so xcaddy builds in a
+	// folder inside the repository and local modules are named by paths
+	// relative to it, the same in every checkout.
+	tmp := filepath.Join(rec.repoDir, "bin", ".buildcaddy")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return err
+	}
+	b := rec.Builder
+	if b.Replacements, err = relativeReplacements(rec.Replacements, tmp); err != nil {
+		return err
+	}
+	oldTmp, hadTmp := os.LookupEnv("TMPDIR")
+	setenv("TMPDIR", tmp) // xcaddy's build folder: tmp/buildenv_*
 	restore := redirect(logOut)
-	err = rec.Builder.Build(ctx, output)
+	err = b.Build(ctx, output)
 	restore()
+	if hadTmp {
+		setenv("TMPDIR", oldTmp)
+	} else {
+		_ = os.Unsetenv("TMPDIR")
+	}
 	if err != nil {
 		if !verbose {
 			os.Stderr.Write(buf.Bytes())
@@ -452,6 +472,23 @@ func build(ctx context.Context, rec *recipe, output string, verbose bool) error 
 		return fmt.Errorf("building Caddy: %w%s", err, hint(buf.String()))
 	}
 	return nil
+}
+
+// relativeReplacements returns rs with every local directory given relative
+// to a build folder created in parent (xcaddy's parent/buildenv_*).
+func relativeReplacements(rs []xcaddy.Replace, parent string) ([]xcaddy.Replace, error) {
+	out := make([]xcaddy.Replace, len(rs))
+	for i, r := range rs {
+		out[i] = r
+		if n := string(r.New); filepath.IsAbs(n) {
+			rel, err := filepath.Rel(parent, n)
+			if err != nil {
+				return nil, fmt.Errorf("replacement %s: %w", n, err)
+			}
+			out[i].New = xcaddy.ReplacementPath("../" + filepath.ToSlash(rel))
+		}
+	}
+	return out, nil
 }
 
 // buildProxy turns a GOPROXY list into one that ends in "off" and goes on

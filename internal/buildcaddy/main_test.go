@@ -221,3 +221,24 @@ func TestInputHashPerTarget(t *testing.T) {
 		t.Error("a windows-only file did not change the windows hash")
 	}
 }
+
+func TestRelativeReplacements(t *testing.T) {
+	rs := []xcaddy.Replace{
+		xcaddy.NewReplace("example.com/plug", "/src/repo"),
+		xcaddy.NewReplace("example.com/other", "/src/repo/other"),
+		xcaddy.NewReplace("example.com/pinned", "example.com/fork@v1.2.3"),
+	}
+	got, err := relativeReplacements(rs, "/src/repo/bin/.buildcaddy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"../../..", "../../../other", "example.com/fork@v1.2.3"}
+	for i, r := range got {
+		if string(r.New) != want[i] {
+			t.Errorf("%s => %s, want %s", r.Old, r.New, want[i])
+		}
+	}
+	if string(rs[0].New) != "/src/repo" {
+		t.Error("the recipe's own replacements were changed")
+	}
+}
