@@ -291,6 +291,10 @@ func checkCaddyVersion(ctx context.Context, rec *recipe) error {
 	return nil
 }
 
+// buildMethod names how build builds; change it when that changes what a
+// build produces from the same inputs, so old stamps no longer match.
+const buildMethod = "2 (relative replacement paths)"
+
 // inputHash covers everything that changes the binary: the recipe, go.mod and
 // go.sum, the Go version, the target platform, and the files of every package
 // from a locally replaced module that the plugins compile in for that target
@@ -298,6 +302,7 @@ func checkCaddyVersion(ctx context.Context, rec *recipe) error {
 // platforms' files don't count).
 func inputHash(ctx context.Context, rec *recipe) (string, error) {
 	h := sha256.New()
+	fmt.Fprintf(h, "method %s\n", buildMethod)
 	fmt.Fprintf(h, "recipe %d\n", len(rec.raw))
 	h.Write(rec.raw)
 	goVersion, err := goOutput(ctx, rec.repoDir, "env", "GOVERSION")
