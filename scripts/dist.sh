@@ -81,8 +81,7 @@ build_all() {
 # check: the same commit built again from a fresh clone at another path must
 # give the same SHA256SUMS.
 check() {
-	local tmp
-	tmp=$(mktemp -d "${TMPDIR:-/tmp}/spdy-origin-dist-check.XXXXXX")
+	tmp=$(mktemp -d "${TMPDIR:-/tmp}/spdy-origin-dist-check.XXXXXX") # global: the EXIT trap uses it
 	trap 'rm -rf "$tmp"' EXIT
 	if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
 		log "the work tree has uncommitted changes: the check rebuilds HEAD, which is not what dist/out holds"
