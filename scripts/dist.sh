@@ -28,7 +28,7 @@ CACHE=${DIST_CACHE:-$REPO/dist/cache}
 VERSION=${VERSION:-$(git describe --tags --always --dirty --match 'v*' 2>/dev/null || echo devel)}
 COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 
-log() { echo "dist: $*" >&2; }
+log() { echo "dist: [${SECONDS}s] $*" >&2; }
 
 # name OS ARCH [ARM] : the file name part for a target, e.g. linux-armv7.
 name() {
