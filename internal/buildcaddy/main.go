@@ -13,6 +13,11 @@
 //     and GOPROXY adjusted so that the proxy's refusal to know our module
 //     (403, 404 or a failing "direct") falls through to the replacement.
 //
+// xcaddy builds in bin/.buildcaddy/ inside the repository, with our module
+// replaced by a relative path ("../../.."), and without VCS stamping: with
+// xcaddy's flags (-trimpath, CGO_ENABLED=0) one commit then builds the same
+// bytes in any checkout (make dist-check).
+//
 // A stamp file next to the output records a hash of the inputs (xcaddy.json,
 // go.mod, go.sum, the Go toolchain version, the target platform, and every
 // source file of our own packages that the plugin compiles in); when it
@@ -459,6 +464,11 @@ func build(ctx context.Context, rec *recipe, output string, verbose bool) error 
 	b := rec.Builder
 	if b.Replacements, err = relativeReplacements(rec.Replacements, tmp); err != nil {
 		return err
+	}
+	// That folder is inside our git repository: no VCS stamping, which
+	// would tie the bytes to the work tree's state (and needs git).
+	if !strings.Contains(os.Getenv("GOFLAGS"), "-buildvcs") {
+		setenv("GOFLAGS", strings.TrimSpace(os.Getenv("GOFLAGS")+" -buildvcs=false"))
 	}
 	oldTmp, hadTmp := os.LookupEnv("TMPDIR")
 	setenv("TMPDIR", tmp) // xcaddy's build folder: tmp/buildenv_*
