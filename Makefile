@@ -27,9 +27,15 @@ build: caddy agent
 caddy:
 	$(GO) run ./internal/buildcaddy -config xcaddy.json -o $(CADDY)
 
-# go build is incremental on its own.
+# go build is incremental on its own. The version and commit come from git,
+# as in make dist (spdy-origin-agent --version, spdy_origin_agent_build_info).
+GIT_VERSION := $(shell git describe --tags --always --dirty --match 'v*' 2>/dev/null || echo devel)
+GIT_COMMIT  := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+AGENT_LDFLAGS := -X github.com/spdy-origin/spdy-origin/agent.version=$(GIT_VERSION) \
+	-X github.com/spdy-origin/spdy-origin/agent.commit=$(GIT_COMMIT)
+
 agent:
-	$(GO) build -o $(AGENT) ./cmd/spdy-origin-agent
+	$(GO) build -ldflags "$(AGENT_LDFLAGS)" -o $(AGENT) ./cmd/spdy-origin-agent
 
 # Release binaries into dist/out/ with SHA256SUMS (scripts/dist.sh): the agent
 # for linux amd64/arm64/armv7, darwin/arm64, windows/amd64; Caddy with the module
