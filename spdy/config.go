@@ -96,10 +96,9 @@ type Config struct {
 	StreamQueueTimeout time.Duration
 
 	// MaxHeaderBytes caps the inflated size of one header block (names,
-	// values and their length fields), received or sent. A received
-	// SYN_STREAM or SYN_REPLY block over it is inflated to its end and
-	// dropped, and its stream reset (FRAME_TOO_LARGE); the session lives
-	// on. (HEADERS blocks, trailers, are not surfaced and always dropped.) A block we would send over
+	// values and their length fields), received or sent. A received block
+	// over it is inflated to its end and dropped, and its stream reset
+	// (FRAME_TOO_LARGE); the session lives on. A block we would send over
 	// it fails with ErrHeadersTooLarge. A block inflating to more than
 	// four times this ends the session (the peer is burning our CPU).
 	// Decoded headers live as long as their streams: a session holds at
@@ -116,6 +115,13 @@ type Config struct {
 	// Further upgrades are answered 503 (server) or fail (client).
 	// Negative allows none. Default 1000.
 	MaxUpgradedStreams int
+
+	// PeerTrailers says the peer understands HEADERS frames, which carry
+	// trailers (gRPC's status, for one): it announced so out of band (at
+	// registration, in spdy-origin). amahi/spdy panics on HEADERS, so
+	// without it trailers are dropped, logged once per session. Default
+	// false.
+	PeerTrailers bool
 
 	// Logger receives diagnostics. Nil discards them.
 	// *zap.SugaredLogger satisfies it.

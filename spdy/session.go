@@ -104,6 +104,9 @@ type Session struct {
 	peerKnowsFlow atomic.Bool
 	// clock counts the idle watchdog's ticks, from 1 (stream.go's marks).
 	clock atomic.Int64
+	// trailersDropped: trailers were dropped for a peer without HEADERS
+	// support, and logged (once per session).
+	trailersDropped atomic.Bool
 
 	// Writer queue: control frames go before DATA.
 	wmu     sync.Mutex

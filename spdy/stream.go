@@ -73,7 +73,8 @@ type stream struct {
 	err       error // why the stream was reset or aborted
 	lost      error // unread data was dropped (see expire): reads fail with it
 	replyHdr  http.Header
-	head      bool // a HEAD request we sent: its response has no body
+	trailer   http.Header // received in HEADERS frames
+	head      bool        // a HEAD request we sent: its response has no body
 	onFinish  func()
 
 	// Idle watchdog marks (session clock ticks; 0: not waiting). See
