@@ -23,6 +23,11 @@ import (
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
+// agentCapabilities is what the agent announces at registration: it
+// understands HEADERS frames (trailers, which gRPC needs). A proxy that does
+// not answer with its own list (an Amahi proxy) gets no HEADERS frames.
+var agentCapabilities = handshake.Capabilities{handshake.CapTrailers}
+
 // connect dials proxy, registers, and starts a SPDY server session on the connection.
 func (a *Agent) connect(ctx context.Context, proxy *url.URL, idx int, log *zap.Logger) (*spdy.Session, error) {
 	hctx, cancel := context.WithTimeout(ctx, a.tun.handshakeTimeout)
@@ -41,6 +46,7 @@ func (a *Agent) connect(ctx context.Context, proxy *url.URL, idx int, log *zap.L
 			Instance:   a.instance,
 			Connection: strconv.Itoa(idx),
 		},
+		Capabilities: agentCapabilities,
 	})
 	if err != nil {
 		_ = conn.Close()
@@ -52,6 +58,7 @@ func (a *Agent) connect(ctx context.Context, proxy *url.URL, idx int, log *zap.L
 	log.Debug("registered with proxy", zap.Int("body_bytes", len(res.Body)), zap.Int("buffered_spdy_bytes", res.Reader.Buffered()))
 	cfg := *a.tun.spdy
 	cfg.Logger = log.Named("spdy").Sugar()
+	cfg.PeerTrailers = res.Capabilities.Has(handshake.CapTrailers)
 	sess, err := spdy.NewServer(spdy.BufferedConn(conn, res.Reader), &cfg, a.handler)
 	if err != nil {
 		_ = conn.Close()

@@ -143,7 +143,7 @@ func (p *testProxy) serve(w http.ResponseWriter, r *http.Request) {
 		// bufio.Reader surely holds SPDY bytes behind the body.
 		c = &coalesceConn{Conn: conn}
 	}
-	if err := handshake.Accept(c, "spdy-origin: ok\n"); err != nil {
+	if err := handshake.Accept(c, "spdy-origin: ok\n", nil); err != nil {
 		p.t.Errorf("handshake.Accept: %v", err)
 		_ = conn.Close()
 		return

@@ -36,9 +36,21 @@ type upstreamHandler struct {
 	log       *zap.Logger
 }
 
+// newUpstreamHandler proxies to target: http:// (HTTP/1.1), https:// (h2
+// when the upstream offers it in ALPN, else HTTP/1.1) or h2c:// (cleartext
+// HTTP/2 with prior knowledge, as gRPC servers usually listen; upgrades
+// such as WebSockets still go to it over HTTP/1.1).
 func newUpstreamHandler(target *url.URL, tun tuning, log *zap.Logger) (*upstreamHandler, error) {
-	if target.Scheme != "http" && target.Scheme != "https" {
-		return nil, fmt.Errorf("--to %q: scheme must be http or https", target.Redacted())
+	h2c := false
+	switch target.Scheme {
+	case "http", "https":
+	case "h2c":
+		h2c = true
+		t := *target
+		t.Scheme = "http"
+		target = &t
+	default:
+		return nil, fmt.Errorf("--to %q: scheme must be http, https or h2c", target.Redacted())
 	}
 	if target.Host == "" {
 		return nil, fmt.Errorf("--to %q has no host", target.Redacted())
@@ -59,6 +71,11 @@ func newUpstreamHandler(target *url.URL, tun tuning, log *zap.Logger) (*upstream
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true, // pass Accept-Encoding and encoded bodies through untouched
 		ForceAttemptHTTP2:     true, // for https upstreams that speak h2; plain http stays HTTP/1.1
+	}
+	if h2c {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		h.transport.Protocols = &p
 	}
 	// ReverseProxy's own messages duplicate what proxyError logs; keep them at debug.
 	stdLog, _ := zap.NewStdLogAt(h.log, zapcore.DebugLevel)

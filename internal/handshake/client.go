@@ -32,6 +32,8 @@ type Request struct {
 	// Identity fills the Spdy-Origin-Agent-* headers, the User-Agent
 	// (spdy-origin-agent/<Version>) and the one-line body.
 	Identity Identity
+	// Capabilities are announced in HeaderCapabilities (none: no header).
+	Capabilities Capabilities
 }
 
 // Result is an accepted registration.
@@ -43,6 +45,8 @@ type Result struct {
 	// proxy's first SPDY frames may already be buffered in it, so the SPDY
 	// session must read through it (spdy.BufferedConn).
 	Reader *bufio.Reader
+	// Capabilities are what the proxy announced on its 200.
+	Capabilities Capabilities
 }
 
 // StatusError is an answer other than 200 to the registration.
@@ -134,7 +138,7 @@ func Register(ctx context.Context, conn net.Conn, r Request) (*Result, error) {
 		return nil, fmt.Errorf("registration: %w", ctx.Err())
 	}
 	_ = conn.SetDeadline(time.Time{})
-	return &Result{Body: body, Reader: br}, nil
+	return &Result{Body: body, Reader: br, Capabilities: ReadCapabilities(resp.Header)}, nil
 }
 
 // httpRequest is the PUT as net/http writes it.
@@ -149,6 +153,9 @@ func (r Request) httpRequest() (*http.Request, error) {
 	req.Header.Set("User-Agent", "spdy-origin-agent/"+id.Version)
 	req.Header.Set("Content-Type", "text/plain; charset=utf-8")
 	id.setHeaders(req.Header)
+	if len(r.Capabilities) > 0 {
+		req.Header.Set(HeaderCapabilities, strings.Join(r.Capabilities, ", "))
+	}
 	return req, nil
 }
 

@@ -51,6 +51,44 @@ const (
 	HeaderConnection = "Spdy-Origin-Agent-Connection" // 0-based index of the connection to this proxy
 )
 
+// Capabilities: what each side says it understands beyond the Amahi
+// protocol, in a comma-separated HeaderCapabilities on the PUT (agent) and
+// on the 200 (proxy). New frames or headers go only to a peer that listed
+// them: an Amahi origin or proxy lists nothing and gets none.
+const (
+	HeaderCapabilities = "Spdy-Origin-Capabilities"
+	// CapTrailers: HEADERS frames carrying trailers (gRPC needs them;
+	// amahi/spdy panics on them).
+	CapTrailers = "trailers"
+)
+
+// Capabilities is the set a side announced.
+type Capabilities []string
+
+// Has reports whether c lists name.
+func (c Capabilities) Has(name string) bool {
+	for _, v := range c {
+		if strings.EqualFold(v, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// ReadCapabilities returns what HeaderCapabilities in h lists (at most 16
+// names of at most 32 bytes each: anything else is ignored).
+func ReadCapabilities(h http.Header) Capabilities {
+	var c Capabilities
+	for _, v := range h.Values(HeaderCapabilities) {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = strings.TrimSpace(name); name != "" && len(name) <= 32 && len(c) < 16 {
+				c = append(c, strings.ToLower(name))
+			}
+		}
+	}
+	return c
+}
+
 const (
 	// DefaultPath is where agents register when their proxy URL has no path,
 	// and the proxy's default registration route.
