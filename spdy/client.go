@@ -231,7 +231,8 @@ func (s *Session) openStream(ctx context.Context, h http.Header, fin, head bool)
 	}
 	id := s.nextID
 	s.nextID += 2
-	st := s.newStreamLocked(id)
+	priority := priorityOf(ctx)
+	st := s.newStreamLocked(id, priority)
 	st.state.set(stLocalFin, fin)
 	st.head = head
 	s.localStreams++
@@ -239,7 +240,7 @@ func (s *Session) openStream(ctx context.Context, h http.Header, fin, head bool)
 	if fin {
 		flags = mspdy.ControlFlagFin
 	}
-	syn := &mspdy.SynStreamFrame{StreamId: mspdy.StreamId(id), Headers: h}
+	syn := &mspdy.SynStreamFrame{StreamId: mspdy.StreamId(id), Priority: priority, Headers: h}
 	syn.CFHeader.Flags = flags
 	grant := s.grantStart(st)
 	// Queue SYN_STREAM while holding s.mu so stream ids reach the wire in

@@ -24,6 +24,7 @@ const (
 	DefaultMaxHeaderBytes       = 256 << 10
 	DefaultMaxHeaderCount       = 1000
 	DefaultMaxUpgradedStreams   = 1000
+	DefaultNotSentLowat         = 32 << 10
 
 	// defaultWindow is SPDY/3.1's initial window for streams and sessions
 	// until SETTINGS or WINDOW_UPDATE say otherwise. It is also the window
@@ -116,6 +117,14 @@ type Config struct {
 	// Negative allows none. Default 1000.
 	MaxUpgradedStreams int
 
+	// NotSentLowat caps, on Linux, the unsent bytes the kernel queues for
+	// the session's TCP connection (TCP_NOTSENT_LOWAT), so that data waits
+	// in the session's priority queues, where an urgent frame can pass it,
+	// rather than in a send buffer the kernel may have grown to megabytes
+	// (schedule.go). It does not limit data in flight. Negative leaves the
+	// kernel's setting. Default 32 KiB.
+	NotSentLowat int
+
 	// PeerTrailers says the peer understands HEADERS frames, which carry
 	// trailers (gRPC's status, for one): it announced so out of band (at
 	// registration, in spdy-origin). amahi/spdy panics on HEADERS, so
@@ -150,6 +159,7 @@ func DefaultConfig() *Config {
 		MaxHeaderBytes:       DefaultMaxHeaderBytes,
 		MaxHeaderCount:       DefaultMaxHeaderCount,
 		MaxUpgradedStreams:   DefaultMaxUpgradedStreams,
+		NotSentLowat:         DefaultNotSentLowat,
 	}
 }
 
@@ -182,6 +192,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxUpgradedStreams == 0 {
 		c.MaxUpgradedStreams = d.MaxUpgradedStreams
+	}
+	if c.NotSentLowat == 0 {
+		c.NotSentLowat = d.NotSentLowat
 	}
 	return c
 }

@@ -218,7 +218,7 @@ func (s *Session) handleSynStream(id, assoc uint32, priority, flags uint8, n int
 		s.mu.Unlock()
 		return refuse("MAX_CONCURRENT_STREAMS reached")
 	}
-	st := s.newStreamLocked(id)
+	st := s.newStreamLocked(id, priority)
 	s.peerStreams++
 	st.state.set(stRemoteFin, fin)
 	s.mu.Unlock()

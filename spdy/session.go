@@ -111,7 +111,7 @@ type Session struct {
 	// Writer queue: control frames go before DATA.
 	wmu     sync.Mutex
 	ctrlQ   []writeReq
-	dataQ   []writeReq
+	dataQ   dataQueue
 	wsignal chan struct{}
 	wdone   bool // the writer stopped: enqueue refuses requests
 
@@ -199,6 +199,9 @@ func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session
 		s.nextID, s.nextPingID = 2, 2
 	}
 	s.tlsState = connTLSState(conn)
+	if cfg.NotSentLowat > 0 {
+		setNotSentLowat(conn, cfg.NotSentLowat)
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	fr, err := mspdy.NewFramer(s.bw, nil)
 	if err != nil {
@@ -446,7 +449,7 @@ func (s *Session) handleGoAway(lastGood, status uint32) {
 
 // newStreamLocked creates and registers a stream; s.mu is held. Its
 // receive window starts at SPDY's default (flow.go).
-func (s *Session) newStreamLocked(id uint32) *stream {
+func (s *Session) newStreamLocked(id uint32, priority uint8) *stream {
 	win := newRecvWindow(defaultWindow, defaultWindow/updateFraction)
 	if !s.peerKnowsFlow.Load() {
 		win.threshold, win.smallSteps = smallUpdateThreshold, true
@@ -454,6 +457,7 @@ func (s *Session) newStreamLocked(id uint32) *stream {
 	st := &stream{
 		s:         s,
 		id:        id,
+		priority:  min(priority, Priorities-1),
 		sendWin:   sendWindow{n: s.peerInitWindow},
 		recvWin:   win,
 		tuneStart: time.Now(),
