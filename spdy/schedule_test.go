@@ -213,4 +213,3 @@ func TestSynStreamPriority(t *testing.T) {
 		recvResult(t, res)
 	}
 }
-
