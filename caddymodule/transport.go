@@ -197,7 +197,7 @@ type proxiedRequest struct {
 // prepare makes the request for the agent: req as the client sent it to
 // us, on a context that response_header_timeout bounds.
 func (t *Transport) prepare(req *http.Request, s *session) *proxiedRequest {
-	pr := &proxiedRequest{t: t, req: req, s: s, ctx: req.Context()}
+	pr := &proxiedRequest{t: t, req: req, s: s, ctx: spdy.WithPriority(req.Context(), requestPriority(req))}
 	if t.ResponseHeaderTimeout > 0 {
 		pr.ctx, pr.cancel = context.WithCancelCause(pr.ctx)
 		pr.timer = time.AfterFunc(time.Duration(t.ResponseHeaderTimeout), func() { pr.cancel(errHeaderTimeout) })
