@@ -455,18 +455,19 @@ func (s *Session) newStreamLocked(id uint32, priority uint8) *stream {
 		win.threshold, win.smallSteps = smallUpdateThreshold, true
 	}
 	st := &stream{
-		s:         s,
-		id:        id,
-		priority:  min(priority, Priorities-1),
-		sendWin:   sendWindow{n: s.peerInitWindow},
-		recvWin:   win,
-		tuneStart: time.Now(),
-		readWake:  make(chan struct{}, 1),
-		sendWake:  make(chan struct{}, 1),
-		written:   make(chan error, 1),
-		reply:     make(chan struct{}),
-		done:      make(chan struct{}),
-		contentLn: -1,
+		s:          s,
+		id:         id,
+		priority:   min(priority, Priorities-1),
+		sendWin:    sendWindow{n: s.peerInitWindow},
+		recvWin:    win,
+		tuneStart:  time.Now(),
+		creditTick: s.clock.Load(),
+		readWake:   make(chan struct{}, 1),
+		sendWake:   make(chan struct{}, 1),
+		written:    make(chan error, 1),
+		reply:      make(chan struct{}),
+		done:       make(chan struct{}),
+		contentLn:  -1,
 	}
 	s.streams[id] = st
 	return st
