@@ -344,7 +344,7 @@ func httpFront(t *testing.T, to *url.URL, root string) front {
 	t.Helper()
 	var h http.Handler
 	if to != nil {
-		u, err := newUpstreamHandler(to, testTuning(nil), zap.NewNop())
+		u, err := newUpstreamHandler(to, nil, testTuning(nil), zap.NewNop())
 		if err != nil {
 			t.Fatal(err)
 		}
