@@ -106,6 +106,30 @@ func (h *upstreamHandler) rewrite(pr *httputil.ProxyRequest) {
 			pr.Out.Header[k] = v
 		}
 	}
+	if pr.Out.Body != nil && len(pr.In.Trailer) > 0 {
+		pr.Out.Body = &trailingBody{ReadCloser: pr.Out.Body, in: pr.In, out: pr.Out.Trailer}
+	}
+}
+
+// trailingBody carries a request's trailers to the upstream. ReverseProxy's
+// outgoing request has a copy of the Trailer map, made before the body was
+// read, while the spdy layer fills the incoming request's map at the body's
+// EOF; so the values are copied over at EOF, before the transport, which
+// sends out.Trailer after the body, looks at them.
+type trailingBody struct {
+	io.ReadCloser
+	in  *http.Request
+	out http.Header
+}
+
+func (b *trailingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		for k, vv := range b.in.Trailer {
+			b.out[k] = vv
+		}
+	}
+	return n, err
 }
 
 func (h *upstreamHandler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
