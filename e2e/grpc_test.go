@@ -72,7 +72,7 @@ type grpcServer struct {
 const grpcService = "e2e.Tunnel"
 
 // grpcDesc is the service: unary Echo, Fail and Hold; server-streaming
-// Stream and Ticker; client-streaming Collect; bidirectional Bidi.
+// Stream, Ticker and Slow; client-streaming Collect; bidirectional Bidi.
 var grpcDesc = grpc.ServiceDesc{
 	ServiceName: grpcService,
 	HandlerType: (*any)(nil),
@@ -84,6 +84,7 @@ var grpcDesc = grpc.ServiceDesc{
 	Streams: []grpc.StreamDesc{
 		{StreamName: "Stream", ServerStreams: true, Handler: streaming((*grpcServer).stream)},
 		{StreamName: "Ticker", ServerStreams: true, Handler: streaming((*grpcServer).ticker)},
+		{StreamName: "Slow", ServerStreams: true, Handler: streaming((*grpcServer).slow)},
 		{StreamName: "Collect", ClientStreams: true, Handler: streaming((*grpcServer).collect)},
 		{StreamName: "Bidi", ServerStreams: true, ClientStreams: true, Handler: streaming((*grpcServer).bidi)},
 	},
@@ -215,6 +216,30 @@ func (s *grpcServer) ticker(ss grpc.ServerStream) error {
 		case <-t.C:
 		}
 	}
+}
+
+// slow sends two messages, each after a pause of the request's duration.
+func (s *grpcServer) slow(ss grpc.ServerStream) error {
+	var in []byte
+	if err := ss.RecvMsg(&in); err != nil {
+		return err
+	}
+	d, err := time.ParseDuration(string(in))
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "pause %q: %v", in, err)
+	}
+	for i := range 2 {
+		select {
+		case <-time.After(d):
+		case <-ss.Context().Done():
+			return ss.Context().Err()
+		}
+		m := indexed(i, 8)
+		if err := ss.SendMsg(&m); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // collect reads every message and answers "<count> <sha256 of all bytes>".
@@ -704,51 +729,92 @@ func TestGrpcAgentKilled(t *testing.T) {
 	waitUntil(t, 5*time.Second, "the dead session to leave the pool", func() bool { return len(poolState(t, g.pool).Sessions) == 0 })
 }
 
-// TestGrpcQuietClientStream pins down what the README tells users of
-// client-streaming and bidirectional RPCs whose client may stay silent for
-// long: two limits cut such a call, each at 1 minute by default (here
-// scaled down to 500ms, with the client silent for 1.5s). Caddy's
-// read_idle_timeout (Caddyfile read_body_idle) limits any wait for the
-// client's next bytes; spdy_origin's stream_idle_timeout limits it until
-// the server's response headers, which grpc-go sends with its first message
-// (here: with its only one, at the end). With both raised, the call works.
-func TestGrpcQuietClientStream(t *testing.T) {
+// TestGrpcQuietStreams pins down what the README tells users of long-lived
+// streams. Two limits, each 1 minute by default (here 500ms, with pauses of
+// 1-1.5s), cut a call whose client is silent: Caddy's read_idle_timeout
+// (Caddyfile read_body_idle) limits any wait for the client's next bytes;
+// spdy_origin's stream_idle_timeout limits it until the server's response
+// headers, which grpc-go sends with its first message (here: with its only
+// one, at the end). With both raised, the call works. A server that is
+// silent is cut by neither, before its first message or between two.
+func TestGrpcQuietStreams(t *testing.T) {
 	for _, c := range []struct {
 		name            string
 		handler, server map[string]any
 		want            codes.Code
 	}{
 		// 408 from the transport: gRPC maps it to Unknown.
-		{"stream_idle_timeout", map[string]any{"stream_idle_timeout": "500ms"}, map[string]any{"read_idle_timeout": "-1s"}, codes.Unknown},
+		{"client silent/stream_idle_timeout", map[string]any{"stream_idle_timeout": "500ms"}, map[string]any{"read_idle_timeout": "-1s"}, codes.Unknown},
 		// Caddy's body read fails; reverse_proxy answers 502: Unavailable.
-		{"read_idle_timeout", map[string]any{"stream_idle_timeout": "1m"}, map[string]any{"read_idle_timeout": "500ms"}, codes.Unavailable},
-		{"both raised", map[string]any{"stream_idle_timeout": "1m"}, map[string]any{"read_idle_timeout": "1m"}, codes.OK},
+		{"client silent/read_idle_timeout", map[string]any{"stream_idle_timeout": "1m"}, map[string]any{"read_idle_timeout": "500ms"}, codes.Unavailable},
+		{"client silent/both raised", map[string]any{"stream_idle_timeout": "1m"}, map[string]any{"read_idle_timeout": "1m"}, codes.OK},
+		{"server silent", map[string]any{"stream_idle_timeout": "500ms"}, map[string]any{"read_idle_timeout": "500ms"}, codes.OK},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			g := setupGRPCWith(t, "grpc-quiet-"+strings.ReplaceAll(c.name, " ", "-"), c.handler, c.server)
+			g := setupGRPCWith(t, "grpc-quiet-"+strings.NewReplacer(" ", "-", "/", "-").Replace(c.name), c.handler, c.server)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			cs, err := g.conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true}, method("Collect"))
-			if err != nil {
-				t.Fatal(err)
+			var err error
+			if strings.HasPrefix(c.name, "client") {
+				err = quietClient(ctx, g)
+			} else {
+				err = quietServer(ctx, g)
 			}
-			m := []byte("before the pause")
-			if err := cs.SendMsg(&m); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(1500 * time.Millisecond)
-			m = []byte("after the pause")
-			_ = cs.SendMsg(&m) // io.EOF once the call failed; RecvMsg says why
-			_ = cs.CloseSend()
-			var resp []byte
-			err = cs.RecvMsg(&resp)
 			if status.Code(err) != c.want {
-				t.Fatalf("client silent for 1.5s: %v, want code %v", err, c.want)
-			}
-			if err == nil && !strings.HasPrefix(string(resp), "2 ") {
-				t.Fatalf("server received %q, want 2 messages", resp)
+				t.Fatalf("%v, want code %v", err, c.want)
 			}
 			t.Logf("%s: %v", c.name, err)
 		})
 	}
+}
+
+// quietClient makes a Collect call that pauses 1.5s between its two messages.
+func quietClient(ctx context.Context, g *grpcE2E) error {
+	cs, err := g.conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true}, method("Collect"))
+	if err != nil {
+		return err
+	}
+	m := []byte("before the pause")
+	if err := cs.SendMsg(&m); err != nil {
+		return err
+	}
+	time.Sleep(1500 * time.Millisecond)
+	m = []byte("after the pause")
+	_ = cs.SendMsg(&m) // io.EOF once the call failed; RecvMsg says why
+	_ = cs.CloseSend()
+	var resp []byte
+	if err := cs.RecvMsg(&resp); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(string(resp), "2 ") {
+		return fmt.Errorf("server received %q, want 2 messages", resp)
+	}
+	return nil
+}
+
+// quietServer makes a Slow call: 1s before each of its two messages.
+func quietServer(ctx context.Context, g *grpcE2E) error {
+	cs, err := g.conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, method("Slow"))
+	if err != nil {
+		return err
+	}
+	req := []byte("1s")
+	if err := cs.SendMsg(&req); err != nil {
+		return err
+	}
+	_ = cs.CloseSend()
+	for i := range 2 {
+		var m []byte
+		if err := cs.RecvMsg(&m); err != nil {
+			return err
+		}
+		if binary.BigEndian.Uint64(m) != uint64(i) {
+			return fmt.Errorf("message %d arrived as %d", i, binary.BigEndian.Uint64(m))
+		}
+	}
+	var m []byte
+	if err := cs.RecvMsg(&m); err != io.EOF {
+		return fmt.Errorf("after 2 messages: %w", err)
+	}
+	return nil
 }
