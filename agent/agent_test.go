@@ -75,6 +75,29 @@ func TestHandshakeOK(t *testing.T) {
 	}
 }
 
+// TestUpstreamCAFile: --upstream-ca-file needs an https upstream and a file
+// with a PEM certificate; each mistake is an error naming the flag.
+func TestUpstreamCAFile(t *testing.T) {
+	dir := t.TempDir()
+	noPEM := filepath.Join(dir, "empty.pem")
+	if err := os.WriteFile(noPEM, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ to, file, wantErr string }{
+		{"http://127.0.0.1:1", noPEM, "needs an https:// --to"},
+		{"h2c://127.0.0.1:1", noPEM, "needs an https:// --to"},
+		{"https://127.0.0.1:1", filepath.Join(dir, "missing.pem"), "--upstream-ca-file: open"},
+		{"https://127.0.0.1:1", noPEM, "no PEM certificate found"},
+	} {
+		o := Options{Proxies: []*url.URL{{Scheme: "https", Host: "proxy.test"}}, Token: "t", Connections: 1, UpstreamCAFile: c.file}
+		o.To, _ = url.Parse(c.to)
+		_, err := NewAgent(o, nil)
+		if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+			t.Errorf("--to %s --upstream-ca-file %s: %v, want an error with %q", c.to, filepath.Base(c.file), err, c.wantErr)
+		}
+	}
+}
+
 func TestInsecureAndPlainProxies(t *testing.T) {
 	secure, plain := newTestProxy(t), newTestProxy(t, withPlainHTTP())
 	o := baseOpts(secure, plain)

@@ -114,6 +114,7 @@ func envName(flagName string) string {
 type cliFlags struct {
 	proxies                       stringList
 	token, to, root, caFile, name string
+	upstreamCAFile                string
 	insecure, showVersion         bool
 	conns, maxUpgrades            int
 	maxStreams                    uint
@@ -127,6 +128,7 @@ func (f *cliFlags) define(fs *flag.FlagSet) {
 	fs.StringVar(&f.to, "to", "", "upstream `URL` to reverse-proxy to: http://127.0.0.1:8080, https://… (h2 when offered), or h2c://127.0.0.1:50051 for cleartext HTTP/2 such as gRPC (exclusive with --root)")
 	fs.StringVar(&f.root, "root", "", "`directory` to serve as static files (exclusive with --to)")
 	fs.StringVar(&f.caFile, "ca-file", "", "PEM `file` with extra CA certificates to trust for the proxy, e.g. Caddy's 'tls internal' root")
+	fs.StringVar(&f.upstreamCAFile, "upstream-ca-file", "", "PEM `file` with extra CA certificates to trust for an https:// --to upstream (a self-signed or private-CA upstream)")
 	fs.BoolVar(&f.insecure, "insecure-skip-verify", false, "do NOT verify the proxy's TLS certificate (testing only; dangerous)")
 	fs.IntVar(&f.conns, "connections", 2, "parallel sessions to each proxy")
 	fs.StringVar(&f.name, "name", "", "agent `name` sent to the proxy for its logs and metrics (default: host name)")
@@ -273,6 +275,7 @@ func (f *cliFlags) originOptions(o *Options) error {
 			return usageErrorf("--to %q: want http://host:port, https://host:port or h2c://host:port", f.to)
 		}
 		o.To = u
+		o.UpstreamCAFile = f.upstreamCAFile
 	default:
 		o.Root = f.root
 	}
