@@ -187,13 +187,17 @@ type Handler struct {
 	// agent that does not read the request body, or, before the agent
 	// answers, a client that sends no request body bytes (it gets 408).
 	// Quiet streams (an event stream between events, an idle WebSocket)
-	// are not affected. It frees the stream's slot and buffers.
+	// are not affected. It frees the stream's slot and buffers. A client
+	// that streams its request body with pauses before the agent answers
+	// (a gRPC client stream) needs it above its longest pause; Caddy's own
+	// read_idle_timeout applies too. -1 (Caddyfile: off) disables it.
 	// Default: 1m (spdy.DefaultStreamIdleTimeout).
 	StreamIdleTimeout caddy.Duration `json:"stream_idle_timeout,omitempty"`
 
 	// StreamQueueTimeout is how long a request waits for a free stream
 	// when every stream the agents allow is in use; then it gets 503 with
-	// Retry-After. Default: 10s (spdy.DefaultStreamQueueTimeout).
+	// Retry-After. -1 (Caddyfile: off): wait as long as the client does.
+	// Default: 10s (spdy.DefaultStreamQueueTimeout).
 	StreamQueueTimeout caddy.Duration `json:"stream_queue_timeout,omitempty"`
 
 	// PingInterval is how often each session sends a keepalive PING; the
@@ -389,7 +393,6 @@ func (h *Handler) Validate() error {
 		"response_header_timeout": h.ResponseHeaderTimeout, "stream_timeout": h.StreamTimeout,
 		"stream_close_delay": h.StreamCloseDelay, "drain_timeout": h.DrainTimeout,
 		"ping_interval": h.PingInterval, "ping_timeout": h.PingTimeout, "write_timeout": h.WriteTimeout,
-		"stream_idle_timeout": h.StreamIdleTimeout, "stream_queue_timeout": h.StreamQueueTimeout,
 	} {
 		if d < 0 {
 			return fmt.Errorf("spdy_origin: %s must not be negative", name)
