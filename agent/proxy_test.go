@@ -67,6 +67,18 @@ func withBehave(f func(n int, w http.ResponseWriter, r *http.Request) bool) prox
 	return func(p *testProxy) { p.behave = f }
 }
 
+// answering makes a test proxy answer every registration with status, the header
+// pairs hdr and the status text as the body.
+func answering(status int, hdr ...string) proxyOpt {
+	return withBehave(func(_ int, w http.ResponseWriter, _ *http.Request) bool {
+		for i := 0; i+1 < len(hdr); i += 2 {
+			w.Header().Set(hdr[i], hdr[i+1])
+		}
+		http.Error(w, http.StatusText(status), status)
+		return true
+	})
+}
+
 func withAfter(f func(n int, conn net.Conn) bool) proxyOpt {
 	return func(p *testProxy) { p.after = f }
 }
@@ -126,7 +138,7 @@ func (p *testProxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if tok, ok := handshake.BearerToken(r.Header); !ok || tok != testToken {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="spdy-origin"`)
+		w.Header().Set("WWW-Authenticate", handshake.TokenChallenge("invalid_token"))
 		http.Error(w, "invalid token", http.StatusUnauthorized)
 		return
 	}

@@ -182,7 +182,8 @@ var updateGolden = flag.Bool("update", false, "rewrite testdata/adapt.json from 
 
 // TestAdaptGolden checks the Caddyfile adapter's output for spdy_origin: the
 // directive is ordered before reverse_proxy without a global order option,
-// matchers work, and the transport and upstream source adapt.
+// matchers work, and the transport and upstream source adapt;
+// spdy_origin_register is ordered before basic_auth, wherever it is written.
 func TestAdaptGolden(t *testing.T) {
 	in, err := os.ReadFile("testdata/adapt.caddyfile")
 	if err != nil {

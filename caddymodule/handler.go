@@ -66,8 +66,10 @@ type Handler struct {
 
 	// Connect is the path of the registration route, matched exactly.
 	// Requests to it are never proxied; agents must PUT to it over
-	// HTTP/1.1 (other methods get 405, HTTP/2 and HTTP/3 get 505).
-	// Default: "/.well-known/spdy-origin".
+	// HTTP/1.1 (other methods get 405, HTTP/2 and HTTP/3 get 505). Client
+	// authentication or IP rules before this handler also meet the agents'
+	// registrations; a spdy_origin_register handler before them answers
+	// the registrations first. Default: "/.well-known/spdy-origin".
 	Connect string `json:"connect,omitempty"`
 
 	// Token lists the bearer tokens agents may register with; at least
@@ -220,7 +222,8 @@ type Handler struct {
 	proxy     *reverseproxy.Handler
 	spdyCfg   *spdy.Config
 	limiter   *authLimiter
-	user      *poolUser // joined the pool: the last step of Provision
+	user      *poolUser    // joined the pool
+	scopes    []routeScope // known to the registrars of these route lists: the last step of Provision
 	logger    *zap.Logger
 }
 
@@ -270,6 +273,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.user = user
 	h.limiter = poolAuthLimiter(h.Pool, h.MaxAuthFailures, time.Duration(h.AuthFailureWindow))
+	// For spdy_origin_register handlers of the route lists h is in
+	// (registrar.go); they are this config's, so no live config sees h.
+	h.scopes = scopesOf(ctx)
+	addRegistrationRoute(h, h.scopes)
+	h.warnIfShadowed(ctx)
 	return nil
 }
 
@@ -405,6 +413,7 @@ func (h *Handler) Validate() error {
 // partial Provision. Fields stay set: requests of this config may still be
 // finishing during a reload.
 func (h *Handler) Cleanup() error {
+	removeRegistrationRoute(h, h.scopes)
 	if h.user != nil {
 		// Before the transport gives the pool back: if this is the pool's
 		// last reference, its Destruct uses this handler's drain timeout.

@@ -245,9 +245,9 @@ func (h *Handler) refuseToken(w http.ResponseWriter, r *http.Request, log *zap.L
 		log.Warn("agent registration: locking out an address prefix after repeated wrong tokens (valid tokens still register)",
 			zap.Duration("locked_for", f.lockedFor))
 	}
-	reason, desc, challenge := reasonBadToken, "wrong token", `Bearer realm="spdy-origin", error="invalid_token"`
+	reason, desc, challenge := reasonBadToken, "wrong token", handshake.TokenChallenge("invalid_token")
 	if !present {
-		reason, desc, challenge = reasonMissingToken, "missing bearer token", `Bearer realm="spdy-origin"`
+		reason, desc, challenge = reasonMissingToken, "missing bearer token", handshake.TokenChallenge("")
 	}
 	w.Header().Set("WWW-Authenticate", challenge)
 	return h.refuse(w, r, log, refusal{

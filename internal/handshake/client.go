@@ -16,7 +16,9 @@ import (
 	"unicode/utf8"
 )
 
-// ErrTokenRejected is what a 401 answer's *StatusError unwraps to.
+// ErrTokenRejected is what a *StatusError unwraps to when spdy_origin
+// checked the token and refused it: a 401 with its challenge
+// (TokenChallenge). Any other 401 is ErrBlocked.
 var ErrTokenRejected = errors.New("token rejected by proxy")
 
 // excerptLen caps the body excerpt a StatusError keeps.
@@ -64,23 +66,38 @@ type StatusError struct {
 
 func (e *StatusError) Error() string {
 	var b strings.Builder
-	if e.StatusCode == http.StatusUnauthorized {
+	switch {
+	case e.TokenRejected():
 		b.WriteString(ErrTokenRejected.Error())
-	} else {
+	case e.Blocked():
+		b.WriteString(ErrBlocked.Error())
+	default:
 		b.WriteString("proxy refused registration")
 	}
 	b.WriteString(": HTTP ")
 	b.WriteString(e.Status)
+	if name := e.challengeHeader(); name != "" && e.Blocked() {
+		if c := e.Challenge(); c != "" {
+			fmt.Fprintf(&b, " (%s: %s)", name, c)
+		} else {
+			fmt.Fprintf(&b, " (no %s challenge)", name)
+		}
+	}
 	if e.Body != "" {
 		fmt.Fprintf(&b, ": %q", e.Body)
 	}
 	return b.String()
 }
 
-// Unwrap makes a 401 match ErrTokenRejected.
+// Unwrap makes spdy_origin's token refusal match ErrTokenRejected, and a
+// refusal by anything in front of it (any other 401, a 403, a 407) match
+// ErrBlocked.
 func (e *StatusError) Unwrap() error {
-	if e.StatusCode == http.StatusUnauthorized {
+	switch {
+	case e.TokenRejected():
 		return ErrTokenRejected
+	case e.Blocked():
+		return ErrBlocked
 	}
 	return nil
 }

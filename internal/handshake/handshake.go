@@ -26,7 +26,10 @@
 // proxy's HTTP server hands it the connection (a hijack), which HTTP/2 and
 // HTTP/3 cannot do. A refusal is an ordinary HTTP answer (401 with
 // WWW-Authenticate, 429 and 503 with Retry-After, ...), after which the proxy
-// closes the connection.
+// closes the connection. The proxy's 401 carries its own challenge,
+// `Bearer realm="spdy-origin"` (TokenChallenge), so that the agent can tell a
+// refused token from a 401 that something in front of the registration
+// route sent (refusal.go).
 //
 // The 200's body must be delimited (Content-Length, or chunked), or the agent
 // could not tell where SPDY starts. The proxy may send its first SPDY frames
