@@ -29,6 +29,7 @@ type Options struct {
 	To                 *url.URL      // --to: upstream to reverse-proxy to (exclusive with Root)
 	Root               string        // --root: directory to serve (exclusive with To)
 	CAFile             string        // --ca-file: extra PEM roots for verifying the proxy
+	UpstreamCAFile     string        // --upstream-ca-file: extra PEM roots for verifying an https:// To upstream
 	InsecureSkipVerify bool          // --insecure-skip-verify: do not verify the proxy's certificate (testing only)
 	Connections        int           // --connections: parallel sessions per proxy (Main's default 2)
 	Name               string        // --name: identity sent to the proxy (Main's default: the host name)
@@ -146,6 +147,9 @@ func (o *Options) validate(log *zap.Logger) error {
 	if (o.To == nil) == (o.Root == "") {
 		return errors.New("exactly one of --to and --root is required")
 	}
+	if o.UpstreamCAFile != "" && (o.To == nil || o.To.Scheme != "https") {
+		return errors.New("--upstream-ca-file needs an https:// --to upstream")
+	}
 	if o.Connections < 1 {
 		return fmt.Errorf("--connections must be at least 1, got %d", o.Connections)
 	}
@@ -172,7 +176,11 @@ func (o *Options) validate(log *zap.Logger) error {
 // upstream or the --root directory; closeIdle releases its resources at exit.
 func newHandler(opts Options, tun tuning, m *metrics, log *zap.Logger) (h http.Handler, closeIdle func(), err error) {
 	if opts.To != nil {
-		u, err := newUpstreamHandler(opts.To, tun, log)
+		roots, err := certPool("--upstream-ca-file", opts.UpstreamCAFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		u, err := newUpstreamHandler(opts.To, roots, tun, log)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -217,21 +225,32 @@ func proxyTLSConfig(caFile string, insecure bool) (*tls.Config, error) {
 		NextProtos:         []string{"http/1.1"},
 		InsecureSkipVerify: insecure, //nolint:gosec // explicit user opt-in, warned loudly
 	}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("--ca-file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--ca-file %s: no PEM certificate found", caFile)
-		}
-		tc.RootCAs = pool
+	pool, err := certPool("--ca-file", caFile)
+	if err != nil {
+		return nil, err
 	}
+	tc.RootCAs = pool
 	return tc, nil
+}
+
+// certPool returns the system roots plus the PEM certificates in file, or
+// nil (the system roots) when file is empty; flag names the option in errors.
+func certPool(flag, file string) (*x509.CertPool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flag, err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s %s: no PEM certificate found", flag, file)
+	}
+	return pool, nil
 }
 
 func newInstanceID() string {

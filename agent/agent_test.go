@@ -75,6 +75,29 @@ func TestHandshakeOK(t *testing.T) {
 	}
 }
 
+// TestUpstreamCAFile: --upstream-ca-file needs an https upstream and a file
+// with a PEM certificate; each mistake is an error naming the flag.
+func TestUpstreamCAFile(t *testing.T) {
+	dir := t.TempDir()
+	noPEM := filepath.Join(dir, "empty.pem")
+	if err := os.WriteFile(noPEM, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ to, file, wantErr string }{
+		{"http://127.0.0.1:1", noPEM, "needs an https:// --to"},
+		{"h2c://127.0.0.1:1", noPEM, "needs an https:// --to"},
+		{"https://127.0.0.1:1", filepath.Join(dir, "missing.pem"), "--upstream-ca-file: open"},
+		{"https://127.0.0.1:1", noPEM, "no PEM certificate found"},
+	} {
+		o := Options{Proxies: []*url.URL{{Scheme: "https", Host: "proxy.test"}}, Token: "t", Connections: 1, UpstreamCAFile: c.file}
+		o.To, _ = url.Parse(c.to)
+		_, err := NewAgent(o, nil)
+		if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+			t.Errorf("--to %s --upstream-ca-file %s: %v, want an error with %q", c.to, filepath.Base(c.file), err, c.wantErr)
+		}
+	}
+}
+
 func TestInsecureAndPlainProxies(t *testing.T) {
 	secure, plain := newTestProxy(t), newTestProxy(t, withPlainHTTP())
 	o := baseOpts(secure, plain)
@@ -127,10 +150,32 @@ func TestHandshakeFailures(t *testing.T) {
 		timeout time.Duration
 	}{
 		{
-			name: "401 token rejected",
-			opts: func(o *Options, _ *testProxy) *url.URL { o.Token = "wrong"; return nil },
-			want: []string{"token rejected", "401", "invalid token"},
-			is:   handshake.ErrTokenRejected,
+			name:  "401 token rejected",
+			opts:  func(o *Options, _ *testProxy) *url.URL { o.Token = "wrong"; return nil },
+			want:  []string{"token rejected", "401", "invalid token", "check --token"},
+			is:    handshake.ErrTokenRejected,
+			notIs: handshake.ErrBlocked,
+		},
+		{
+			name:  "401 from client authentication in front of the registration route",
+			proxy: []proxyOpt{answering(http.StatusUnauthorized, "WWW-Authenticate", `Basic realm="restricted"`)},
+			want:  []string{"blocked before it reached spdy_origin", `Basic realm="restricted"`, "not spdy_origin's token check", "spdy_origin_register", "Protecting your site"},
+			is:    handshake.ErrBlocked,
+			notIs: handshake.ErrTokenRejected,
+		},
+		{
+			name:  "403 from an IP rule or a CDN",
+			proxy: []proxyOpt{answering(http.StatusForbidden)},
+			want:  []string{"blocked before it reached spdy_origin", "403", "never answers 403", "remote_ip", "spdy_origin_register"},
+			is:    handshake.ErrBlocked,
+			notIs: handshake.ErrTokenRejected,
+		},
+		{
+			name:  "407 from a proxy on the way",
+			proxy: []proxyOpt{answering(http.StatusProxyAuthRequired, "Proxy-Authenticate", `Basic realm="corp"`)},
+			want:  []string{"407", `Proxy-Authenticate: Basic realm="corp"`, "between this agent and Caddy"},
+			is:    handshake.ErrBlocked,
+			notIs: handshake.ErrTokenRejected,
 		},
 		{
 			name: "500 with body excerpt",
@@ -202,7 +247,7 @@ func TestHandshakeFailures(t *testing.T) {
 				conn.Close()
 				return true
 			})},
-			want: []string{"closed the connection without answering"},
+			want: []string{"closed the connection without answering", "abort"},
 		},
 	}
 	for _, tt := range tests {
@@ -373,25 +418,59 @@ func TestReconnectDroppedSessionsAndReset(t *testing.T) {
 	}
 }
 
-// 401 waits long (and longer each time) instead of hammering the proxy; the message says why.
-func TestTokenRejectedBacksOffLong(t *testing.T) {
-	p := newTestProxy(t)
+// threeRetries runs an agent with token against p until it has waited three times
+// and checks those delays against want; it returns the error of the one warning it
+// logged.
+func threeRetries(t *testing.T, p *testProxy, token string, want [3]time.Duration) string {
+	t.Helper()
 	o := baseOpts(p)
-	o.Token = "wrong"
+	o.Token = token
 	o.Root = t.TempDir()
 	ta := newTestAgent(t, o, nil)
 	ta.start(t)
 	waitFor(t, func() bool { return len(ta.delays.get()) >= 3 })
 	ta.stop(t)
 	got := ta.delays.get()
-	for i, w := range []time.Duration{5 * time.Second, 10 * time.Second, 20 * time.Second} {
+	for i, w := range want {
 		if d := got[i]; d < w*99/100 || d > w {
-			t.Errorf("delay %d after 401 = %v, want ≈%v", i, d, w)
+			t.Errorf("delay %d = %v, want ≈%v", i, d, w)
 		}
 	}
 	warns := ta.logs.FilterLevelExact(zapcore.WarnLevel).FilterMessageSnippet("cannot connect").All()
-	if len(warns) != 1 || !strings.Contains(fmt.Sprint(warns[0].ContextMap()["error"]), "token rejected") {
-		t.Errorf("warnings: %v", warns)
+	if len(warns) != 1 {
+		t.Fatalf("warnings: %v", warns)
+	}
+	return fmt.Sprint(warns[0].ContextMap()["error"])
+}
+
+// 401 waits long (and longer each time) instead of hammering the proxy; the message says why.
+func TestTokenRejectedBacksOffLong(t *testing.T) {
+	msg := threeRetries(t, newTestProxy(t), "wrong", [3]time.Duration{5 * time.Second, 10 * time.Second, 20 * time.Second})
+	if !strings.Contains(msg, "token rejected") {
+		t.Errorf("warning: %s", msg)
+	}
+}
+
+// A 401 that is not spdy_origin's (client authentication on the site, here
+// basic_auth's Basic challenge) or a 403 (an IP rule, a CDN) says what it is
+// and what to check, and is retried at the ordinary backoff: the token was
+// never checked, and the fix is in the proxy's config, which can change at
+// any time.
+func TestBlockedRegistrationBacksOffNormally(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer proxyOpt
+		says   string
+	}{
+		{"foreign 401", answering(http.StatusUnauthorized, "WWW-Authenticate", `Basic realm="restricted"`), "not spdy_origin's token check"},
+		{"403", answering(http.StatusForbidden), "never answers 403"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			msg := threeRetries(t, newTestProxy(t, tc.answer), testToken, [3]time.Duration{10 * time.Millisecond, 20 * time.Millisecond, 40 * time.Millisecond})
+			if !strings.Contains(msg, tc.says) || strings.Contains(msg, "token rejected") || strings.Contains(msg, "check --token") {
+				t.Errorf("warning says %q; want %q and nothing about the token", msg, tc.says)
+			}
+		})
 	}
 }
 

@@ -133,6 +133,7 @@ func envName(flagName string) string {
 type cliFlags struct {
 	proxies                       stringList
 	token, to, root, caFile, name string
+	upstreamCAFile                string
 	metricsAddr                   string
 	insecure, showVersion         bool
 	conns, maxUpgrades            int
@@ -144,9 +145,10 @@ type cliFlags struct {
 // define declares every flag on fs.
 func (f *cliFlags) define(fs *flag.FlagSet) {
 	fs.StringVar(&f.token, "token", "", "bearer `token` the proxy expects (prefer the env var: command lines are visible to other users)")
-	fs.StringVar(&f.to, "to", "", "upstream `URL` to reverse-proxy to, e.g. http://127.0.0.1:8080 (exclusive with --root)")
+	fs.StringVar(&f.to, "to", "", "upstream `URL` to reverse-proxy to: http://127.0.0.1:8080, https://… (h2 when offered), or h2c://127.0.0.1:50051 for cleartext HTTP/2 such as gRPC (exclusive with --root)")
 	fs.StringVar(&f.root, "root", "", "`directory` to serve as static files (exclusive with --to)")
 	fs.StringVar(&f.caFile, "ca-file", "", "PEM `file` with extra CA certificates to trust for the proxy, e.g. Caddy's 'tls internal' root")
+	fs.StringVar(&f.upstreamCAFile, "upstream-ca-file", "", "PEM `file` with extra CA certificates to trust for an https:// --to upstream (a self-signed or private-CA upstream)")
 	fs.BoolVar(&f.insecure, "insecure-skip-verify", false, "do NOT verify the proxy's TLS certificate (testing only; dangerous)")
 	fs.IntVar(&f.conns, "connections", 2, "parallel sessions to each proxy")
 	fs.StringVar(&f.name, "name", "", "agent `name` sent to the proxy for its logs and metrics (default: host name)")
@@ -296,10 +298,11 @@ func (f *cliFlags) originOptions(o *Options) error {
 		if err != nil {
 			return usageErrorf("--to %q: %v", f.to, err)
 		}
-		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return usageErrorf("--to %q: want http://host:port or https://host:port", f.to)
+		if (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "h2c") || u.Host == "" {
+			return usageErrorf("--to %q: want http://host:port, https://host:port or h2c://host:port", f.to)
 		}
 		o.To = u
+		o.UpstreamCAFile = f.upstreamCAFile
 	default:
 		o.Root = f.root
 	}

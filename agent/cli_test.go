@@ -48,6 +48,16 @@ func TestParseArgs(t *testing.T) {
 			},
 		},
 		{
+			name: "https upstream with its own CA",
+			args: []string{"--proxy", "https://a.example", "--token", "t", "--to", "https://nas.lan:8443"},
+			env:  map[string]string{"SPDY_ORIGIN_UPSTREAM_CA_FILE": "/etc/nas-ca.pem"},
+			check: func(t *testing.T, c *cliConfig) {
+				if c.opts.To.String() != "https://nas.lan:8443" || c.opts.UpstreamCAFile != "/etc/nas-ca.pem" {
+					t.Fatalf("to %v, upstream CA file %q", c.opts.To, c.opts.UpstreamCAFile)
+				}
+			},
+		},
+		{
 			name:    "bad max upgrades",
 			args:    []string{"--proxy", "https://a.example", "--token", "t", "--to", "http://127.0.0.1:1", "--max-upgrades", "0"},
 			wantErr: "--max-upgrades",

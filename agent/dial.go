@@ -11,7 +11,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"strconv"
@@ -22,6 +24,11 @@ import (
 	"github.com/spdy-origin/spdy-origin/internal/handshake"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
+
+// agentCapabilities is what the agent announces at registration: it
+// understands HEADERS frames (trailers, which gRPC needs). A proxy that does
+// not answer with its own list (an Amahi proxy) gets no HEADERS frames.
+var agentCapabilities = handshake.Capabilities{handshake.CapTrailers}
 
 // connect dials proxy, registers, and starts a SPDY server session on the
 // connection, for connection slot sl. Its errors say at which stage it failed
@@ -43,17 +50,16 @@ func (a *Agent) connect(ctx context.Context, proxy *url.URL, sl slot, log *zap.L
 			Instance:   a.instance,
 			Connection: strconv.Itoa(sl.conn),
 		},
+		Capabilities: agentCapabilities,
 	})
 	if err != nil {
 		_ = conn.Close()
-		if errors.Is(err, handshake.ErrTokenRejected) {
-			return nil, fmt.Errorf("%w (check --token / %s)", err, envName("token"))
-		}
-		return nil, ctxErr(hctx, err)
+		return nil, ctxErr(hctx, explainRefusal(err))
 	}
 	log.Debug("registered with proxy", zap.Int("body_bytes", len(res.Body)), zap.Int("buffered_spdy_bytes", res.Reader.Buffered()))
 	cfg := *a.tun.spdy
 	cfg.Logger = log.Named("spdy").Sugar()
+	cfg.PeerTrailers = res.Capabilities.Has(handshake.CapTrailers)
 	sess, err := spdy.NewServer(spdy.BufferedConn(conn, res.Reader), &cfg, a.handler)
 	if err != nil {
 		_ = conn.Close()
@@ -61,6 +67,35 @@ func (a *Agent) connect(ctx context.Context, proxy *url.URL, sl slot, log *zap.L
 	}
 	a.sessions.add(sess, sl)
 	return sess, nil
+}
+
+// explainRefusal adds what to check to a registration the proxy refused,
+// telling spdy_origin's own token refusal from a refusal by whatever answers
+// in front of its registration route (see handshake.ErrBlocked).
+func explainRefusal(err error) error {
+	var refused *handshake.StatusError
+	switch {
+	case errors.As(err, &refused) && refused.TokenRejected():
+		return fmt.Errorf("%w (check --token / %s)", err, envName("token"))
+	case errors.As(err, &refused) && refused.Blocked():
+		switch refused.StatusCode {
+		case http.StatusUnauthorized:
+			return fmt.Errorf("%w (this is not spdy_origin's token check, whose 401 carries %s, so the token was not checked: "+
+				"client authentication on the site, such as basic_auth or forward_auth, answered before spdy_origin's registration route; "+
+				"add spdy_origin_register to that site (README: Protecting your site), or find what in front of Caddy asks for credentials)",
+				err, handshake.TokenChallenge(""))
+		case http.StatusForbidden:
+			return fmt.Errorf("%w (spdy_origin never answers 403: an access rule in front of its registration route refused this agent, "+
+				"such as a remote_ip rule or forward_auth on the site, or a CDN or firewall before Caddy; "+
+				"add spdy_origin_register to that site (README: Protecting your site), or allow this agent's address)", err)
+		default:
+			return fmt.Errorf("%w (a proxy between this agent and Caddy wants credentials; the agent must reach Caddy directly)", err)
+		}
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("%w (Caddy does this when an abort rule answers before spdy_origin's registration route, "+
+			"such as remote_ip with abort; see README: Protecting your site)", err)
+	}
+	return err
 }
 
 func hostPort(u *url.URL) string {

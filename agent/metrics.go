@@ -34,7 +34,8 @@ const metricsNamespace = "spdy_origin_agent"
 const (
 	causeDial          = "dial"           // TCP connection to the proxy failed
 	causeTLS           = "tls"            // TLS handshake failed (certificate, protocol)
-	causeTokenRejected = "token_rejected" // the proxy answered 401
+	causeTokenRejected = "token_rejected" // spdy_origin refused the token (its own 401)
+	causeBlocked       = "blocked"        // a 401, 403 or 407 from something in front of spdy_origin (handshake.ErrBlocked)
 	causeRefused       = "refused"        // another non-200 answer (429, 503 pool full, 5xx)
 	causeRegistration  = "registration"   // the registration failed otherwise (timeout, malformed answer)
 	causeGoAway        = "goaway"         // the proxy sent GOAWAY (config reload, shutdown)
@@ -42,7 +43,7 @@ const (
 	causeLost          = "connection_lost"
 )
 
-var reconnectCauses = []string{causeDial, causeTLS, causeTokenRejected, causeRefused, causeRegistration,
+var reconnectCauses = []string{causeDial, causeTLS, causeTokenRejected, causeBlocked, causeRefused, causeRegistration,
 	causeGoAway, causePingTimeout, causeLost}
 
 // Reasons for upstream errors: the label values of upstream_errors_total{reason}.
@@ -206,6 +207,8 @@ func connectCause(err error) string {
 	switch {
 	case errors.Is(err, handshake.ErrTokenRejected):
 		return causeTokenRejected
+	case errors.Is(err, handshake.ErrBlocked):
+		return causeBlocked
 	case errors.As(err, &refused):
 		return causeRefused
 	case errors.As(err, &st):

@@ -303,6 +303,10 @@ func TestConnectCause(t *testing.T) {
 			http.Error(w, "full", http.StatusServiceUnavailable)
 			return true
 		})}, nil, causeRefused},
+		{"blocked", []proxyOpt{withBehave(func(_ int, w http.ResponseWriter, _ *http.Request) bool {
+			http.Error(w, "no entry", http.StatusForbidden)
+			return true
+		})}, nil, causeBlocked},
 		{"registration", []proxyOpt{withBehave(func(_ int, w http.ResponseWriter, _ *http.Request) bool {
 			w.Header().Set("Content-Length", "200000")
 			_, _ = w.Write(make([]byte, 200000))

@@ -53,7 +53,8 @@ type testProxy struct {
 	// true), e.g. to drop it or to hold it without speaking SPDY.
 	after func(n int, conn net.Conn) bool
 
-	plain bool // serve http:// instead of https://
+	plain    bool // serve http:// instead of https://
+	trailers bool // announce trailers as the Caddy module does (else an Amahi-style proxy)
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -66,11 +67,27 @@ func withBehave(f func(n int, w http.ResponseWriter, r *http.Request) bool) prox
 	return func(p *testProxy) { p.behave = f }
 }
 
+// answering makes a test proxy answer every registration with status, the header
+// pairs hdr and the status text as the body.
+func answering(status int, hdr ...string) proxyOpt {
+	return withBehave(func(_ int, w http.ResponseWriter, _ *http.Request) bool {
+		for i := 0; i+1 < len(hdr); i += 2 {
+			w.Header().Set(hdr[i], hdr[i+1])
+		}
+		http.Error(w, http.StatusText(status), status)
+		return true
+	})
+}
+
 func withAfter(f func(n int, conn net.Conn) bool) proxyOpt {
 	return func(p *testProxy) { p.after = f }
 }
 
 func withPlainHTTP() proxyOpt { return func(p *testProxy) { p.plain = true } }
+
+// withTrailers makes the proxy announce the trailers capability and send
+// trailers to an agent that announced it, as the Caddy module does.
+func withTrailers() proxyOpt { return func(p *testProxy) { p.trailers = true } }
 
 func newTestProxy(t *testing.T, opts ...proxyOpt) *testProxy {
 	t.Helper()
@@ -121,7 +138,7 @@ func (p *testProxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if tok, ok := handshake.BearerToken(r.Header); !ok || tok != testToken {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="spdy-origin"`)
+		w.Header().Set("WWW-Authenticate", handshake.TokenChallenge("invalid_token"))
 		http.Error(w, "invalid token", http.StatusUnauthorized)
 		return
 	}
@@ -143,7 +160,11 @@ func (p *testProxy) serve(w http.ResponseWriter, r *http.Request) {
 		// bufio.Reader surely holds SPDY bytes behind the body.
 		c = &coalesceConn{Conn: conn}
 	}
-	if err := handshake.Accept(c, "spdy-origin: ok\n"); err != nil {
+	var caps handshake.Capabilities
+	if p.trailers && len(handshake.ReadCapabilities(r.Header)) > 0 {
+		caps = handshake.Capabilities{handshake.CapTrailers}
+	}
+	if err := handshake.Accept(c, "spdy-origin: ok\n", caps); err != nil {
 		p.t.Errorf("handshake.Accept: %v", err)
 		_ = conn.Close()
 		return
@@ -152,6 +173,7 @@ func (p *testProxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cfg := spdy.DefaultConfig()
+	cfg.PeerTrailers = p.trailers && handshake.ReadCapabilities(r.Header).Has(handshake.CapTrailers)
 	sess, err := spdy.NewClient(spdy.BufferedConn(c, brw.Reader), cfg)
 	if err != nil {
 		p.t.Errorf("spdy.NewClient: %v", err)
@@ -344,7 +366,7 @@ func httpFront(t *testing.T, to *url.URL, root string) front {
 	t.Helper()
 	var h http.Handler
 	if to != nil {
-		u, err := newUpstreamHandler(to, testTuning(nil), zap.NewNop())
+		u, err := newUpstreamHandler(to, nil, testTuning(nil), zap.NewNop())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -372,7 +394,7 @@ func httpFront(t *testing.T, to *url.URL, root string) front {
 
 func spdyFront(t *testing.T, to *url.URL, root string) front {
 	t.Helper()
-	p := newTestProxy(t)
+	p := newTestProxy(t, withTrailers())
 	o := baseOpts(p)
 	o.To, o.Root = to, root
 	ta := newTestAgent(t, o, nil)

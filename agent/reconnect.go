@@ -19,7 +19,7 @@ type retries struct {
 	log      *zap.Logger
 	tun      tuning
 	bo       *backoff // after ordinary failures and ended sessions
-	rejected *backoff // after a 401: long, so a wrong token does not hammer the proxy
+	rejected *backoff // after spdy_origin's 401: long, so a wrong token does not hammer the proxy
 	lastErr  string   // errKey of the last failure, "" after a success
 	failures int      // failed attempts since the last success
 }
@@ -36,8 +36,12 @@ func newRetries(tun tuning, log *zap.Logger) *retries {
 }
 
 // failed logs a failed attempt and returns the delay before the next one: the
-// rejected-token backoff after a 401, the proxy's Retry-After (capped, and never
-// shorter than the backoff) after a 429 or 503, otherwise the backoff.
+// rejected-token backoff after spdy_origin's own 401 (ErrTokenRejected), the
+// proxy's Retry-After (capped, and never shorter than the backoff) after a 429
+// or 503, otherwise the backoff. A 401 or 403 from whatever answers in front of
+// the registration route (handshake.ErrBlocked) gets the ordinary backoff: the
+// token was never checked, and the fix is in the proxy's config, which can
+// change at any time.
 func (r *retries) failed(err error) time.Duration {
 	r.failures++
 	var delay time.Duration

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,7 @@ import (
 // upstream connection and the hijacked SPDY stream.
 type upstreamHandler struct {
 	target    *url.URL
+	tlsConf   *tls.Config // for https targets: the roots that verify them
 	rp        *httputil.ReverseProxy
 	transport *http.Transport
 	dialer    *net.Dialer
@@ -38,18 +40,32 @@ type upstreamHandler struct {
 	countError func(reason string)
 }
 
-func newUpstreamHandler(target *url.URL, tun tuning, log *zap.Logger) (*upstreamHandler, error) {
-	if target.Scheme != "http" && target.Scheme != "https" {
-		return nil, fmt.Errorf("--to %q: scheme must be http or https", target.Redacted())
+// newUpstreamHandler proxies to target: http:// (HTTP/1.1), https:// (h2
+// when the upstream offers it in ALPN, else HTTP/1.1; verified with roots,
+// nil meaning the system's) or h2c:// (cleartext HTTP/2 with prior
+// knowledge, as gRPC servers usually listen; upgrades such as WebSockets
+// still go to it over HTTP/1.1).
+func newUpstreamHandler(target *url.URL, roots *x509.CertPool, tun tuning, log *zap.Logger) (*upstreamHandler, error) {
+	h2c := false
+	switch target.Scheme {
+	case "http", "https":
+	case "h2c":
+		h2c = true
+		t := *target
+		t.Scheme = "http"
+		target = &t
+	default:
+		return nil, fmt.Errorf("--to %q: scheme must be http, https or h2c", target.Redacted())
 	}
 	if target.Host == "" {
 		return nil, fmt.Errorf("--to %q has no host", target.Redacted())
 	}
 	h := &upstreamHandler{
-		target: target,
-		dialer: &net.Dialer{Timeout: tun.upstreamDialTimeout, KeepAlive: 30 * time.Second},
-		tun:    tun,
-		log:    log.Named("upstream"),
+		target:  target,
+		tlsConf: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		dialer:  &net.Dialer{Timeout: tun.upstreamDialTimeout, KeepAlive: 30 * time.Second},
+		tun:     tun,
+		log:     log.Named("upstream"),
 	}
 	h.transport = &http.Transport{
 		Proxy:                 nil, // the upstream is local to the agent; never via HTTP_PROXY
@@ -57,10 +73,16 @@ func newUpstreamHandler(target *url.URL, tun tuning, log *zap.Logger) (*upstream
 		MaxIdleConns:          256,
 		MaxIdleConnsPerHost:   256,
 		IdleConnTimeout:       90 * time.Second,
+		TLSClientConfig:       h.tlsConf.Clone(), // its own: the transport adds h2 to NextProtos
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true, // pass Accept-Encoding and encoded bodies through untouched
 		ForceAttemptHTTP2:     true, // for https upstreams that speak h2; plain http stays HTTP/1.1
+	}
+	if h2c {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		h.transport.Protocols = &p
 	}
 	// ReverseProxy's own messages duplicate what proxyError logs; keep them at debug.
 	stdLog, _ := zap.NewStdLogAt(h.log, zapcore.DebugLevel)
@@ -86,6 +108,30 @@ func (h *upstreamHandler) rewrite(pr *httputil.ProxyRequest) {
 			pr.Out.Header[k] = v
 		}
 	}
+	if pr.Out.Body != nil && len(pr.In.Trailer) > 0 {
+		pr.Out.Body = &trailingBody{ReadCloser: pr.Out.Body, in: pr.In, out: pr.Out.Trailer}
+	}
+}
+
+// trailingBody carries a request's trailers to the upstream. ReverseProxy's
+// outgoing request has a copy of the Trailer map, made before the body was
+// read, while the spdy layer fills the incoming request's map at the body's
+// EOF; so the values are copied over at EOF, before the transport, which
+// sends out.Trailer after the body, looks at them.
+type trailingBody struct {
+	io.ReadCloser
+	in  *http.Request
+	out http.Header
+}
+
+func (b *trailingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		for k, vv := range b.in.Trailer {
+			b.out[k] = vv
+		}
+	}
+	return n, err
 }
 
 func (h *upstreamHandler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
@@ -348,7 +394,9 @@ func (h *upstreamHandler) dialUpstream(ctx context.Context) (net.Conn, error) {
 	if h.target.Scheme != "https" {
 		return c, nil
 	}
-	tc := tls.Client(c, &tls.Config{ServerName: h.target.Hostname(), NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12})
+	tlsConf := h.tlsConf.Clone()
+	tlsConf.ServerName, tlsConf.NextProtos = h.target.Hostname(), []string{"http/1.1"}
+	tc := tls.Client(c, tlsConf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = c.Close()
 		return nil, err

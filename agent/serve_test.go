@@ -56,6 +56,13 @@ func upstreamMux(t *testing.T) *url.URL {
 		}
 		fmt.Fprintf(w, "%d %x", n, h.Sum(nil))
 	})
+	mux.HandleFunc("/trailers", func(w http.ResponseWriter, r *http.Request) {
+		// Echoes the request's X-Client trailer as the response trailer X-Echo.
+		n, _ := io.Copy(io.Discard, r.Body)
+		w.Header().Set("Trailer", "X-Echo")
+		fmt.Fprintf(w, "%d bytes", n)
+		w.Header().Set("X-Echo", r.Trailer.Get("X-Client"))
+	})
 	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
 		// Deterministic pseudo-random content: sha256 counter stream.
 		var n int
@@ -232,6 +239,36 @@ func TestUpstreamLargeBodies(t *testing.T) {
 		}
 	})
 }
+
+// TestUpstreamTrailers: a request's trailer reaches the upstream, and the
+// upstream's trailer comes back.
+func TestUpstreamTrailers(t *testing.T) {
+	forEachFront(t, func(t *testing.T, fr front, _ *url.URL) {
+		req, _ := http.NewRequest("POST", fr.base+"/trailers", nil)
+		req.Trailer = http.Header{"X-Client": nil}
+		req.Body = io.NopCloser(io.MultiReader(strings.NewReader("body"), readerFunc(func([]byte) (int, error) {
+			req.Trailer.Set("X-Client", "set at EOF")
+			return 0, io.EOF
+		})))
+		req.ContentLength = -1
+		resp, err := fr.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || string(b) != "4 bytes" {
+			t.Fatalf("body %q, %v", b, err)
+		}
+		if got := resp.Trailer.Get("X-Echo"); got != "set at EOF" {
+			t.Fatalf("the upstream saw the request trailer as %q (response trailers %v)", got, resp.Trailer)
+		}
+	})
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 func TestUpstreamHeadersPassThrough(t *testing.T) {
 	forEachFront(t, func(t *testing.T, fr front, _ *url.URL) {

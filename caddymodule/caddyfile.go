@@ -95,8 +95,8 @@ func (h *Handler) subdirectives(head caddyfile.Token) map[string]subdirective {
 		"ping_interval":          {parse: durationArg(&h.PingInterval)},
 		"ping_timeout":           {parse: durationArg(&h.PingTimeout)},
 		"write_timeout":          {parse: durationArg(&h.WriteTimeout)},
-		"stream_idle_timeout":    {parse: durationArg(&h.StreamIdleTimeout)},
-		"stream_queue_timeout":   {parse: durationArg(&h.StreamQueueTimeout)},
+		"stream_idle_timeout":    {parse: durationOrOffArg(&h.StreamIdleTimeout)},
+		"stream_queue_timeout":   {parse: durationOrOffArg(&h.StreamQueueTimeout)},
 	}
 	maps.Copy(subs, transportSubdirectives(&h.Pool, &h.DialTimeout, &h.ResponseHeaderTimeout))
 	proxy := h.proxySubdirective(head)
@@ -301,6 +301,20 @@ func durationArg(dst *caddy.Duration) func(*caddyfile.Dispenser) error {
 		}
 		if dur < 0 {
 			return 0, fmt.Errorf("%s: duration must not be negative, got %q", name, v)
+		}
+		return caddy.Duration(dur), nil
+	})
+}
+
+// durationOrOffArg parses a non-negative duration, or "off" (-1: no limit).
+func durationOrOffArg(dst *caddy.Duration) func(*caddyfile.Dispenser) error {
+	return argParser(dst, func(name, v string) (caddy.Duration, error) {
+		if v == "off" {
+			return -1, nil
+		}
+		dur, err := caddy.ParseDuration(v)
+		if err != nil || dur < 0 {
+			return 0, fmt.Errorf("%s: want a duration or off, got %q", name, v)
 		}
 		return caddy.Duration(dur), nil
 	})

@@ -182,7 +182,8 @@ var updateGolden = flag.Bool("update", false, "rewrite testdata/adapt.json from 
 
 // TestAdaptGolden checks the Caddyfile adapter's output for spdy_origin: the
 // directive is ordered before reverse_proxy without a global order option,
-// matchers work, and the transport and upstream source adapt.
+// matchers work, and the transport and upstream source adapt;
+// spdy_origin_register is ordered before basic_auth, wherever it is written.
 func TestAdaptGolden(t *testing.T) {
 	in, err := os.ReadFile("testdata/adapt.caddyfile")
 	if err != nil {
@@ -284,4 +285,24 @@ func findHandler(t *testing.T, config []byte, name string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+func TestTimeoutsOff(t *testing.T) {
+	h := new(Handler)
+	d := caddyfile.NewTestDispenser("spdy_origin {\n token t\n stream_idle_timeout off\n stream_queue_timeout 3s\n}")
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	if h.StreamIdleTimeout != -1 || h.StreamQueueTimeout != caddy.Duration(3*time.Second) {
+		t.Fatalf("idle %v, queue %v", h.StreamIdleTimeout, h.StreamQueueTimeout)
+	}
+	h.Connect = DefaultConnect // Provision's default
+	if err := h.Validate(); err != nil {
+		t.Fatalf("off must validate: %v", err)
+	}
+	for _, bad := range []string{"stream_idle_timeout -1s", "stream_idle_timeout never", "stream_queue_timeout off 3s"} {
+		if err := new(Handler).UnmarshalCaddyfile(caddyfile.NewTestDispenser("spdy_origin {\n token t\n " + bad + "\n}")); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
 }

@@ -1,5 +1,7 @@
 // Package caddymodule is the Caddy side of spdy-origin: the `spdy_origin`
-// HTTP handler (http.handlers.spdy_origin), a reverse_proxy transport
+// HTTP handler (http.handlers.spdy_origin), the `spdy_origin_register`
+// handler that answers its registrations ahead of a site's client
+// authentication (http.handlers.spdy_origin_register), a reverse_proxy transport
 // (http.reverse_proxy.transport.spdy_origin), a dynamic upstream source for
 // reverse_proxy (http.reverse_proxy.upstreams.spdy_origin) and an admin API
 // route (admin.api.spdy_origin).
@@ -9,7 +11,8 @@
 //   - caddyfile.go: Caddyfile syntax; reverse_proxy's own subdirectives go
 //     to reverse_proxy's parser.
 //   - register.go: how an agent registers (auth, refusals, hijack, handshake);
-//     limiter.go: the lockout of address prefixes that send wrong tokens.
+//     limiter.go: the lockout of address prefixes that send wrong tokens;
+//     registrar.go: spdy_origin_register, and why a second directive.
 //   - pool.go: process-global pools of agent sessions that survive config
 //     reloads; poolsettings.go: what the handlers of one pool share, and
 //     how a config load changes it (nothing until Provision's last step).

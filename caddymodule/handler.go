@@ -66,8 +66,10 @@ type Handler struct {
 
 	// Connect is the path of the registration route, matched exactly.
 	// Requests to it are never proxied; agents must PUT to it over
-	// HTTP/1.1 (other methods get 405, HTTP/2 and HTTP/3 get 505).
-	// Default: "/.well-known/spdy-origin".
+	// HTTP/1.1 (other methods get 405, HTTP/2 and HTTP/3 get 505). Client
+	// authentication or IP rules before this handler also meet the agents'
+	// registrations; a spdy_origin_register handler before them answers
+	// the registrations first. Default: "/.well-known/spdy-origin".
 	Connect string `json:"connect,omitempty"`
 
 	// Token lists the bearer tokens agents may register with; at least
@@ -187,13 +189,17 @@ type Handler struct {
 	// agent that does not read the request body, or, before the agent
 	// answers, a client that sends no request body bytes (it gets 408).
 	// Quiet streams (an event stream between events, an idle WebSocket)
-	// are not affected. It frees the stream's slot and buffers.
+	// are not affected. It frees the stream's slot and buffers. A client
+	// that streams its request body with pauses before the agent answers
+	// (a gRPC client stream) needs it above its longest pause; Caddy's own
+	// read_idle_timeout applies too. -1 (Caddyfile: off) disables it.
 	// Default: 1m (spdy.DefaultStreamIdleTimeout).
 	StreamIdleTimeout caddy.Duration `json:"stream_idle_timeout,omitempty"`
 
 	// StreamQueueTimeout is how long a request waits for a free stream
 	// when every stream the agents allow is in use; then it gets 503 with
-	// Retry-After. Default: 10s (spdy.DefaultStreamQueueTimeout).
+	// Retry-After. -1 (Caddyfile: off): wait as long as the client does.
+	// Default: 10s (spdy.DefaultStreamQueueTimeout).
 	StreamQueueTimeout caddy.Duration `json:"stream_queue_timeout,omitempty"`
 
 	// PingInterval is how often each session sends a keepalive PING; the
@@ -216,7 +222,8 @@ type Handler struct {
 	proxy     *reverseproxy.Handler
 	spdyCfg   *spdy.Config
 	limiter   *authLimiter
-	user      *poolUser // joined the pool: the last step of Provision
+	user      *poolUser    // joined the pool
+	scopes    []routeScope // known to the registrars of these route lists: the last step of Provision
 	logger    *zap.Logger
 }
 
@@ -266,6 +273,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.user = user
 	h.limiter = poolAuthLimiter(h.Pool, h.MaxAuthFailures, time.Duration(h.AuthFailureWindow))
+	// For spdy_origin_register handlers of the route lists h is in
+	// (registrar.go); they are this config's, so no live config sees h.
+	h.scopes = scopesOf(ctx)
+	addRegistrationRoute(h, h.scopes)
+	h.warnIfShadowed(ctx)
 	return nil
 }
 
@@ -389,7 +401,6 @@ func (h *Handler) Validate() error {
 		"response_header_timeout": h.ResponseHeaderTimeout, "stream_timeout": h.StreamTimeout,
 		"stream_close_delay": h.StreamCloseDelay, "drain_timeout": h.DrainTimeout,
 		"ping_interval": h.PingInterval, "ping_timeout": h.PingTimeout, "write_timeout": h.WriteTimeout,
-		"stream_idle_timeout": h.StreamIdleTimeout, "stream_queue_timeout": h.StreamQueueTimeout,
 	} {
 		if d < 0 {
 			return fmt.Errorf("spdy_origin: %s must not be negative", name)
@@ -402,6 +413,7 @@ func (h *Handler) Validate() error {
 // partial Provision. Fields stay set: requests of this config may still be
 // finishing during a reload.
 func (h *Handler) Cleanup() error {
+	removeRegistrationRoute(h, h.scopes)
 	if h.user != nil {
 		// Before the transport gives the pool back: if this is the pool's
 		// last reference, its Destruct uses this handler's drain timeout.

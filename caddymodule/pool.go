@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/spdy-origin/spdy-origin/internal/handshake"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
@@ -59,6 +60,7 @@ type session struct {
 	id       uint64
 	s        *spdy.Session
 	agent    agentIdentity
+	caps     handshake.Capabilities // what the agent announced at registration
 	remote   string
 	since    time.Time
 	pool     *pool
@@ -341,6 +343,7 @@ type sessionSnapshot struct {
 	ID              uint64        `json:"id"`
 	RemoteAddr      string        `json:"remote_addr"`
 	Agent           agentIdentity `json:"agent"`
+	Capabilities    []string      `json:"capabilities,omitempty"`
 	ConnectedSince  time.Time     `json:"connected_since"`
 	OpenStreams     int           `json:"open_streams"`
 	UpgradedStreams int           `json:"upgraded_streams"`
@@ -371,6 +374,7 @@ func (p *pool) snapshot() poolSnapshot {
 			ID:              s.id,
 			RemoteAddr:      s.remote,
 			Agent:           s.agent,
+			Capabilities:    s.caps,
 			ConnectedSince:  s.since,
 			OpenStreams:     st.OpenStreams,
 			UpgradedStreams: st.UpgradedStreams,

@@ -125,34 +125,36 @@ func handlerName(ctx caddy.Context, connect string) string {
 	var parts []string
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv != nil {
 		parts = append(parts, fmt.Sprintf("server %s %v", srv.Name(), srv.Listen))
-		if r := provisioningRoute(srv); r != "" {
-			parts = append(parts, r)
+		if kind, i, r := provisioningRoute(srv); r != nil {
+			parts = append(parts, fmt.Sprintf("%s %d%s", kind, i, describeMatchers(r.MatcherSets)))
 		}
 	}
 	return strings.Join(append(parts, "connect "+connect), ", ")
 }
 
-// provisioningRoute describes the top-level route of srv whose handlers
-// are being provisioned, by its index and host and path matchers: Caddy
-// provisions routes in order and sets a route's Handlers once all of them
-// are provisioned, so it is the first route with raw handlers and none
-// provisioned yet. Empty if there is none (a named route, say).
-func provisioningRoute(srv *caddyhttp.Server) string {
-	find := func(kind string, routes caddyhttp.RouteList) string {
-		for i, r := range routes {
-			if r.Handlers == nil && len(r.HandlersRaw) > 0 {
-				return fmt.Sprintf("%s %d%s", kind, i, describeMatchers(r.MatcherSets))
+// provisioningRoute finds the top-level route of srv whose handlers are
+// being provisioned, with its kind ("route" or "error route") and index:
+// Caddy provisions routes in order and sets a route's Handlers once all of
+// them are provisioned, so it is the first route with raw handlers and none
+// provisioned yet. r is nil if there is none (a named route, say).
+func provisioningRoute(srv *caddyhttp.Server) (kind string, i int, r *caddyhttp.Route) {
+	find := func(routes caddyhttp.RouteList) (int, *caddyhttp.Route) {
+		for i := range routes {
+			if r := &routes[i]; r.Handlers == nil && len(r.HandlersRaw) > 0 {
+				return i, r
 			}
 		}
-		return ""
+		return 0, nil
 	}
-	if r := find("route", srv.Routes); r != "" {
-		return r
+	if i, r := find(srv.Routes); r != nil {
+		return "route", i, r
 	}
 	if srv.Errors != nil {
-		return find("error route", srv.Errors.Routes)
+		if i, r := find(srv.Errors.Routes); r != nil {
+			return "error route", i, r
+		}
 	}
-	return ""
+	return "", 0, nil
 }
 
 // describeMatchers names a route's host and path matchers, such as

@@ -57,7 +57,8 @@ func (h *Handler) serveRegistration(w http.ResponseWriter, r *http.Request) erro
 		return h.refuse(w, r, log, hijackRefusal(err))
 	}
 	// From here on the connection is ours: every failure closes it.
-	h.startSession(conn, brw.Reader, slot, agentIdentity(handshake.ReadIdentity(r.Header)), len(body), log)
+	agent := agentIdentity(handshake.ReadIdentity(r.Header))
+	h.startSession(conn, brw.Reader, slot, agent, handshake.ReadCapabilities(r.Header), len(body), log)
 	return nil
 }
 
@@ -134,19 +135,30 @@ func hijackRefusal(err error) refusal {
 	}
 }
 
+// proxyCapabilities is what we announce to agents that announce theirs.
+var proxyCapabilities = handshake.Capabilities{handshake.CapTrailers}
+
 // startSession answers 200 on the hijacked conn, starts the SPDY session
 // (reading through br, which may hold the agent's first frames) and adds it
-// to the slot's pool. Every failure closes conn.
-func (h *Handler) startSession(conn net.Conn, br *bufio.Reader, slot *poolSlot, agent agentIdentity, bodyLen int, log *zap.Logger) {
+// to the slot's pool. Every failure closes conn. caps are what the agent
+// announced: trailers (HEADERS frames) go only to agents that understand
+// them, and our capabilities only to agents that announced any (an Amahi
+// origin gets the 200 it knows).
+func (h *Handler) startSession(conn net.Conn, br *bufio.Reader, slot *poolSlot, agent agentIdentity, caps handshake.Capabilities, bodyLen int, log *zap.Logger) {
 	start := time.Now()
 	id := sessionIDs.Add(1)
-	if err := handshake.Accept(conn, fmt.Sprintf("spdy-origin: registered session %d in pool %q\n", id, h.Pool)); err != nil {
+	var ours handshake.Capabilities
+	if len(caps) > 0 {
+		ours = proxyCapabilities
+	}
+	if err := handshake.Accept(conn, fmt.Sprintf("spdy-origin: registered session %d in pool %q\n", id, h.Pool), ours); err != nil {
 		_ = conn.Close()
 		countRegistrationFailure(h.Pool, reasonHandshake)
 		log.Warn("agent registration: writing 200 response", zap.Error(err))
 		return
 	}
 	cfg := *h.spdyCfg
+	cfg.PeerTrailers = caps.Has(handshake.CapTrailers)
 	ss, err := spdy.NewClient(spdy.BufferedConn(conn, br), &cfg)
 	if err != nil {
 		_ = conn.Close()
@@ -158,6 +170,7 @@ func (h *Handler) startSession(conn net.Conn, br *bufio.Reader, slot *poolSlot, 
 		id:     id,
 		s:      ss,
 		agent:  agent,
+		caps:   caps,
 		remote: conn.RemoteAddr().String(),
 		since:  start,
 		pool:   slot.p,
@@ -232,9 +245,9 @@ func (h *Handler) refuseToken(w http.ResponseWriter, r *http.Request, log *zap.L
 		log.Warn("agent registration: locking out an address prefix after repeated wrong tokens (valid tokens still register)",
 			zap.Duration("locked_for", f.lockedFor))
 	}
-	reason, desc, challenge := reasonBadToken, "wrong token", `Bearer realm="spdy-origin", error="invalid_token"`
+	reason, desc, challenge := reasonBadToken, "wrong token", handshake.TokenChallenge("invalid_token")
 	if !present {
-		reason, desc, challenge = reasonMissingToken, "missing bearer token", `Bearer realm="spdy-origin"`
+		reason, desc, challenge = reasonMissingToken, "missing bearer token", handshake.TokenChallenge("")
 	}
 	w.Header().Set("WWW-Authenticate", challenge)
 	return h.refuse(w, r, log, refusal{

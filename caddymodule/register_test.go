@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/spdy-origin/spdy-origin/internal/handshake"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
@@ -52,13 +53,15 @@ func TestRegistrationErrors(t *testing.T) {
 		t.Fatalf("HTTP/2 registration: %d %q", resp.StatusCode, body)
 	}
 
-	// 401 for a missing and a wrong token.
+	// 401 for a missing and a wrong token, with the challenge by which the
+	// agent tells a refused token from any other 401.
 	for _, auth := range []string{"", "Bearer wrong", "Basic dXNlcjpwYXNz"} {
 		reg, err := register(t, testConnect, auth, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if reg.status != http.StatusUnauthorized || !strings.HasPrefix(reg.header.Get("WWW-Authenticate"), "Bearer") {
+		refused := &handshake.StatusError{StatusCode: reg.status, Header: reg.header}
+		if reg.status != http.StatusUnauthorized || !refused.TokenRejected() {
 			t.Fatalf("auth %q: %d, WWW-Authenticate %q", auth, reg.status, reg.header.Get("WWW-Authenticate"))
 		}
 	}

@@ -197,7 +197,7 @@ type proxiedRequest struct {
 // prepare makes the request for the agent: req as the client sent it to
 // us, on a context that response_header_timeout bounds.
 func (t *Transport) prepare(req *http.Request, s *session) *proxiedRequest {
-	pr := &proxiedRequest{t: t, req: req, s: s, ctx: req.Context()}
+	pr := &proxiedRequest{t: t, req: req, s: s, ctx: spdy.WithPriority(req.Context(), requestPriority(req))}
 	if t.ResponseHeaderTimeout > 0 {
 		pr.ctx, pr.cancel = context.WithCancelCause(pr.ctx)
 		pr.timer = time.AfterFunc(time.Duration(t.ResponseHeaderTimeout), func() { pr.cancel(errHeaderTimeout) })
@@ -276,6 +276,13 @@ func (pr *proxiedRequest) finish(resp *http.Response, err error) (*http.Response
 		return nil, pr.t.failed(pr.req, pr.s, err)
 	}
 	countRequest(p.name, resp.StatusCode)
+	if pr.req.ProtoMajor == 1 && len(resp.Trailer) > 0 && resp.ContentLength >= 0 {
+		// An HTTP/1.1 client gets trailers only after a chunked body, and
+		// with Content-Length reverse_proxy's response would have none:
+		// HTTP/2 upstreams send both for short bodies.
+		resp.Header.Del("Content-Length")
+		resp.ContentLength = -1
+	}
 	if pr.cancel != nil {
 		// The stream lives on ctx: release it only when the body is done.
 		resp.Body = withCancel(resp.Body, func() { pr.cancel(nil) })

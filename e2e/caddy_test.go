@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	_ "github.com/spdy-origin/spdy-origin/caddymodule"
@@ -71,6 +72,33 @@ var e2eLeakIgnores = []string{
 }
 
 const e2eToken = "e2e-token-5c0f"
+
+// loadCaddyfile (re)loads the in-process Caddy with the routes that Caddyfile site
+// blocks adapt to (Caddy's own adapter), {site} in them standing for localhost on the
+// HTTPS port, in e2eConfig's server, and waits for TLS.
+func loadCaddyfile(t *testing.T, sites string) {
+	t.Helper()
+	p := ports()
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(strings.ReplaceAll(sites, "{site}", fmt.Sprintf("localhost:%d", p.https))), nil)
+	var cfg struct {
+		Apps struct {
+			HTTP struct {
+				Servers map[string]struct {
+					Routes json.RawMessage `json:"routes"`
+				} `json:"servers"`
+			} `json:"http"`
+		} `json:"apps"`
+	}
+	if err == nil {
+		err = json.Unmarshal(adapted, &cfg)
+	}
+	if err != nil || len(cfg.Apps.HTTP.Servers) != 1 {
+		t.Fatalf("adapting the Caddyfile: %v\n%s", err, adapted)
+	}
+	for _, srv := range cfg.Apps.HTTP.Servers {
+		loadCaddy(t, e2eConfig(p, "", nil, map[string]any{"routes": srv.Routes}))
+	}
+}
 
 // e2eConfig is a Caddy JSON config: the spdy_origin handler for pool on
 // https://localhost:<https>, with extra handler fields and extra server fields.
@@ -193,9 +221,12 @@ func adminGet(t *testing.T, path string) []byte {
 type poolView struct {
 	Pool     string `json:"pool"`
 	Sessions []struct {
-		ID              uint64 `json:"id"`
-		OpenStreams     int    `json:"open_streams"`
-		UpgradedStreams int    `json:"upgraded_streams"`
+		ID    uint64 `json:"id"`
+		Agent struct {
+			Name string `json:"name"`
+		} `json:"agent"`
+		OpenStreams     int `json:"open_streams"`
+		UpgradedStreams int `json:"upgraded_streams"`
 	} `json:"sessions"`
 }
 

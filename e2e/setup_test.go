@@ -137,6 +137,7 @@ func setupE2EWith(t *testing.T, pool string, handler, server map[string]any, edi
 type runningAgent struct {
 	cancel context.CancelFunc
 	done   chan struct{}
+	logs   *observer.ObservedLogs // everything it logged, debug included
 }
 
 // startAgent runs agent.NewAgent(opts).Run until the test ends; its log is shown
@@ -149,7 +150,7 @@ func startAgent(t *testing.T, opts agent.Options) *runningAgent {
 		t.Fatalf("agent.NewAgent: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ra := &runningAgent{cancel: cancel, done: make(chan struct{})}
+	ra := &runningAgent{cancel: cancel, done: make(chan struct{}), logs: logs}
 	go func() {
 		defer close(ra.done)
 		_ = a.Run(ctx)

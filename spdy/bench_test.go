@@ -29,6 +29,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"strconv"
 	"sync/atomic"
@@ -77,6 +78,9 @@ func startSPDY(b *testing.B) benchTarget {
 	cfg := DefaultConfig()
 	cfg.StreamWindow = benchWindow
 	cfg.SessionWindow = benchConnWn
+	if v, err := strconv.Atoi(os.Getenv("SPDY_BENCH_NOTSENT_LOWAT")); err == nil {
+		cfg.NotSentLowat = v // to measure its cost: -1 leaves the kernel's setting
+	}
 	a, c := tcpPair(b)
 	cs, err := NewClient(a, cfg)
 	if err != nil {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,7 +49,7 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 	if body == http.NoBody {
 		body = nil
 	}
-	h := requestHeaders(req, upgrade)
+	h := requestHeaders(req, upgrade, s.cfg.PeerTrailers)
 	if err := checkSendLimits(h, s.limits); err != nil {
 		return nil, fmt.Errorf("request headers: %w", err)
 	}
@@ -58,7 +60,7 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 	stop := context.AfterFunc(ctx, func() { st.resetLocal(StatusCancel, context.Cause(ctx)) })
 	var bodySent chan struct{} // closed when sendBody returns
 	if body != nil {
-		bodySent = st.startBody(body, closeBody, req.ContentLength, !upgrade)
+		bodySent = st.startBody(body, closeBody, req.ContentLength, req.Trailer, !upgrade)
 	}
 	if err := st.awaitReply(ctx, stop); err != nil {
 		return nil, err
@@ -90,13 +92,13 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 			st.closeWrite()
 		}()
 	}
-	resp.Body = &responseBody{st: st, stop: stop}
+	resp.Body = &responseBody{st: st, stop: stop, resp: resp}
 	return resp, nil
 }
 
 // startBody sends a request body in its own goroutine and returns a channel
 // closed when it is done. With fin, FIN follows the body.
-func (st *stream) startBody(body io.Reader, closeBody func(), declared int64, fin bool) chan struct{} {
+func (st *stream) startBody(body io.Reader, closeBody func(), declared int64, trailer http.Header, fin bool) chan struct{} {
 	// A stream that fails closes the body, so that a Read blocked in
 	// sendBody returns (in its own goroutine: Close may wait for it).
 	st.whenFinished(func() {
@@ -110,7 +112,7 @@ func (st *stream) startBody(body io.Reader, closeBody func(), declared int64, fi
 	sent := make(chan struct{})
 	go func() {
 		defer close(sent)
-		st.sendBody(body, closeBody, declared, fin)
+		st.sendBody(body, closeBody, declared, trailer, fin)
 	}()
 	return sent
 }
@@ -153,6 +155,7 @@ func (st *stream) response(req *http.Request) (*http.Response, error) {
 		ProtoMajor:    major,
 		ProtoMinor:    minor,
 		Header:        h,
+		Trailer:       announced(h),
 		ContentLength: contentLength(h),
 		Request:       req,
 	}
@@ -228,7 +231,8 @@ func (s *Session) openStream(ctx context.Context, h http.Header, fin, head bool)
 	}
 	id := s.nextID
 	s.nextID += 2
-	st := s.newStreamLocked(id)
+	priority := priorityOf(ctx)
+	st := s.newStreamLocked(id, priority)
 	st.state.set(stLocalFin, fin)
 	st.head = head
 	s.localStreams++
@@ -236,7 +240,7 @@ func (s *Session) openStream(ctx context.Context, h http.Header, fin, head bool)
 	if fin {
 		flags = mspdy.ControlFlagFin
 	}
-	syn := &mspdy.SynStreamFrame{StreamId: mspdy.StreamId(id), Headers: h}
+	syn := &mspdy.SynStreamFrame{StreamId: mspdy.StreamId(id), Priority: priority, Headers: h}
 	syn.CFHeader.Flags = flags
 	grant := s.grantStart(st)
 	// Queue SYN_STREAM while holding s.mu so stream ids reach the wire in
@@ -271,7 +275,7 @@ var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return 
 // sendBody copies a request body onto the stream. A body that fails, or
 // that disagrees with its declared length, resets the stream: the peer must
 // not take a cut body for a whole one. With fin, FIN follows the body.
-func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, fin bool) {
+func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, trailer http.Header, fin bool) {
 	defer closeBody()
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
@@ -287,8 +291,9 @@ func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, fin
 		st.mu.Unlock()
 		if n > 0 {
 			// The last bytes of a body of known length carry FIN, so the
-			// peer sees the request end with its data, not a frame later.
-			last := fin && declared > 0 && sent+int64(n) == declared
+			// peer sees the request end with its data, not a frame later
+			// (unless trailers are to follow).
+			last := fin && len(trailer) == 0 && declared > 0 && sent+int64(n) == declared
 			if _, err := st.write(buf[:n], last); err != nil {
 				return
 			}
@@ -311,15 +316,23 @@ func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, fin
 		st.resetLocal(StatusCancel, fmt.Errorf("%w: sent %d of %d request body bytes", ErrBodyLength, sent, declared))
 		return
 	}
-	if fin {
-		st.closeWrite()
+	if !fin {
+		return
 	}
+	// The body's reader fills in the values of the declared trailers by
+	// its EOF (net/http's Request.Trailer).
+	if t := collectTrailers(trailer, slices.Collect(maps.Keys(trailer))); len(t) > 0 {
+		st.sendTrailers(t)
+		return
+	}
+	st.closeWrite()
 }
 
 // responseBody is a client response body.
 type responseBody struct {
 	st     *stream
 	stop   func() bool
+	resp   *http.Response // its Trailer is filled at EOF
 	closed bool
 }
 
@@ -328,6 +341,9 @@ func (b *responseBody) Read(p []byte) (int, error) {
 		return 0, errReadClosed
 	}
 	n, err := b.st.read(p)
+	if err == io.EOF && b.resp != nil {
+		b.st.fillTrailers(&b.resp.Trailer)
+	}
 	if err != nil {
 		b.stop()
 	}

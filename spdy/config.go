@@ -24,6 +24,7 @@ const (
 	DefaultMaxHeaderBytes       = 256 << 10
 	DefaultMaxHeaderCount       = 1000
 	DefaultMaxUpgradedStreams   = 1000
+	DefaultNotSentLowat         = 32 << 10
 
 	// defaultWindow is SPDY/3.1's initial window for streams and sessions
 	// until SETTINGS or WINDOW_UPDATE say otherwise. It is also the window
@@ -96,10 +97,9 @@ type Config struct {
 	StreamQueueTimeout time.Duration
 
 	// MaxHeaderBytes caps the inflated size of one header block (names,
-	// values and their length fields), received or sent. A received
-	// SYN_STREAM or SYN_REPLY block over it is inflated to its end and
-	// dropped, and its stream reset (FRAME_TOO_LARGE); the session lives
-	// on. (HEADERS blocks, trailers, are not surfaced and always dropped.) A block we would send over
+	// values and their length fields), received or sent. A received block
+	// over it is inflated to its end and dropped, and its stream reset
+	// (FRAME_TOO_LARGE); the session lives on. A block we would send over
 	// it fails with ErrHeadersTooLarge. A block inflating to more than
 	// four times this ends the session (the peer is burning our CPU).
 	// Decoded headers live as long as their streams: a session holds at
@@ -116,6 +116,21 @@ type Config struct {
 	// Further upgrades are answered 503 (server) or fail (client).
 	// Negative allows none. Default 1000.
 	MaxUpgradedStreams int
+
+	// NotSentLowat caps, on Linux, the unsent bytes the kernel queues for
+	// the session's TCP connection (TCP_NOTSENT_LOWAT), so that data waits
+	// in the session's priority queues, where an urgent frame can pass it,
+	// rather than in a send buffer the kernel may have grown to megabytes
+	// (schedule.go). It does not limit data in flight. Negative leaves the
+	// kernel's setting. Default 32 KiB.
+	NotSentLowat int
+
+	// PeerTrailers says the peer understands HEADERS frames, which carry
+	// trailers (gRPC's status, for one): it announced so out of band (at
+	// registration, in spdy-origin). amahi/spdy panics on HEADERS, so
+	// without it trailers are dropped, logged once per session. Default
+	// false.
+	PeerTrailers bool
 
 	// Logger receives diagnostics. Nil discards them.
 	// *zap.SugaredLogger satisfies it.
@@ -144,6 +159,7 @@ func DefaultConfig() *Config {
 		MaxHeaderBytes:       DefaultMaxHeaderBytes,
 		MaxHeaderCount:       DefaultMaxHeaderCount,
 		MaxUpgradedStreams:   DefaultMaxUpgradedStreams,
+		NotSentLowat:         DefaultNotSentLowat,
 	}
 }
 
@@ -176,6 +192,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxUpgradedStreams == 0 {
 		c.MaxUpgradedStreams = d.MaxUpgradedStreams
+	}
+	if c.NotSentLowat == 0 {
+		c.NotSentLowat = d.NotSentLowat
 	}
 	return c
 }

@@ -55,6 +55,25 @@ type bufferedConn struct {
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
+// NetConn returns the connection c reads through to, as tls.Conn does.
+func (c *bufferedConn) NetConn() net.Conn { return c.Conn }
+
+// tcpConnOf returns the TCP connection under c, through TLS and wrappers
+// that offer NetConn, or nil.
+func tcpConnOf(c net.Conn) *net.TCPConn {
+	for range 8 {
+		switch x := c.(type) {
+		case *net.TCPConn:
+			return x
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
 type bufferedTLSConn struct {
 	bufferedConn
 	cs connectionStater

@@ -2,8 +2,10 @@ package spdy
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -41,7 +43,10 @@ func headerHasToken(h http.Header, name, token string) bool {
 // copyHeaders adds h to dst with lowercase names, leaving out hop-by-hop
 // headers and those the Connection header names. With keepUpgrade the
 // Upgrade header survives: it is what makes a stream an upgrade request.
-func copyHeaders(dst, h http.Header, keepUpgrade bool) {
+// "TE: trailers", the one TE value HTTP/2 allows (RFC 9113 8.2.2), is kept:
+// gRPC servers ask for it. With trailers, the Trailer header that declares
+// them is kept too (trailers.go).
+func copyHeaders(dst, h http.Header, keepUpgrade, trailers bool) {
 	var named map[string]bool
 	for _, v := range h["Connection"] {
 		for f := range strings.SplitSeq(v, ",") {
@@ -54,17 +59,29 @@ func copyHeaders(dst, h http.Header, keepUpgrade bool) {
 		}
 	}
 	for k, vv := range h {
-		if len(vv) == 0 || (hopHeaders[k] || named[k]) && !(keepUpgrade && k == "Upgrade") {
-			continue
+		switch {
+		case len(vv) == 0:
+		case k == "Te":
+			if headerHasToken(h, "Te", "trailers") {
+				dst["te"] = []string{"trailers"}
+			}
+		case k == "Trailer" && trailers:
+			dst["trailer"] = vv
+		case (hopHeaders[k] || named[k]) && !(keepUpgrade && k == "Upgrade"):
+		default:
+			dst[strings.ToLower(k)] = vv
 		}
-		dst[strings.ToLower(k)] = vv
 	}
 }
 
-// requestHeaders builds a SYN_STREAM header block for req.
-func requestHeaders(req *http.Request, upgrade bool) http.Header {
+// requestHeaders builds a SYN_STREAM header block for req. With trailers
+// (the peer understands them), the trailers req.Trailer names are declared.
+func requestHeaders(req *http.Request, upgrade, trailers bool) http.Header {
 	h := make(http.Header, len(req.Header)+6)
-	copyHeaders(h, req.Header, upgrade)
+	copyHeaders(h, req.Header, upgrade, false)
+	if trailers && len(req.Trailer) > 0 {
+		h["trailer"] = []string{strings.Join(slices.Sorted(maps.Keys(req.Trailer)), ", ")}
+	}
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
@@ -89,10 +106,17 @@ func requestHeaders(req *http.Request, upgrade bool) http.Header {
 	return h
 }
 
-// responseHeaders builds a SYN_REPLY header block.
-func responseHeaders(status int, hdr http.Header) http.Header {
+// responseHeaders builds a SYN_REPLY header block. With trailers, the
+// Trailer header goes along and the headers it declares do not: they come
+// at the end (trailers.go).
+func responseHeaders(status int, hdr http.Header, trailers bool) http.Header {
 	h := make(http.Header, len(hdr)+2)
-	copyHeaders(h, hdr, status == http.StatusSwitchingProtocols)
+	copyHeaders(h, hdr, status == http.StatusSwitchingProtocols, trailers)
+	if trailers {
+		for _, k := range declaredTrailers(hdr) {
+			delete(h, strings.ToLower(k))
+		}
+	}
 	h[":status"] = []string{statusLine(status)}
 	h[":version"] = []string{"HTTP/1.1"}
 	return h

@@ -368,10 +368,10 @@ func TestHeaderBombToClient(t *testing.T) {
 // limit, within the session's hard cap.
 func byteBomb() bombCase { return bombCases()[0] }
 
-// TestHeadersFrameBomb: a HEADERS frame (trailers, which we do not surface)
-// that inflates far beyond the limits, on an open stream, is inflated to
-// its end and dropped at a bounded cost; the stream goes on to complete
-// and nothing is reset.
+// TestHeadersFrameBomb: a HEADERS frame (trailers) over the limits on an
+// open stream is inflated to its end and dropped at a bounded cost, and
+// costs its stream alone (RST_STREAM FRAME_TOO_LARGE), as any header block
+// does; the session goes on and its next request works.
 func TestHeadersFrameBomb(t *testing.T) {
 	c := byteBomb()
 	headers := func(id uint32) *mspdy.HeadersFrame {
@@ -388,19 +388,10 @@ func TestHeadersFrameBomb(t *testing.T) {
 		if err := p.writeRaw(wire); err != nil {
 			t.Fatal(err)
 		}
-		pingClean(t, p, pingFromClient)
-		checkAlloc(t, c, c.block, totalAlloc()-before)
-		p.mustWrite(dataFrameOf(3, []byte("body"), true))
-		rep := p.expect("SYN_REPLY 3", func(f mspdy.Frame) bool {
-			if r, ok := f.(*mspdy.RstStreamFrame); ok {
-				t.Fatalf("unexpected %#v", r)
-			}
-			r, ok := f.(*mspdy.SynReplyFrame)
-			return ok && r.StreamId == 3
-		}).(*mspdy.SynReplyFrame)
-		if got := rep.Headers.Get("x-body-bytes"); got != "4" {
-			t.Fatalf("handler read %s body bytes, want 4", got)
+		if rst := p.expectRst(3); rst.Status != mspdy.FrameTooLarge {
+			t.Fatalf("RST_STREAM status %d, want FRAME_TOO_LARGE", rst.Status)
 		}
+		checkAlloc(t, c, c.block, totalAlloc()-before)
 		serverExchange(t, p, enc, 5)
 	})
 	t.Run("to client", func(t *testing.T) {
@@ -417,11 +408,14 @@ func TestHeadersFrameBomb(t *testing.T) {
 		if err := p.writeRaw(wire); err != nil {
 			t.Fatal(err)
 		}
-		pingClean(t, p, pingFromServer)
+		if rst := p.expectRst(id); rst.Status != mspdy.FrameTooLarge {
+			t.Fatalf("RST_STREAM status %d, want FRAME_TOO_LARGE", rst.Status)
+		}
 		checkAlloc(t, c, c.block, totalAlloc()-before)
-		p.mustWrite(dataFrameOf(id, []byte("after"), true))
-		if r := recvResult(t, res); r.err != nil || string(r.body) != "before after" {
-			t.Fatalf("RoundTrip: %v, body %q", r.err, r.body)
+		r := recvResult(t, res)
+		var se *StreamError
+		if !errors.As(r.err, &se) || se.Status != StatusFrameTooLarge || se.Remote {
+			t.Fatalf("RoundTrip: %v, want a local FRAME_TOO_LARGE reset (body %q)", r.err, r.body)
 		}
 		clientExchange(t, cs, p, enc)
 	})
@@ -1437,7 +1431,7 @@ func TestSendHeaderLimits(t *testing.T) {
 		for i := range values - 5 { // requestHeaders adds five pseudo-headers
 			req.Header["X-H"+strconv.Itoa(i)] = []string{""}
 		}
-		base, n := blockSize(requestHeaders(req, false))
+		base, n := blockSize(requestHeaders(req, false, false))
 		if n != values {
 			t.Fatalf("test bug: %d values, want %d", n, values)
 		}
@@ -1445,7 +1439,7 @@ func TestSendHeaderLimits(t *testing.T) {
 			t.Fatalf("test bug: %d values need %d bytes, want %d", values, base, size)
 		}
 		req.Header["X-H0"] = []string{strings.Repeat("p", size-base)}
-		if got, _ := blockSize(requestHeaders(req, false)); got != size {
+		if got, _ := blockSize(requestHeaders(req, false, false)); got != size {
 			t.Fatalf("test bug: block of %d bytes, want %d", got, size)
 		}
 		return req

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	mspdy "github.com/moby/spdystream/spdy"
@@ -217,7 +218,7 @@ func (s *Session) handleSynStream(id, assoc uint32, priority, flags uint8, n int
 		s.mu.Unlock()
 		return refuse("MAX_CONCURRENT_STREAMS reached")
 	}
-	st := s.newStreamLocked(id)
+	st := s.newStreamLocked(id, priority)
 	s.peerStreams++
 	st.state.set(stRemoteFin, fin)
 	s.mu.Unlock()
@@ -285,18 +286,41 @@ func (s *Session) handleSynReply(id uint32, flags uint8, n int) error {
 	return nil
 }
 
-// handleHeaders takes a HEADERS frame (trailers). We do not surface them,
-// so the block is inflated and dropped whatever its size (the compression
-// context must move on), and its FIN counts.
+// handleHeaders takes a HEADERS frame: trailers (trailers.go). A block
+// for a stream we do not know is inflated and dropped (the compression
+// context must move on); FIN counts as DATA's does.
 func (s *Session) handleHeaders(id uint32, flags uint8, n int) error {
 	s.mu.Lock()
 	st := s.streams[id]
 	s.mu.Unlock()
-	if _, err := s.readHeaderBlock(n, false); err != nil {
+	h, err := s.readHeaderBlock(n, st != nil)
+	if err == nil && st != nil {
+		err = checkTrailers(h)
+	}
+	if err != nil {
+		var be *refusal
+		if errors.As(err, &be) {
+			s.refuseBlock(id, err)
+			return nil
+		}
 		return err
 	}
-	if st != nil && flags&flagFin != 0 {
-		st.endRemote()
+	if st != nil {
+		st.receiveTrailers(h, flags&flagFin != 0)
+	}
+	return nil
+}
+
+// checkTrailers refuses trailers that are connection-specific or
+// pseudo-headers (RFC 9113 section 8.1).
+func checkTrailers(h http.Header) error {
+	if err := checkForbidden(h, forbiddenInRequest); err != nil {
+		return err
+	}
+	for k := range h {
+		if strings.HasPrefix(k, ":") {
+			return &refusal{Status: StatusProtocolError, Reason: "pseudo-header " + k + " in trailers"}
+		}
 	}
 	return nil
 }

@@ -84,6 +84,7 @@ func (s *Session) newServerRequest(st *stream, block http.Header, fin bool) (*ht
 		RemoteAddr: s.remoteAddr.String(),
 		TLS:        s.tlsState(),
 	}
+	req.Trailer = announced(h)
 	if fin {
 		req.Body = http.NoBody
 		req.ContentLength = 0
@@ -92,7 +93,7 @@ func (s *Session) newServerRequest(st *stream, block http.Header, fin bool) (*ht
 		st.mu.Lock()
 		st.contentLn = req.ContentLength
 		st.mu.Unlock()
-		req.Body = &requestBody{st: st}
+		req.Body = &requestBody{st: st, req: req}
 	}
 	return req, nil
 }
@@ -100,6 +101,7 @@ func (s *Session) newServerRequest(st *stream, block http.Header, fin bool) (*ht
 // requestBody is a server request body.
 type requestBody struct {
 	st     *stream
+	req    *http.Request // its Trailer is filled at EOF
 	closed bool
 }
 
@@ -107,7 +109,11 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	if b.closed {
 		return 0, http.ErrBodyReadAfterClose
 	}
-	return b.st.read(p)
+	n, err := b.st.read(p)
+	if err == io.EOF {
+		b.st.fillTrailers(&b.req.Trailer)
+	}
+	return n, err
 }
 
 func (b *requestBody) Close() error {
@@ -280,7 +286,7 @@ func (w *responseWriter) flush(fin bool) error {
 
 func (w *responseWriter) sendReply(fin bool) error {
 	st := w.st
-	h := responseHeaders(w.status, w.header)
+	h := responseHeaders(w.status, w.header, st.s.cfg.PeerTrailers)
 	if err := checkSendLimits(h, st.s.limits); err != nil {
 		// The peer would refuse the block; a reset tells it at once, and
 		// only this stream is lost (its proxy answers 502).
@@ -339,7 +345,18 @@ func (w *responseWriter) finish() {
 		w.st.resetLocal(StatusInternalError, fmt.Errorf("%w: handler wrote %d of %d bytes", ErrBodyLength, w.written, w.declared))
 		return
 	}
-	if err := w.flush(true); err != nil {
+	var trailers http.Header
+	if w.bodyAllowed {
+		trailers = collectTrailers(w.header, declaredTrailers(w.header))
+	}
+	if len(trailers) > 0 {
+		if err := w.flush(false); err != nil {
+			return
+		}
+		if err := w.st.sendTrailers(trailers); err != nil {
+			return
+		}
+	} else if err := w.flush(true); err != nil {
 		return
 	}
 	// The response is complete. A request body the handler did not read

@@ -104,11 +104,14 @@ type Session struct {
 	peerKnowsFlow atomic.Bool
 	// clock counts the idle watchdog's ticks, from 1 (stream.go's marks).
 	clock atomic.Int64
+	// trailersDropped: trailers were dropped for a peer without HEADERS
+	// support, and logged (once per session).
+	trailersDropped atomic.Bool
 
 	// Writer queue: control frames go before DATA.
 	wmu     sync.Mutex
 	ctrlQ   []writeReq
-	dataQ   []writeReq
+	dataQ   dataQueue
 	wsignal chan struct{}
 	wdone   bool // the writer stopped: enqueue refuses requests
 
@@ -196,6 +199,9 @@ func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session
 		s.nextID, s.nextPingID = 2, 2
 	}
 	s.tlsState = connTLSState(conn)
+	if cfg.NotSentLowat > 0 {
+		setNotSentLowat(conn, cfg.NotSentLowat)
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	fr, err := mspdy.NewFramer(s.bw, nil)
 	if err != nil {
@@ -443,23 +449,25 @@ func (s *Session) handleGoAway(lastGood, status uint32) {
 
 // newStreamLocked creates and registers a stream; s.mu is held. Its
 // receive window starts at SPDY's default (flow.go).
-func (s *Session) newStreamLocked(id uint32) *stream {
+func (s *Session) newStreamLocked(id uint32, priority uint8) *stream {
 	win := newRecvWindow(defaultWindow, defaultWindow/updateFraction)
 	if !s.peerKnowsFlow.Load() {
 		win.threshold, win.smallSteps = smallUpdateThreshold, true
 	}
 	st := &stream{
-		s:         s,
-		id:        id,
-		sendWin:   sendWindow{n: s.peerInitWindow},
-		recvWin:   win,
-		tuneStart: time.Now(),
-		readWake:  make(chan struct{}, 1),
-		sendWake:  make(chan struct{}, 1),
-		written:   make(chan error, 1),
-		reply:     make(chan struct{}),
-		done:      make(chan struct{}),
-		contentLn: -1,
+		s:          s,
+		id:         id,
+		priority:   min(priority, Priorities-1),
+		sendWin:    sendWindow{n: s.peerInitWindow},
+		recvWin:    win,
+		tuneStart:  time.Now(),
+		creditTick: s.clock.Load(),
+		readWake:   make(chan struct{}, 1),
+		sendWake:   make(chan struct{}, 1),
+		written:    make(chan error, 1),
+		reply:      make(chan struct{}),
+		done:       make(chan struct{}),
+		contentLn:  -1,
 	}
 	s.streams[id] = st
 	return st

@@ -51,8 +51,9 @@ type tableFlags struct {
 // goroutine and drained by the application, and a send side that spends
 // flow-control credit frame by frame.
 type stream struct {
-	s  *Session
-	id uint32
+	s        *Session
+	id       uint32
+	priority uint8 // 0 highest .. 7 (schedule.go); set before the stream is shared
 
 	// Guarded by s.mu, the session's lock (the reader goroutine updates
 	// sendWin; tab is the stream's place in the table).
@@ -73,7 +74,8 @@ type stream struct {
 	err       error // why the stream was reset or aborted
 	lost      error // unread data was dropped (see expire): reads fail with it
 	replyHdr  http.Header
-	head      bool // a HEAD request we sent: its response has no body
+	trailer   http.Header // received in HEADERS frames
+	head      bool        // a HEAD request we sent: its response has no body
 	onFinish  func()
 
 	// Idle watchdog marks (session clock ticks; 0: not waiting). See
@@ -375,7 +377,7 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 			return total, nil
 		}
 		s.mu.Lock()
-		n := min(int64(len(p)), st.sendWin.available(), s.sendWin.available(), maxDataFrame)
+		n := min(int64(len(p)), st.sendWin.available(), s.sendWin.available(), maxFrameFor(st.priority))
 		if n == 0 && len(p) > 0 {
 			onStream := st.sendWin.available() == 0
 			if s.sendWin.available() == 0 && !st.tab.waitsForSession {
@@ -409,7 +411,7 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 			s.markFinQueuedLocked(st)
 		}
 		s.mu.Unlock()
-		err = s.writeFrame(writeReq{data: dataFrame{id: st.id, fin: last, data: p[:n]}, done: st.written}, false)
+		err = s.writeFrame(writeReq{data: dataFrame{id: st.id, fin: last, pri: st.priority, data: p[:n]}, done: st.written}, false)
 		if err != nil {
 			st.abort(err)
 			return total, err

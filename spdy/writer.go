@@ -28,6 +28,7 @@ type writeReq struct {
 type dataFrame struct {
 	id   uint32
 	fin  bool
+	pri  uint8 // its stream's priority (schedule.go)
 	data []byte
 }
 
@@ -59,7 +60,7 @@ func (s *Session) enqueue(r writeReq, control bool) {
 		}
 		s.ctrlQ = append(s.ctrlQ, r)
 	} else {
-		s.dataQ = append(s.dataQ, r)
+		s.dataQ.push(r)
 	}
 	s.wmu.Unlock()
 	select {
@@ -98,7 +99,8 @@ func (s *Session) errOrShutdown() error {
 	return s.err
 }
 
-// next pops the next request, control frames first.
+// next pops the next request: control frames first, then DATA by
+// priority (schedule.go).
 func (s *Session) next() (writeReq, bool) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -111,13 +113,7 @@ func (s *Session) next() (writeReq, bool) {
 		}
 		return r, true
 	}
-	if len(s.dataQ) > 0 {
-		r := s.dataQ[0]
-		s.dataQ[0] = writeReq{}
-		s.dataQ = s.dataQ[1:]
-		return r, true
-	}
-	return writeReq{}, false
+	return s.dataQ.pop()
 }
 
 func (s *Session) writeLoop() {
@@ -179,8 +175,8 @@ func (s *Session) writeLoop() {
 	// Fail whatever is left, and refuse what comes later.
 	s.wmu.Lock()
 	s.wdone = true
-	left := append(s.ctrlQ, s.dataQ...)
-	s.ctrlQ, s.dataQ = nil, nil
+	left := append(s.ctrlQ, s.dataQ.drain()...)
+	s.ctrlQ = nil
 	s.wmu.Unlock()
 	for _, r := range left {
 		if r.done != nil {

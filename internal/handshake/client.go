@@ -16,7 +16,9 @@ import (
 	"unicode/utf8"
 )
 
-// ErrTokenRejected is what a 401 answer's *StatusError unwraps to.
+// ErrTokenRejected is what a *StatusError unwraps to when spdy_origin
+// checked the token and refused it: a 401 with its challenge
+// (TokenChallenge). Any other 401 is ErrBlocked.
 var ErrTokenRejected = errors.New("token rejected by proxy")
 
 // excerptLen caps the body excerpt a StatusError keeps.
@@ -32,6 +34,8 @@ type Request struct {
 	// Identity fills the Spdy-Origin-Agent-* headers, the User-Agent
 	// (spdy-origin-agent/<Version>) and the one-line body.
 	Identity Identity
+	// Capabilities are announced in HeaderCapabilities (none: no header).
+	Capabilities Capabilities
 }
 
 // Result is an accepted registration.
@@ -43,6 +47,8 @@ type Result struct {
 	// proxy's first SPDY frames may already be buffered in it, so the SPDY
 	// session must read through it (spdy.BufferedConn).
 	Reader *bufio.Reader
+	// Capabilities are what the proxy announced on its 200.
+	Capabilities Capabilities
 }
 
 // StatusError is an answer other than 200 to the registration.
@@ -60,23 +66,38 @@ type StatusError struct {
 
 func (e *StatusError) Error() string {
 	var b strings.Builder
-	if e.StatusCode == http.StatusUnauthorized {
+	switch {
+	case e.TokenRejected():
 		b.WriteString(ErrTokenRejected.Error())
-	} else {
+	case e.Blocked():
+		b.WriteString(ErrBlocked.Error())
+	default:
 		b.WriteString("proxy refused registration")
 	}
 	b.WriteString(": HTTP ")
 	b.WriteString(e.Status)
+	if name := e.challengeHeader(); name != "" && e.Blocked() {
+		if c := e.Challenge(); c != "" {
+			fmt.Fprintf(&b, " (%s: %s)", name, c)
+		} else {
+			fmt.Fprintf(&b, " (no %s challenge)", name)
+		}
+	}
 	if e.Body != "" {
 		fmt.Fprintf(&b, ": %q", e.Body)
 	}
 	return b.String()
 }
 
-// Unwrap makes a 401 match ErrTokenRejected.
+// Unwrap makes spdy_origin's token refusal match ErrTokenRejected, and a
+// refusal by anything in front of it (any other 401, a 403, a 407) match
+// ErrBlocked.
 func (e *StatusError) Unwrap() error {
-	if e.StatusCode == http.StatusUnauthorized {
+	switch {
+	case e.TokenRejected():
 		return ErrTokenRejected
+	case e.Blocked():
+		return ErrBlocked
 	}
 	return nil
 }
@@ -134,7 +155,7 @@ func Register(ctx context.Context, conn net.Conn, r Request) (*Result, error) {
 		return nil, fmt.Errorf("registration: %w", ctx.Err())
 	}
 	_ = conn.SetDeadline(time.Time{})
-	return &Result{Body: body, Reader: br}, nil
+	return &Result{Body: body, Reader: br, Capabilities: ReadCapabilities(resp.Header)}, nil
 }
 
 // httpRequest is the PUT as net/http writes it.
@@ -149,6 +170,9 @@ func (r Request) httpRequest() (*http.Request, error) {
 	req.Header.Set("User-Agent", "spdy-origin-agent/"+id.Version)
 	req.Header.Set("Content-Type", "text/plain; charset=utf-8")
 	id.setHeaders(req.Header)
+	if len(r.Capabilities) > 0 {
+		req.Header.Set(HeaderCapabilities, strings.Join(r.Capabilities, ", "))
+	}
 	return req, nil
 }
 

@@ -26,7 +26,10 @@
 // proxy's HTTP server hands it the connection (a hijack), which HTTP/2 and
 // HTTP/3 cannot do. A refusal is an ordinary HTTP answer (401 with
 // WWW-Authenticate, 429 and 503 with Retry-After, ...), after which the proxy
-// closes the connection.
+// closes the connection. The proxy's 401 carries its own challenge,
+// `Bearer realm="spdy-origin"` (TokenChallenge), so that the agent can tell a
+// refused token from a 401 that something in front of the registration
+// route sent (refusal.go).
 //
 // The 200's body must be delimited (Content-Length, or chunked), or the agent
 // could not tell where SPDY starts. The proxy may send its first SPDY frames
@@ -50,6 +53,44 @@ const (
 	HeaderInstance   = "Spdy-Origin-Agent-Instance"   // random id, one per agent process
 	HeaderConnection = "Spdy-Origin-Agent-Connection" // 0-based index of the connection to this proxy
 )
+
+// Capabilities: what each side says it understands beyond the Amahi
+// protocol, in a comma-separated HeaderCapabilities on the PUT (agent) and
+// on the 200 (proxy). New frames or headers go only to a peer that listed
+// them: an Amahi origin or proxy lists nothing and gets none.
+const (
+	HeaderCapabilities = "Spdy-Origin-Capabilities"
+	// CapTrailers: HEADERS frames carrying trailers (gRPC needs them;
+	// amahi/spdy panics on them).
+	CapTrailers = "trailers"
+)
+
+// Capabilities is the set a side announced.
+type Capabilities []string
+
+// Has reports whether c lists name.
+func (c Capabilities) Has(name string) bool {
+	for _, v := range c {
+		if strings.EqualFold(v, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// ReadCapabilities returns what HeaderCapabilities in h lists (at most 16
+// names of at most 32 bytes each: anything else is ignored).
+func ReadCapabilities(h http.Header) Capabilities {
+	var c Capabilities
+	for _, v := range h.Values(HeaderCapabilities) {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = strings.TrimSpace(name); name != "" && len(name) <= 32 && len(c) < 16 {
+				c = append(c, strings.ToLower(name))
+			}
+		}
+	}
+	return c
+}
 
 const (
 	// DefaultPath is where agents register when their proxy URL has no path,

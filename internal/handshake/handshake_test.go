@@ -99,7 +99,7 @@ func TestRegister(t *testing.T) {
 			err: "exceeds 65536 bytes"},
 		{name: "401 with WWW-Authenticate",
 			answer: "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"spdy-origin\", error=\"invalid_token\"\r\nContent-Length: 26\r\n\r\nspdy-origin: wrong token\r\n",
-			status: 401, header: [2]string{"WWW-Authenticate", `Bearer realm="spdy-origin", error="invalid_token"`},
+			status: 401, header: [2]string{"WWW-Authenticate", TokenChallenge("invalid_token")},
 			excerpt: "spdy-origin: wrong token"},
 		{name: "429 with Retry-After seconds",
 			answer: "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n",
@@ -151,7 +151,7 @@ func checkRegister(t *testing.T, res *Result, err error, body string, rest []byt
 		if !errors.As(err, &se) || se.StatusCode != status {
 			t.Fatalf("err = %v, want a *StatusError with status %d", err, status)
 		}
-		if got, want := errors.Is(err, ErrTokenRejected), status == http.StatusUnauthorized; got != want {
+		if got, want := errors.Is(err, ErrTokenRejected), status == http.StatusUnauthorized && header[1] == TokenChallenge("invalid_token"); got != want {
 			t.Errorf("errors.Is(%v, ErrTokenRejected) = %v", err, got)
 		}
 		if (retry >= 0 && se.RetryAfter != retry) || (retry < 0 && (se.RetryAfter <= 0 || se.RetryAfter > -retry)) {
@@ -199,7 +199,7 @@ func TestRegisterWire(t *testing.T) {
 		} else if tok, ok := BearerToken(req.Header); !ok || tok != "tok" || ReadIdentity(req.Header) != testRequest.Identity {
 			t.Errorf("proxy half read token %q, %v, identity %+v", tok, ok, ReadIdentity(req.Header))
 		}
-		_ = Accept(proxy, "spdy-origin: registered session 1 in pool \"default\"\n")
+		_ = Accept(proxy, "spdy-origin: registered session 1 in pool \"default\"\n", nil)
 		proxy.Close()
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -218,7 +218,7 @@ func TestAcceptWire(t *testing.T) {
 	proxy, agent := net.Pipe()
 	t.Cleanup(func() { agent.Close() })
 	go func() {
-		if err := Accept(proxy, "hello\n"); err != nil {
+		if err := Accept(proxy, "hello\n", nil); err != nil {
 			t.Error(err)
 		}
 		proxy.Close()
@@ -238,7 +238,7 @@ func TestAcceptWire(t *testing.T) {
 func TestAcceptWriteFails(t *testing.T) {
 	proxy, agent := net.Pipe()
 	agent.Close()
-	if err := Accept(proxy, "x"); err == nil || !strings.Contains(err.Error(), "writing the 200") {
+	if err := Accept(proxy, "x", nil); err == nil || !strings.Contains(err.Error(), "writing the 200") {
 		t.Fatalf("Accept to a closed peer: %v", err)
 	}
 }
@@ -338,4 +338,51 @@ func FuzzRegisterAnswer(f *testing.F) {
 			t.Fatalf("status error %+v", se)
 		}
 	})
+}
+
+// Capabilities go both ways only when both announce them: the agent's in
+// its PUT, the proxy's in its 200; an Amahi origin (none announced) gets
+// the 200 of TestAcceptWire, byte for byte.
+func TestCapabilities(t *testing.T) {
+	agent, proxy := net.Pipe()
+	t.Cleanup(func() { agent.Close() })
+	seen := make(chan Capabilities, 1)
+	go func() {
+		req, err := http.ReadRequest(bufio.NewReader(proxy))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		caps := ReadCapabilities(req.Header)
+		seen <- caps
+		_ = Accept(proxy, "ok\n", Capabilities{CapTrailers, "future-thing"})
+		proxy.Close()
+	}()
+	r := testRequest
+	r.Capabilities = Capabilities{CapTrailers}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := Register(ctx, agent, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if caps := <-seen; !caps.Has(CapTrailers) || len(caps) != 1 {
+		t.Fatalf("the proxy read %v", caps)
+	}
+	if !res.Capabilities.Has("TRAILERS") || !res.Capabilities.Has("future-thing") || res.Capabilities.Has("headers") {
+		t.Fatalf("the agent read %v", res.Capabilities)
+	}
+}
+
+func TestReadCapabilities(t *testing.T) {
+	long := strings.Repeat("x", 33)
+	h := http.Header{HeaderCapabilities: {" Trailers , ,priorities", long + ",a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q"}}
+	got := ReadCapabilities(h)
+	if len(got) != 16 || got[0] != "trailers" || got[1] != "priorities" || got.Has(long) {
+		t.Fatalf("ReadCapabilities = %v (want at most 16, lower-cased, none over 32 bytes)", got)
+	}
+	if ReadCapabilities(http.Header{}) != nil {
+		t.Fatal("capabilities from nothing")
+	}
 }

@@ -3,6 +3,7 @@ package handshake
 import (
 	"fmt"
 	"net"
+	"strings"
 	"time"
 )
 
@@ -15,10 +16,17 @@ const AcceptTimeout = 10 * time.Second
 // with body, in one write and within AcceptTimeout, and clears conn's
 // deadlines. From then on conn carries SPDY, read through the reader the
 // HTTP server returned with it (it may hold the agent's first frames).
-func Accept(conn net.Conn, body string) error {
+//
+// caps are announced in HeaderCapabilities; send them only to an agent that
+// announced capabilities itself (an Amahi origin has no use for them).
+func Accept(conn net.Conn, body string, caps Capabilities) error {
 	_ = conn.SetDeadline(time.Time{})
 	_ = conn.SetWriteDeadline(time.Now().Add(AcceptTimeout))
-	answer := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	capLine := ""
+	if len(caps) > 0 {
+		capLine = HeaderCapabilities + ": " + strings.Join(caps, ", ") + "\r\n"
+	}
+	answer := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n%sContent-Length: %d\r\n\r\n%s", capLine, len(body), body)
 	if _, err := conn.Write([]byte(answer)); err != nil {
 		return fmt.Errorf("writing the 200: %w", err)
 	}

@@ -1,0 +1,215 @@
+package spdy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	mspdy "github.com/moby/spdystream/spdy"
+)
+
+func frameOf(id uint32, pri uint8) writeReq {
+	return writeReq{data: dataFrame{id: id, pri: pri}}
+}
+
+func popAll(q *dataQueue) []uint32 {
+	var ids []uint32
+	for {
+		r, ok := q.pop()
+		if !ok {
+			return ids
+		}
+		ids = append(ids, r.data.id)
+	}
+}
+
+func TestDataQueueOrder(t *testing.T) {
+	cases := []struct {
+		name string
+		push []writeReq
+		want string
+	}{
+		{"strict between levels", []writeReq{frameOf(1, 7), frameOf(3, 0), frameOf(5, 3), frameOf(7, 0)}, "[3 7 5 1]"},
+		{"FIFO within a level", []writeReq{frameOf(1, 4), frameOf(3, 4), frameOf(5, 4)}, "[1 3 5]"},
+		{"priorities above 7 are 7", []writeReq{frameOf(1, 200), frameOf(3, 7), frameOf(5, 6)}, "[5 1 3]"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var q dataQueue
+			for _, r := range c.push {
+				q.push(r)
+			}
+			if got := fmt.Sprint(popAll(&q)); got != c.want {
+				t.Fatalf("order %s, want %s", got, c.want)
+			}
+			if q.len() != 0 {
+				t.Fatal("queue not empty")
+			}
+		})
+	}
+}
+
+// TestDataQueueShare: while a higher level always has a frame waiting (its
+// stream queues the next as soon as one is taken), a lower level still gets
+// one frame in shareEvery+1, and round-robin holds within the higher level.
+func TestDataQueueShare(t *testing.T) {
+	var q dataQueue
+	q.push(frameOf(1, 0))
+	q.push(frameOf(3, 0))
+	q.push(frameOf(5, 6))
+	var got []uint32
+	lows := 0
+	for range 90 {
+		r, _ := q.pop()
+		got = append(got, r.data.id)
+		if r.data.pri == 6 {
+			lows++
+		}
+		q.push(r) // the stream queues its next frame
+	}
+	if lows != 10 {
+		t.Fatalf("the low-priority stream got %d of 90 frames, want 10 (one in %d): %v", lows, shareEvery+1, got)
+	}
+	for i := 0; i+1 < len(got); i++ {
+		if got[i] == got[i+1] && got[i] != 5 {
+			t.Fatalf("stream %d twice in a row at %d: round-robin broken: %v", got[i], i, got)
+		}
+	}
+}
+
+// gatedConn holds every Write until the gate opens, so that frames pile up
+// in the writer's queue in a known state.
+type gatedConn struct {
+	net.Conn
+	gate chan struct{}
+}
+
+func (c *gatedConn) Write(p []byte) (int, error) {
+	<-c.gate
+	return c.Conn.Write(p)
+}
+
+// TestSchedulerOnTheWire: three streams each queue one DATA frame while the
+// connection is blocked, in the order low, high, middle priority; once it
+// unblocks, the frames reach the wire by priority. No timing: each stream
+// has exactly one frame queued when the writer picks.
+func TestSchedulerOnTheWire(t *testing.T) {
+	a, b := tcpPair(t)
+	gate := make(chan struct{})
+	cs, err := NewClient(&gatedConn{Conn: a, gate: gate}, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newRawPeer(t, b)
+	t.Cleanup(func() { close(gateOnce(gate)); cs.Close(); <-cs.writerDone })
+	// Each request body is one small frame; FIN follows in a frame of
+	// its own after the first is taken, so each stream has one queued.
+	var bodies []*io.PipeWriter
+	for _, pri := range []uint8{7, 0, 3} {
+		pr, pw := io.Pipe()
+		bodies = append(bodies, pw)
+		req := newReq(t, "POST", "https://x/", nil)
+		req.Body = pr
+		req = req.WithContext(WithPriority(context.Background(), pri))
+		go cs.RoundTrip(req)
+		// SYN_STREAMs (control frames) are queued in this order too.
+		waitUntil(t, "the stream is open", func() bool { return cs.OpenStreams() == len(bodies) })
+	}
+	var wg sync.WaitGroup
+	for i, pw := range bodies {
+		wg.Go(func() { pw.Write([]byte(strings.Repeat("x", 100*(i+1)))) })
+	}
+	waitUntil(t, "three DATA frames queued", func() bool {
+		cs.wmu.Lock()
+		defer cs.wmu.Unlock()
+		return cs.dataQ.len() == 3
+	})
+	close(gate)
+	var order []string
+	pris := map[uint32]uint8{}
+	for len(order) < 3 {
+		switch f := p.expect("frames", func(mspdy.Frame) bool { return true }).(type) {
+		case *mspdy.SynStreamFrame:
+			pris[uint32(f.StreamId)] = f.Priority
+		case *mspdy.DataFrame:
+			order = append(order, fmt.Sprintf("%d(pri %d, %d bytes)", f.StreamId, pris[uint32(f.StreamId)], len(f.Data)))
+		}
+	}
+	want := "[3(pri 0, 200 bytes) 5(pri 3, 300 bytes) 1(pri 7, 100 bytes)]"
+	if got := fmt.Sprint(order); got != want {
+		t.Fatalf("DATA on the wire %s, want %s", got, want)
+	}
+	for _, pw := range bodies {
+		pw.Close()
+	}
+	wg.Wait()
+}
+
+// gateOnce returns a channel to close that is not gate if gate is closed
+// already, so the cleanup never closes it twice.
+func gateOnce(gate chan struct{}) chan struct{} {
+	select {
+	case <-gate:
+		return make(chan struct{})
+	default:
+		return gate
+	}
+}
+
+// TestPriorityFrameSizes: our server sends the response of a low-priority
+// stream (4..7) in frames of at most 16 KiB, so an urgent frame waits for
+// little on the wire, and of a high-priority one in frames up to 64 KiB.
+func TestPriorityFrameSizes(t *testing.T) {
+	const size = 256 << 10
+	body, _ := io.ReadAll(io.LimitReader(newPattern(), size))
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(body) // one write: the frame size is the stream's choice
+	})
+	cfg := testConfig()
+	_, p := rawClient(t, cfg, h)
+	p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 20}}})
+	p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 24})
+	for _, c := range []struct {
+		id       uint32
+		priority uint8
+		max      int
+	}{{1, 1, maxDataFrame}, {3, 6, maxLowPriorityFrame}} {
+		syn := synStream(c.id, reqBlock("GET", "/"), true)
+		syn.Priority = c.priority
+		p.mustWrite(syn)
+		got, largest := 0, 0
+		for got < size {
+			f := p.expect("DATA", func(f mspdy.Frame) bool { d, ok := f.(*mspdy.DataFrame); return ok && uint32(d.StreamId) == c.id })
+			n := len(f.(*mspdy.DataFrame).Data)
+			got += n
+			largest = max(largest, n)
+		}
+		if largest != c.max {
+			t.Fatalf("priority %d: largest DATA frame %d bytes, want %d", c.priority, largest, c.max)
+		}
+	}
+}
+
+// TestSynStreamPriority: RoundTrip sends the priority of its context.
+func TestSynStreamPriority(t *testing.T) {
+	cs, p := rawServer(t, nil)
+	for _, pri := range []uint8{DefaultPriority, 0, 6} {
+		ctx := context.Background()
+		if pri != DefaultPriority {
+			ctx = WithPriority(ctx, pri)
+		}
+		req := newReq(t, "GET", "https://x/", nil).WithContext(ctx)
+		res := goRoundTrip(cs, req)
+		syn := p.expectSynStream()
+		if syn.Priority != pri {
+			t.Fatalf("SYN_STREAM priority %d, want %d", syn.Priority, pri)
+		}
+		p.mustWrite(synReply(uint32(syn.StreamId), replyBlock("204"), true))
+		recvResult(t, res)
+	}
+}

@@ -1,0 +1,169 @@
+package spdy
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	mspdy "github.com/moby/spdystream/spdy"
+)
+
+// Trailers travel in a HEADERS frame (SPDY/3 section 2.6.7) that carries
+// FIN after the stream's last DATA, both ways. They follow net/http's
+// conventions on each side: a "Trailer" header declares them, and the
+// values come in Request.Trailer / Response.Trailer once the body reached
+// EOF; a handler sets declared keys after writing its body, or any key
+// with http.TrailerPrefix.
+//
+// amahi/spdy panics on a HEADERS frame, so we send one only when
+// Config.PeerTrailers says the peer announced it understands them (at
+// registration). Otherwise trailers are dropped, logged once per session.
+// Receiving them is always safe.
+
+// declaredTrailers returns the canonical names h's Trailer header declares.
+func declaredTrailers(h http.Header) []string {
+	var keys []string
+	for _, v := range h["Trailer"] {
+		for k := range strings.SplitSeq(v, ",") {
+			if k = strings.TrimSpace(k); k != "" {
+				keys = append(keys, http.CanonicalHeaderKey(k))
+			}
+		}
+	}
+	return keys
+}
+
+// announced returns a Trailer map with the keys h declares and nil values,
+// as net/http gives Request.Trailer and Response.Trailer before EOF, and
+// removes the Trailer header from h as net/http does.
+func announced(h http.Header) http.Header {
+	keys := declaredTrailers(h)
+	h.Del("Trailer")
+	if len(keys) == 0 {
+		return nil
+	}
+	t := make(http.Header, len(keys))
+	for _, k := range keys {
+		t[k] = nil
+	}
+	return t
+}
+
+// collectTrailers returns the trailers a handler or a request set: values
+// of the keys declared in declared, and keys with http.TrailerPrefix in h.
+func collectTrailers(h http.Header, declared []string) http.Header {
+	var t http.Header
+	add := func(k string, vv []string) {
+		if len(vv) == 0 {
+			return
+		}
+		if t == nil {
+			t = make(http.Header)
+		}
+		t[http.CanonicalHeaderKey(k)] = vv
+	}
+	for _, k := range declared {
+		add(k, h[k])
+	}
+	for k, vv := range h {
+		if rest, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+			add(rest, vv)
+		}
+	}
+	return t
+}
+
+// receiveTrailers records a HEADERS frame's block for the reader; FIN ends
+// the stream's receiving side as DATA's does.
+func (st *stream) receiveTrailers(h http.Header, fin bool) {
+	st.mu.Lock()
+	if st.state.has(stRemoteFin) {
+		st.mu.Unlock()
+		st.resetLocal(StatusStreamAlreadyClosed, errors.New("HEADERS after the stream's FIN"))
+		return
+	}
+	if st.trailer == nil {
+		st.trailer = make(http.Header, len(h))
+	}
+	for k, vv := range h {
+		st.trailer[k] = append(st.trailer[k], vv...)
+	}
+	st.mu.Unlock()
+	if fin {
+		st.endRemote()
+	}
+}
+
+// fillTrailers copies the trailers that arrived into t, creating it if it
+// is nil; it is called when the body reached EOF.
+func (st *stream) fillTrailers(t *http.Header) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.trailer) == 0 {
+		return
+	}
+	if *t == nil {
+		*t = make(http.Header, len(st.trailer))
+	}
+	for k, vv := range st.trailer {
+		(*t)[k] = vv
+	}
+}
+
+// sendTrailers ends the stream's sending side with a HEADERS frame carrying
+// t and FIN, after all its DATA; or, when the peer did not say it
+// understands HEADERS, with an empty DATA frame with FIN, dropping t.
+func (st *stream) sendTrailers(t http.Header) error {
+	s := st.s
+	if !s.cfg.PeerTrailers {
+		s.dropTrailers(st, t)
+		return st.closeWrite()
+	}
+	block := make(http.Header, len(t))
+	for k, vv := range t {
+		block[strings.ToLower(k)] = vv
+	}
+	if err := checkSendLimits(block, s.limits); err != nil {
+		st.resetLocal(StatusInternalError, err)
+		return err
+	}
+	st.writeMu.Lock()
+	defer st.writeMu.Unlock()
+	st.mu.Lock()
+	err, done := st.err, st.state.has(stLocalFin)
+	st.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if done {
+		return errWriteClosed
+	}
+	s.mu.Lock()
+	s.markFinQueuedLocked(st)
+	s.mu.Unlock()
+	// DATA already written went through the writer before this returns
+	// (writeFrame waits), so the HEADERS frame cannot overtake it.
+	f := &mspdy.HeadersFrame{StreamId: mspdy.StreamId(st.id), Headers: block}
+	f.CFHeader.Flags = mspdy.ControlFlagFin
+	if err := s.writeFrame(writeReq{frame: f, done: st.written}, true); err != nil {
+		st.abort(err)
+		return err
+	}
+	st.mu.Lock()
+	st.state |= stLocalFin
+	st.mu.Unlock()
+	st.maybeFinish()
+	return nil
+}
+
+// dropTrailers logs, once per session, trailers that cannot be sent.
+func (s *Session) dropTrailers(st *stream, t http.Header) {
+	if s.trailersDropped.CompareAndSwap(false, true) {
+		keys := make([]string, 0, len(t))
+		for k := range t {
+			keys = append(keys, k)
+		}
+		s.log.Warnw("spdy: dropping trailers: the peer did not say it understands HEADERS frames (an older or amahi-style peer); logged once per session",
+			"remote", s.remoteAddr.String(), "stream", st.id, "trailers", strings.Join(keys, ","))
+	}
+}
