@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -37,6 +38,9 @@ type delayRelay struct {
 	// toDest and toClient pace the two directions (nil: unlimited): toDest what
 	// the relay's clients send to the destination, toClient the answers.
 	toDest, toClient *tokenBucket
+	// queued counts the bytes in the relay's queues, both ways, for the priority
+	// section's look at what waits ahead of a page.
+	queuedToDest, queuedToClient atomic.Int64
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -179,15 +183,15 @@ func (r *delayRelay) serve(c net.Conn) {
 	defer r.untrack(d)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); r.pump(d, c, r.toDest) }()
-	go func() { defer wg.Done(); r.pump(c, d, r.toClient) }()
+	go func() { defer wg.Done(); r.pump(d, c, r.toDest, &r.queuedToDest) }()
+	go func() { defer wg.Done(); r.pump(c, d, r.toClient, &r.queuedToClient) }()
 	wg.Wait()
 }
 
 // pump forwards src to dst with the delay, paced by tb if not nil. It returns when
 // src has ended and every byte read from it has been written (or dst failed).
-func (r *delayRelay) pump(dst, src net.Conn, tb *tokenBucket) {
-	q := &relayQueue{limit: r.link.queue}
+func (r *delayRelay) pump(dst, src net.Conn, tb *tokenBucket, queued *atomic.Int64) {
+	q := &relayQueue{limit: r.link.queue, total: queued}
 	q.cond.L = &q.mu
 	done := make(chan struct{})
 	go func() {
@@ -228,6 +232,12 @@ func (r *delayRelay) pump(dst, src net.Conn, tb *tokenBucket) {
 		}
 	}
 	<-done
+	q.mu.Lock()
+	if q.total != nil {
+		q.total.Add(int64(-q.bytes)) // what a failed writer left
+	}
+	q.bytes = 0
+	q.mu.Unlock()
 }
 
 // deliver writes each chunk to dst when its delay has passed: every chunk that is
@@ -335,7 +345,8 @@ type relayQueue struct {
 	chunks []relayChunk
 	bytes  int
 	limit  int
-	dead   bool // the writer is gone
+	dead   bool          // the writer is gone
+	total  *atomic.Int64 // if not nil, follows bytes (the relay's sum over connections)
 }
 
 // waitRoom blocks until at least n more bytes fit, or the queue is empty, and
@@ -353,6 +364,9 @@ func (q *relayQueue) push(c relayChunk) {
 	q.mu.Lock()
 	q.chunks = append(q.chunks, c)
 	q.bytes += len(c.data)
+	if q.total != nil {
+		q.total.Add(int64(len(c.data)))
+	}
 	q.mu.Unlock()
 	q.cond.Broadcast()
 }
@@ -391,6 +405,9 @@ func (q *relayQueue) popDue(cutoff time.Time) []relayChunk {
 func (q *relayQueue) release(n int) {
 	q.mu.Lock()
 	q.bytes -= n
+	if q.total != nil {
+		q.total.Add(int64(-n))
+	}
 	q.mu.Unlock()
 	q.cond.Broadcast()
 }
