@@ -324,3 +324,60 @@ func TestLinkRelayRate(t *testing.T) {
 	}
 	t.Logf("%.0f bytes/s through a %.0f bytes/s link (%s)", got, float64(rate), el)
 }
+
+func TestPercentile(t *testing.T) {
+	v := []float64{5, 1, 4, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}
+	for _, tc := range []struct{ q, want float64 }{{0.5, 10}, {0.95, 19}, {1, 20}, {0.01, 1}} {
+		if got := percentile(v, tc.q); got != tc.want {
+			t.Errorf("percentile(1..20, %v) = %v, want %v", tc.q, got, tc.want)
+		}
+	}
+}
+
+// TestProcTCPQueues finds a connection's unread bytes in /proc/net/tcp.
+func TestProcTCPQueues(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c.Write(make([]byte, 1000))
+	cp, sp := portOf(c.LocalAddr().String()), portOf(s.LocalAddr().String())
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if q := procTCPQueues()[[2]int{sp, cp}]; q.rx == 1000 {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("receive queue of the accepted socket: %d bytes, want 1000", q.rx)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestGridRendering(t *testing.T) {
+	g := &grid{title: "T", cols: []string{"measurement", "a", "b", "target"}}
+	g.add("why", "x (ms)", "1", "2 | 3", "≤ 1 ✔ met")
+	rep := &report{grids: []*grid{g}}
+	md := rep.markdown()
+	for _, want := range []string{"**T**", "| measurement | a | b | target |\n|---|--:|--:|---|\n", "| x (ms)<br>_why_ | 1 | 2 \\| 3 | ≤ 1 ✔ met |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "Tunnel vs Caddy") {
+		t.Errorf("markdown has the paths table without rows:\n%s", md)
+	}
+	txt := rep.text()
+	if !strings.Contains(txt, "x (ms)") || !strings.Contains(txt, "↳ why") {
+		t.Errorf("text lacks the row or its note:\n%s", txt)
+	}
+}
