@@ -37,6 +37,9 @@ type Options struct {
 	MaxStreams         uint32        // --max-streams: concurrent streams the proxy may open per session; 0: spdy's default
 	MaxUpgrades        int           // --max-upgrades: upgraded streams (WebSockets) per session; 0: spdy's default
 	MetricsAddr        string        // --metrics-addr: serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9464; "": off
+	// NotSentLowat is --tcp-notsent-lowat (advanced, not in -h): spdy.Config.NotSentLowat
+	// for the agent's sessions; 0: spdy's default (32 KiB); negative: the kernel's setting.
+	NotSentLowat int
 }
 
 // tuning holds knobs that users do not set but tests shorten.
@@ -195,18 +198,21 @@ func newHandler(opts Options, tun tuning, m *metrics, log *zap.Logger) (h http.H
 }
 
 // sessionConfig is the template of every session's settings: base (nil: spdy's
-// defaults) with --max-streams and --max-upgrades applied.
+// defaults) with --max-streams, --max-upgrades and --tcp-notsent-lowat applied.
 func sessionConfig(base *spdy.Config, opts Options) (*spdy.Config, error) {
 	if base == nil {
 		base = spdy.DefaultConfig()
 	}
-	if opts.MaxStreams > 0 || opts.MaxUpgrades > 0 {
+	if opts.MaxStreams > 0 || opts.MaxUpgrades > 0 || opts.NotSentLowat != 0 {
 		c := *base
 		if opts.MaxStreams > 0 {
 			c.MaxConcurrentStreams = opts.MaxStreams
 		}
 		if opts.MaxUpgrades > 0 {
 			c.MaxUpgradedStreams = opts.MaxUpgrades
+		}
+		if opts.NotSentLowat != 0 {
+			c.NotSentLowat = opts.NotSentLowat
 		}
 		base = &c
 	}

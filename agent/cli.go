@@ -137,6 +137,7 @@ type cliFlags struct {
 	metricsAddr                   string
 	insecure, showVersion         bool
 	conns, maxUpgrades            int
+	notSentLowat                  int
 	maxStreams                    uint
 	drain                         time.Duration
 	logLevel, logFormat           string
@@ -159,7 +160,25 @@ func (f *cliFlags) define(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxUpgrades, "max-upgrades", spdy.DefaultMaxUpgradedStreams, "WebSockets (and other upgraded streams) at once per session; more get 503")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this `host:port`, e.g. 127.0.0.1:9464 (default: off; no authentication, keep it local)")
 	fs.BoolVar(&f.showVersion, "version", false, "print the version (and commit) and exit")
+	fs.IntVar(&f.notSentLowat, "tcp-notsent-lowat", 0, "unsent `bytes` the kernel may queue on a session's TCP connection (TCP_NOTSENT_LOWAT); 0: 32 KiB, -1: the kernel's setting")
 	fs.Var(&f.proxies, "proxy", "proxy registration `URL`, e.g. https://example.com/.well-known/spdy-origin (repeatable; env: comma-separated)")
+}
+
+// hiddenFlags are advanced knobs that -h leaves out (README's Priorities
+// section describes them); their environment variables work as for any flag.
+var hiddenFlags = map[string]bool{"tcp-notsent-lowat": true}
+
+// printDefaults is fs.PrintDefaults without hiddenFlags.
+func printDefaults(fs *flag.FlagSet, w io.Writer) {
+	visible := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+	visible.SetOutput(w)
+	fs.VisitAll(func(f *flag.Flag) {
+		if !hiddenFlags[f.Name] {
+			visible.Var(f.Value, f.Name, f.Usage)
+			visible.Lookup(f.Name).DefValue = f.DefValue
+		}
+	})
+	visible.PrintDefaults()
 }
 
 // parseArgs parses args (without the program name) and env (os.Environ-style lookups).
@@ -175,7 +194,7 @@ func parseArgs(args []string, getenv func(string) string, usage io.Writer) (*cli
 		fmt.Fprintf(usage, "Serves a local HTTP server or directory on the internet through Caddy's spdy_origin handler.\n")
 		fmt.Fprintf(usage, "Every flag except --version can also be set by an environment variable %s<FLAG>, e.g. %s, %s.\n\nFlags:\n",
 			envPrefix, envName("token"), envName("proxy"))
-		fs.PrintDefaults()
+		printDefaults(fs, usage)
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err // already printed by fs with usage
@@ -310,7 +329,8 @@ func (f *cliFlags) originOptions(o *Options) error {
 }
 
 // limitOptions checks the numbers: --connections, --drain-timeout, --max-streams
-// and --max-upgrades.
+// and --max-upgrades, and takes --tcp-notsent-lowat (any value: negative means
+// the kernel's setting).
 func (f *cliFlags) limitOptions(o *Options) error {
 	if f.conns < 1 || f.conns > 64 {
 		return usageErrorf("--connections %d: want 1..64", f.conns)
@@ -328,6 +348,7 @@ func (f *cliFlags) limitOptions(o *Options) error {
 		return usageErrorf("--max-upgrades %d: want at least 1", f.maxUpgrades)
 	}
 	o.MaxUpgrades = f.maxUpgrades
+	o.NotSentLowat = f.notSentLowat
 	return nil
 }
 

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
 func envMap(m map[string]string) func(string) string {
@@ -54,6 +56,34 @@ func TestParseArgs(t *testing.T) {
 			check: func(t *testing.T, c *cliConfig) {
 				if c.opts.To.String() != "https://nas.lan:8443" || c.opts.UpstreamCAFile != "/etc/nas-ca.pem" {
 					t.Fatalf("to %v, upstream CA file %q", c.opts.To, c.opts.UpstreamCAFile)
+				}
+			},
+		},
+		{
+			name: "tcp-notsent-lowat, flag and env",
+			args: []string{"--proxy", "https://a.example", "--token", "t", "--to", "http://127.0.0.1:1", "--tcp-notsent-lowat", "-1"},
+			check: func(t *testing.T, c *cliConfig) {
+				if c.opts.NotSentLowat != -1 {
+					t.Fatalf("NotSentLowat = %d, want -1", c.opts.NotSentLowat)
+				}
+				cfg, err := sessionConfig(nil, c.opts)
+				if err != nil || cfg.NotSentLowat != -1 {
+					t.Fatalf("session config NotSentLowat = %d (%v), want -1", cfg.NotSentLowat, err)
+				}
+			},
+		},
+		{
+			name: "tcp-notsent-lowat from env, default otherwise",
+			args: []string{"--proxy", "https://a.example", "--token", "t", "--to", "http://127.0.0.1:1"},
+			env:  map[string]string{"SPDY_ORIGIN_TCP_NOTSENT_LOWAT": "16384"},
+			check: func(t *testing.T, c *cliConfig) {
+				if c.opts.NotSentLowat != 16384 {
+					t.Fatalf("NotSentLowat = %d, want 16384", c.opts.NotSentLowat)
+				}
+				c.opts.NotSentLowat = 0
+				cfg, err := sessionConfig(nil, c.opts)
+				if err != nil || cfg.NotSentLowat != spdy.DefaultNotSentLowat {
+					t.Fatalf("session config NotSentLowat = %d (%v), want spdy's default", cfg.NotSentLowat, err)
 				}
 			},
 		},
@@ -169,6 +199,9 @@ func TestRunExitCodes(t *testing.T) {
 	errOut.Reset()
 	if code := Main([]string{"--no-such-flag"}, envMap(nil), &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "Usage:") {
 		t.Fatalf("unknown flag: code %d, stderr %q", code, errOut.String())
+	}
+	if strings.Contains(errOut.String(), "notsent") {
+		t.Fatalf("usage shows the hidden --tcp-notsent-lowat:\n%s", errOut.String())
 	}
 	errOut.Reset()
 	if code := Main([]string{"--proxy", "https://x", "--token", "t"}, envMap(nil), &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "--to") {

@@ -151,12 +151,15 @@ func TestDelayRelayForwardsBulkAndHalfClose(t *testing.T) {
 func TestRelayQueueBlocksWhenFull(t *testing.T) {
 	q := &relayQueue{limit: 100}
 	q.cond.L = &q.mu
-	if !q.waitRoom(60) {
-		t.Fatal("empty queue has no room")
+	if room, ok := q.waitRoom(60); !ok || room != 100 {
+		t.Fatalf("empty queue: room %d, %v; want 100, true", room, ok)
 	}
 	q.push(relayChunk{data: make([]byte, 60), at: time.Now()})
+	if room, ok := q.waitRoom(30); !ok || room != 40 {
+		t.Fatalf("60 of 100 bytes queued: room %d, %v; want 40, true", room, ok)
+	}
 	got := make(chan bool, 1)
-	go func() { got <- q.waitRoom(60) }()
+	go func() { _, ok := q.waitRoom(60); got <- ok }()
 	select {
 	case <-got:
 		t.Fatal("waitRoom returned with 60 of 100 bytes queued and 60 more wanted")
@@ -171,7 +174,7 @@ func TestRelayQueueBlocksWhenFull(t *testing.T) {
 		t.Fatal("waitRoom reported a dead writer")
 	}
 	q.fail()
-	if q.waitRoom(1 << 20) {
+	if _, ok := q.waitRoom(1 << 20); ok {
 		t.Fatal("waitRoom after fail reported room")
 	}
 	if _, ok := q.front(); ok {
@@ -198,5 +201,183 @@ func TestDelayRelayCloseEndsConnections(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(b); err == nil {
 		t.Fatal("read after close succeeded")
+	}
+}
+
+// TestTokenBucketRate runs senders against a fake clock: whatever they overshoot
+// their waits by (up to a few ms, as a loaded machine's timers do), the bytes sent
+// over a few hundred ms beyond the bucket's first fill stay within 5% of the rate,
+// and never above rate × time + depth.
+func TestTokenBucketRate(t *testing.T) {
+	const rate = 2.5e6 // 20 Mbit/s
+	for _, tc := range []struct {
+		name      string
+		senders   int
+		piece     int
+		overshoot time.Duration // the largest; each wait overshoots by a varying part of it
+	}{
+		{"one sender, exact waits", 1, 8 << 10, 0},
+		{"one sender, late wake-ups", 1, 8 << 10, 3 * time.Millisecond},
+		{"four senders share the link", 4, 8 << 10, 2 * time.Millisecond},
+		{"small pieces", 2, 1500, time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Unix(1000, 0)
+			now := start
+			tb := newTokenBucket(rate, relayBurst, func() time.Time { return now })
+			// Each sender's next send time; the earliest goes next (a tiny
+			// event loop standing in for goroutines that sleep).
+			next := make([]time.Time, tc.senders)
+			for i := range next {
+				next[i] = start
+			}
+			var sent int64
+			const span = 400 * time.Millisecond
+			for k := 0; ; k++ {
+				i := 0
+				for j := range next {
+					if next[j].Before(next[i]) {
+						i = j
+					}
+				}
+				now = next[i]
+				if now.Sub(start) >= span {
+					break
+				}
+				wait := tb.reserve(tc.piece)
+				if tc.overshoot > 0 {
+					wait += tc.overshoot * time.Duration(k%7) / 6
+				}
+				// The bytes go out when the wait is over.
+				sent += int64(tc.piece)
+				next[i] = now.Add(wait)
+				if lim := rate*next[i].Sub(start).Seconds() + relayBurst + float64(tc.piece); float64(sent) > lim {
+					t.Fatalf("%d bytes out by %s: more than rate × time + depth (%.0f)", sent, next[i].Sub(start), lim)
+				}
+			}
+			// Less the full bucket a fresh link starts with.
+			got := float64(sent-relayBurst) / span.Seconds()
+			if got < rate*0.95 || got > rate*1.05 {
+				t.Fatalf("%.0f bytes/s over %s, want %.0f ± 5%%", got, span, rate)
+			}
+		})
+	}
+}
+
+func TestTokenBucketIdleBurst(t *testing.T) {
+	now := time.Unix(1000, 0)
+	tb := newTokenBucket(1e6, 16<<10, func() time.Time { return now })
+	if w := tb.reserve(16 << 10); w != 0 {
+		t.Fatalf("a full bucket made the first %d bytes wait %s", 16<<10, w)
+	}
+	if w := tb.reserve(10000); w != 10*time.Millisecond {
+		t.Fatalf("an empty bucket at 1 MB/s: 10000 bytes wait %s, want 10ms", w)
+	}
+	now = now.Add(time.Hour) // idle: the bucket refills to its depth, no further
+	if w := tb.reserve(16 << 10); w != 0 {
+		t.Fatalf("after an idle hour the first %d bytes wait %s", 16<<10, w)
+	}
+	if w := tb.reserve(1000); w != time.Millisecond {
+		t.Fatalf("past the depth, 1000 bytes wait %s, want 1ms", w)
+	}
+}
+
+// TestLinkRelayRate sends through a rate-limited relay in real time. The rate can
+// only be undershot on a loaded machine (a late timer), never overshot by more than
+// the bucket's depth, so the upper bound is tight and the lower one generous.
+func TestLinkRelayRate(t *testing.T) {
+	const rate = 2e6
+	r, err := startLinkRelay(echoServer(t), link{delay: 2 * time.Millisecond, queue: 64 << 10, rate: rate, rcvBuf: 16 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.close()
+	c, err := net.Dial("tcp", r.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// 600 KB each way: about 300 ms, plus the delays.
+	const n = 600_000
+	go func() {
+		io.CopyBuffer(c, &patternReader{n: n}, make([]byte, 32<<10))
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	var chk patternChecker
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	t0 := time.Now()
+	if _, err := io.Copy(&chk, c); err != nil {
+		t.Fatal(err)
+	}
+	el := time.Since(t0)
+	if err := chk.err(n); err != nil {
+		t.Fatal(err)
+	}
+	got := n / el.Seconds()
+	// Both directions are paced: the echo's answer follows its request at the same
+	// rate, so the transfer takes n ÷ rate (+ delays), not twice that.
+	if got > rate*1.05+2*relayBurst/el.Seconds() {
+		t.Fatalf("%.0f bytes/s through a %.0f bytes/s link", got, float64(rate))
+	}
+	if got < rate*0.25 {
+		t.Fatalf("%.0f bytes/s through a %.0f bytes/s link: far below its rate", got, float64(rate))
+	}
+	t.Logf("%.0f bytes/s through a %.0f bytes/s link (%s)", got, float64(rate), el)
+}
+
+func TestPercentile(t *testing.T) {
+	v := []float64{5, 1, 4, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}
+	for _, tc := range []struct{ q, want float64 }{{0.5, 10}, {0.95, 19}, {1, 20}, {0.01, 1}} {
+		if got := percentile(v, tc.q); got != tc.want {
+			t.Errorf("percentile(1..20, %v) = %v, want %v", tc.q, got, tc.want)
+		}
+	}
+}
+
+// TestProcTCPQueues finds a connection's unread bytes in /proc/net/tcp.
+func TestProcTCPQueues(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c.Write(make([]byte, 1000))
+	cp, sp := portOf(c.LocalAddr().String()), portOf(s.LocalAddr().String())
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if q := procTCPQueues()[[2]int{sp, cp}]; q.rx == 1000 {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("receive queue of the accepted socket: %d bytes, want 1000", q.rx)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestGridRendering(t *testing.T) {
+	g := &grid{title: "T", cols: []string{"measurement", "a", "b", "target"}}
+	g.add("why", "x (ms)", "1", "2 | 3", "≤ 1 ✔ met")
+	rep := &report{grids: []*grid{g}}
+	md := rep.markdown()
+	for _, want := range []string{"**T**", "| measurement | a | b | target |\n|---|--:|--:|---|\n", "| x (ms)<br>_why_ | 1 | 2 \\| 3 | ≤ 1 ✔ met |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "Tunnel vs Caddy") {
+		t.Errorf("markdown has the paths table without rows:\n%s", md)
+	}
+	txt := rep.text()
+	if !strings.Contains(txt, "x (ms)") || !strings.Contains(txt, "↳ why") {
+		t.Errorf("text lacks the row or its note:\n%s", txt)
 	}
 }

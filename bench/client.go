@@ -48,8 +48,13 @@ func (t *target) dial(ctx context.Context) (*rawConn, error) {
 	return &rawConn{c: tc, br: bufio.NewReaderSize(tc, 64<<10)}, nil
 }
 
-func (t *target) getReq(path string) []byte {
-	return []byte("GET " + path + " HTTP/1.1\r\nHost: " + t.host + "\r\nUser-Agent: spdy-origin-bench\r\n\r\n")
+// getReq is a GET of path with hdrs ("Name: value") added.
+func (t *target) getReq(path string, hdrs ...string) []byte {
+	var extra string
+	for _, h := range hdrs {
+		extra += h + "\r\n"
+	}
+	return []byte("GET " + path + " HTTP/1.1\r\nHost: " + t.host + "\r\nUser-Agent: spdy-origin-bench\r\n" + extra + "\r\n")
 }
 
 var errReconnect = errors.New("server closed the connection")

@@ -181,8 +181,9 @@ func (ci *caddyInst) poolSessions(pool string) (int, error) {
 }
 
 // startAgent runs bin/spdy-origin-agent against the registration URL and waits until
-// Caddy's pool shows conns sessions. netns, if set, runs it in that network namespace.
-func (b *bench) startAgent(ctx context.Context, name string, ci *caddyInst, pool, proxyURL, to string, conns int, netns string) (*proc, error) {
+// Caddy's pool shows conns sessions. netns, if set, runs it in that network namespace;
+// extra are more agent flags.
+func (b *bench) startAgent(ctx context.Context, name string, ci *caddyInst, pool, proxyURL, to string, conns int, netns string, extra ...string) (*proc, error) {
 	argv := []string{b.agentBin,
 		"--proxy", proxyURL,
 		"--to", to,
@@ -193,6 +194,7 @@ func (b *bench) startAgent(ctx context.Context, name string, ci *caddyInst, pool
 		"--name", name,
 		"--log-level", "warn",
 	}
+	argv = append(argv, extra...)
 	if netns != "" {
 		argv = append([]string{"ip", "netns", "exec", netns}, argv...)
 	}

@@ -16,8 +16,9 @@
 // termination on the client leg; the proxied paths add their hop on top.
 //
 // Start reading at run below; the measurements are in client.go (small requests),
-// transfer.go (bulk, parallel, TTFB), streams.go (open streams' memory) and rtt.go
-// (50 ms RTT via network namespaces and netem).
+// transfer.go (bulk, parallel, TTFB), streams.go (open streams' memory), rtt.go
+// (50 ms RTT via network namespaces and netem) and priority.go (a page beside bulk
+// downloads on a thin uplink, its own table; relay.go emulates the link).
 package main
 
 import (
@@ -50,25 +51,27 @@ type bench struct {
 	originTLS   string // host:port, for the direct path
 	originCert  string
 
-	quick      bool
-	only       map[string]bool
-	paths      map[string]bool // empty: all
-	dur, warm  time.Duration
-	rounds     int
-	bulkSize   int64
-	parN       int
-	parSize    int64
-	streams    int
-	agentConns int
-	rttSize    int64
-	rttNoDelay bool
-	rep        *report
+	quick        bool
+	only         map[string]bool
+	paths        map[string]bool // empty: all
+	dur, warm    time.Duration
+	rounds       int
+	bulkSize     int64
+	parN         int
+	parSize      int64
+	streams      int
+	agentConns   int
+	rttSize      int64
+	rttNoDelay   bool
+	prioLowat    int
+	prioVariants map[string]bool // empty: all
+	rep          *report
 
 	caddyP, agentP *proc // the main Caddy and agent, for CPU accounting
 	loadStart      string
 }
 
-var sections = []string{"small", "bulk", "parallel", "streams", "ttfb", "rtt"}
+var sections = []string{"small", "bulk", "parallel", "streams", "ttfb", "rtt", "priority"}
 
 func main() {
 	var (
@@ -84,6 +87,8 @@ func main() {
 		keep        = flag.Bool("keep", false, "keep the temp dir (configs, logs) after the run")
 		pathsFlag   = flag.String("paths", "", "comma-separated subset of paths to measure: tunnel,reverse_proxy,direct (default all; for profiling)")
 		rttNoDelay  = flag.Bool("rtt-nodelay", false, "debugging: run the RTT measurement even when netem is missing (no delay; labelled so)")
+		prioLowat   = flag.Int("priority-lowat", 0, "priority section: the agent's --tcp-notsent-lowat `bytes` in the \"with NotSentLowat\" columns (0: the agent's default, 32 KiB)")
+		prioVars    = flag.String("priority-variants", "", "priority section: comma-separated subset of the configurations to measure: "+strings.Join(prioVariantNames, ",")+" (default all)")
 		serveOrigin = flag.Bool("serve-origin", false, "internal: only serve an origin (used inside the network namespace)")
 		oPlain      = flag.String("origin-plain", "", "internal: -serve-origin plain HTTP address")
 		oTLS        = flag.String("origin-tls", "", "internal: -serve-origin TLS address")
@@ -100,8 +105,8 @@ func main() {
 	b := &bench{
 		quick: *quick, dur: *dur, warm: time.Second, rounds: *rounds, streams: *streams,
 		agentConns: *agentConns, bulkSize: 256 << 20, parN: 8, parSize: 64 << 20, rttSize: 256 << 20,
-		rttNoDelay: *rttNoDelay,
-		rep:        &report{started: time.Now(), args: strings.Join(os.Args[1:], " ")},
+		rttNoDelay: *rttNoDelay, prioLowat: *prioLowat,
+		rep: &report{started: time.Now(), args: strings.Join(os.Args[1:], " ")},
 	}
 	if b.quick {
 		b.dur, b.warm, b.rounds = time.Second, 300*time.Millisecond, 1
@@ -120,6 +125,17 @@ func main() {
 			os.Exit(2)
 		}
 		b.paths[s] = true
+	}
+	b.prioVariants = map[string]bool{}
+	for _, s := range strings.Split(*prioVars, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		if !contains(prioVariantNames, s) {
+			fmt.Fprintf(os.Stderr, "bench: -priority-variants %q: want some of %s\n", s, strings.Join(prioVariantNames, ","))
+			os.Exit(2)
+		}
+		b.prioVariants[s] = true
 	}
 	b.only = map[string]bool{}
 	for _, s := range strings.Split(*only, ",") {
@@ -274,8 +290,8 @@ func (b *bench) run(ctx context.Context, keep bool) error {
 		}
 	}
 
-	needMain := b.only["small"] || b.only["bulk"] || b.only["parallel"] || b.only["ttfb"] || b.only["rtt"]
-	if !needMain {
+	needPaths := b.only["small"] || b.only["bulk"] || b.only["parallel"] || b.only["ttfb"] || b.only["rtt"]
+	if !needPaths && !b.only["priority"] {
 		b.finish(start)
 		return nil
 	}
@@ -322,12 +338,26 @@ func (b *bench) run(ctx context.Context, keep bool) error {
 			site{port: ports["farrp"], hosts: []string{"localhost"}, body: "reverse_proxy " + relays.rp.addr()},
 		)
 	}
+	var prio *prioSetup
+	if b.only["priority"] {
+		if prio, err = newPrioSetup(b.prioLowat); err != nil {
+			return err
+		}
+		sites = append(sites, prio.sites(b.token)...)
+	}
 	step("starting Caddy (tunnel site :%d, reverse_proxy site :%d)", ports["tun"], ports["rp"])
 	ci, err := b.startCaddy(ctx, "caddy", sites)
 	if err != nil {
 		return err
 	}
 	b.caddyP = ci.p
+	if !needPaths {
+		if err := b.runPriority(ctx, ci, prio); err != nil {
+			return err
+		}
+		b.finish(start)
+		return nil
+	}
 	step("starting agent (--connections %d)", b.agentConns)
 	if b.agentP, err = b.startAgent(ctx, "agent", ci, "default",
 		fmt.Sprintf("https://localhost:%d/.well-known/spdy-origin", ports["tun"]),
@@ -374,6 +404,11 @@ func (b *bench) run(ctx context.Context, keep bool) error {
 			return err
 		}
 	}
+	if b.only["priority"] {
+		if err := b.runPriority(ctx, ci, prio); err != nil {
+			return err
+		}
+	}
 	b.finish(start)
 	return nil
 }
@@ -382,6 +417,10 @@ func (b *bench) finish(start time.Time) {
 	end := loadAvg()
 	step("load average at end (1/5/15 min): %s", end)
 	b.rep.machine = append(b.rep.machine, fmt.Sprintf("load average (1/5/15 min) at start: %s; at end: %s (%d cores; other work on the machine shows here)", b.loadStart, end, runtime.NumCPU()))
+	if len(b.rep.rows) == 0 { // only the priority section, which has its own notes
+		b.rep.note("whole run took %s", time.Since(start).Round(time.Second))
+		return
+	}
 	b.rep.note("paths: tunnel = client → Caddy (HTTPS, tls internal) → spdy_origin → SPDY/3.1 session (TLS) → agent → origin (HTTP/1.1); " +
 		"reverse_proxy = client → same Caddy (HTTPS) → reverse_proxy → origin (HTTP/1.1); direct = client → origin (HTTPS, self-signed ECDSA P-256 like Caddy's) — every path pays one TLS termination on the client leg")
 	b.rep.note("clients: HTTP/1.1 keep-alive, one connection each (the 10k-streams test: HTTP/2, %d streams per connection); MB = 10^6 bytes; figures are the median of %d round(s), paths alternated; every body byte is checked; CPU = user+system time from /proc (client&origin = this bench process)", streamsPerConn, b.rounds)

@@ -1,36 +1,73 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 )
 
-// delayRelay is the fallback for the 50 ms RTT measurement on kernels without netem:
-// a TCP relay in this process that forwards each direction after a fixed one-way
-// delay. Each direction reads what arrives into chunks stamped with their arrival
-// time and writes every chunk once its time plus the delay has come, so the relay
-// behaves like a link with that latency and a queue of queueBytes: while the queue is
-// full it stops reading, and the sender's TCP sees a full receive window, the way a
-// real link's queue would push back (without the drops).
+// delayRelay emulates a link between two TCP endpoints on one machine: a TCP relay in
+// this process that forwards each direction after a fixed one-way delay and, if the
+// link has a rate, no faster than that rate. It is the fallback for the 50 ms RTT
+// measurement on kernels without netem, and the thin uplink of the priority section.
+//
+// Each direction reads what arrives into chunks stamped with their arrival time and
+// writes every chunk once its time plus the delay has come, paced by a token bucket
+// when the link has a rate (one bucket per direction, shared by every connection
+// through the relay, as one link would be). So the relay behaves like a link with
+// that latency and rate and a queue of link.queue bytes: while the queue is full it
+// stops reading, and the sender's TCP sees a full receive window, the way a real
+// link's queue would push back (without the drops).
 //
 // What it cannot model: both TCP connections it joins run on loopback, so their
 // congestion control and receive windows see loopback RTT and open at once. What the
 // delay does expose is every window kept above TCP — for the tunnel, SPDY's per-stream
-// and per-session flow-control windows, which cap one stream at window ÷ RTT.
+// and per-session flow-control windows, which cap one stream at window ÷ RTT. And
+// what a sender keeps queued above TCP, or in its kernel, waits behind the relay's
+// queue as it would behind a real link's; link.rcvBuf keeps the relay's own socket
+// buffers from adding megabytes to that queue.
 type delayRelay struct {
-	ln         net.Listener
-	to         string
-	delay      time.Duration
-	queueBytes int
+	ln   net.Listener
+	to   string
+	link link
+	// toDest and toClient pace the two directions (nil: unlimited): toDest what
+	// the relay's clients send to the destination, toClient the answers.
+	toDest, toClient *tokenBucket
+	// queued counts the bytes in the relay's queues, both ways, for the priority
+	// section's look at what waits ahead of a page.
+	queuedToDest, queuedToClient atomic.Int64
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
 }
+
+// link is what a delayRelay emulates, the same both ways.
+type link struct {
+	delay time.Duration // one way
+	queue int           // bytes the relay holds per direction and connection
+	rate  float64       // bytes per second each way; 0: unlimited
+	// rcvBuf is SO_RCVBUF for the relay's sockets (0: the kernel's, autotuned to
+	// megabytes). A sender whose data waits in the relay's receive buffer sees it
+	// acknowledged, so that buffer is part of the link's queue.
+	rcvBuf int
+}
+
+// relayPiece is the largest write the deliverer makes on a rate-limited link, and
+// relayBurst the token bucket's depth: a link that was idle sends at most that much
+// back to back.
+const (
+	relayPiece = 8 << 10
+	relayBurst = 16 << 10
+	// relayMinRead: with less room than this in its queue, the reader waits.
+	relayMinRead = 4 << 10
+)
 
 // relayChunk is one read from the source: data (nil with eof or err for the end of the
 // stream) and when it arrived.
@@ -48,14 +85,42 @@ var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayReadSize); re
 // startDelayRelay listens on 127.0.0.1 and relays every accepted connection to the
 // address to, delaying each direction by delay with at most queueBytes in flight.
 func startDelayRelay(to string, delay time.Duration, queueBytes int) (*delayRelay, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startLinkRelay(to, link{delay: delay, queue: queueBytes})
+}
+
+// startLinkRelay listens on 127.0.0.1 and relays every accepted connection to the
+// address to over the emulated link l.
+func startLinkRelay(to string, l link) (*delayRelay, error) {
+	lc := net.ListenConfig{Control: rcvBufControl(l.rcvBuf)}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	r := &delayRelay{ln: ln, to: to, delay: delay, queueBytes: queueBytes, conns: map[net.Conn]struct{}{}}
+	r := &delayRelay{ln: ln, to: to, link: l, conns: map[net.Conn]struct{}{}}
+	if l.rate > 0 {
+		r.toDest = newTokenBucket(l.rate, relayBurst, nil)
+		r.toClient = newTokenBucket(l.rate, relayBurst, nil)
+	}
 	r.wg.Add(1)
 	go r.accept()
 	return r, nil
+}
+
+// rcvBufControl sets SO_RCVBUF on a socket before it connects or listens (accepted
+// sockets inherit it), so the window scale TCP negotiates fits it; nil for n = 0.
+func rcvBufControl(n int) func(network, address string, c syscall.RawConn) error {
+	if n <= 0 {
+		return nil
+	}
+	return func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, n)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}
 }
 
 func (r *delayRelay) addr() string { return r.ln.Addr().String() }
@@ -106,8 +171,9 @@ func (r *delayRelay) accept() {
 // the dial instead: the first bytes the client sent wait for it in the socket buffer.
 func (r *delayRelay) serve(c net.Conn) {
 	defer r.untrack(c)
-	time.Sleep(2 * r.delay)
-	d, err := net.DialTimeout("tcp", r.to, 10*time.Second)
+	time.Sleep(2 * r.link.delay)
+	dl := net.Dialer{Timeout: 10 * time.Second, Control: rcvBufControl(r.link.rcvBuf)}
+	d, err := dl.Dial("tcp", r.to)
 	if err != nil {
 		return
 	}
@@ -117,27 +183,30 @@ func (r *delayRelay) serve(c net.Conn) {
 	defer r.untrack(d)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); r.pump(d, c) }()
-	go func() { defer wg.Done(); r.pump(c, d) }()
+	go func() { defer wg.Done(); r.pump(d, c, r.toDest, &r.queuedToDest) }()
+	go func() { defer wg.Done(); r.pump(c, d, r.toClient, &r.queuedToClient) }()
 	wg.Wait()
 }
 
-// pump forwards src to dst with the delay. It returns when src has ended and every
-// byte read from it has been written (or dst failed).
-func (r *delayRelay) pump(dst, src net.Conn) {
-	q := &relayQueue{limit: r.queueBytes}
+// pump forwards src to dst with the delay, paced by tb if not nil. It returns when
+// src has ended and every byte read from it has been written (or dst failed).
+func (r *delayRelay) pump(dst, src net.Conn, tb *tokenBucket, queued *atomic.Int64) {
+	q := &relayQueue{limit: r.link.queue, total: queued}
 	q.cond.L = &q.mu
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r.deliver(dst, src, q)
+		r.deliver(dst, src, q, tb)
 	}()
 	for {
-		if !q.waitRoom(relayReadSize) {
+		// Read no more than fits: the queue is the link's buffer, and what does
+		// not fit stays in the kernel, where the sender's TCP sees it.
+		room, ok := q.waitRoom(relayMinRead)
+		if !ok {
 			break // the writer gave up
 		}
 		bp := relayBufs.Get().(*[]byte)
-		n, err := src.Read(*bp)
+		n, err := src.Read((*bp)[:min(room, relayReadSize)])
 		at := time.Now()
 		if n > 0 {
 			var data []byte
@@ -163,11 +232,18 @@ func (r *delayRelay) pump(dst, src net.Conn) {
 		}
 	}
 	<-done
+	q.mu.Lock()
+	if q.total != nil {
+		q.total.Add(int64(-q.bytes)) // what a failed writer left
+	}
+	q.bytes = 0
+	q.mu.Unlock()
 }
 
-// deliver writes each chunk to dst when its delay has passed, batching every chunk
-// that is due into one writev.
-func (r *delayRelay) deliver(dst, src net.Conn, q *relayQueue) {
+// deliver writes each chunk to dst when its delay has passed: every chunk that is
+// due in one writev, or, on a link with a rate (tb not nil), in pieces of at most
+// relayPiece bytes, each when the token bucket allows.
+func (r *delayRelay) deliver(dst, src net.Conn, q *relayQueue, tb *tokenBucket) {
 	var bufs net.Buffers
 	var owned [][]byte
 	for {
@@ -175,10 +251,16 @@ func (r *delayRelay) deliver(dst, src net.Conn, q *relayQueue) {
 		if !ok {
 			return
 		}
-		if wait := time.Until(first.at.Add(r.delay)); wait > 0 {
+		if wait := time.Until(first.at.Add(r.link.delay)); wait > 0 {
 			time.Sleep(wait)
 		}
-		due := q.popDue(time.Now().Add(-r.delay))
+		due := q.popDue(time.Now().Add(-r.link.delay))
+		if tb != nil {
+			if !deliverPaced(dst, src, q, tb, due) {
+				return
+			}
+			continue
+		}
 		bufs, owned = bufs[:0], owned[:0]
 		var end *relayChunk
 		size := 0
@@ -208,19 +290,52 @@ func (r *delayRelay) deliver(dst, src net.Conn, q *relayQueue) {
 			}
 		}
 		if end != nil {
-			if end.eof {
-				if tc, ok := dst.(*net.TCPConn); ok {
-					tc.CloseWrite()
-				} else {
-					dst.Close()
-				}
-			} else {
-				dst.Close()
-			}
+			endStream(dst, *end)
 			q.fail()
 			return
 		}
 	}
+}
+
+// deliverPaced writes the due chunks at the token bucket's pace and handles their
+// end of stream; false when this direction is over.
+func deliverPaced(dst, src net.Conn, q *relayQueue, tb *tokenBucket, due []relayChunk) bool {
+	for _, c := range due {
+		if c.data == nil {
+			endStream(dst, c)
+			q.fail()
+			return false
+		}
+		for p := c.data; len(p) > 0; {
+			n := min(len(p), relayPiece)
+			if wait := tb.reserve(n); wait > 0 {
+				time.Sleep(wait)
+			}
+			_, err := dst.Write(p[:n])
+			q.release(n)
+			if err != nil {
+				q.fail()
+				src.Close()
+				dst.Close()
+				return false
+			}
+			p = p[n:]
+		}
+		if cap(c.data) == relayReadSize {
+			b := c.data[:relayReadSize]
+			relayBufs.Put(&b)
+		}
+	}
+	return true
+}
+
+// endStream passes the source's end on: a half-close after EOF, else a close.
+func endStream(dst net.Conn, end relayChunk) {
+	if tc, ok := dst.(*net.TCPConn); ok && end.eof {
+		tc.CloseWrite()
+		return
+	}
+	dst.Close()
 }
 
 // relayQueue is one direction's in-flight chunks, bounded by bytes.
@@ -230,23 +345,28 @@ type relayQueue struct {
 	chunks []relayChunk
 	bytes  int
 	limit  int
-	dead   bool // the writer is gone
+	dead   bool          // the writer is gone
+	total  *atomic.Int64 // if not nil, follows bytes (the relay's sum over connections)
 }
 
-// waitRoom blocks until n more bytes fit; false if the writer is gone.
-func (q *relayQueue) waitRoom(n int) bool {
+// waitRoom blocks until at least n more bytes fit, or the queue is empty, and
+// returns how many fit (at least n); ok is false if the writer is gone.
+func (q *relayQueue) waitRoom(n int) (room int, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for !q.dead && q.bytes+n > q.limit && q.bytes > 0 {
 		q.cond.Wait()
 	}
-	return !q.dead
+	return max(q.limit-q.bytes, n), !q.dead
 }
 
 func (q *relayQueue) push(c relayChunk) {
 	q.mu.Lock()
 	q.chunks = append(q.chunks, c)
 	q.bytes += len(c.data)
+	if q.total != nil {
+		q.total.Add(int64(len(c.data)))
+	}
 	q.mu.Unlock()
 	q.cond.Broadcast()
 }
@@ -285,6 +405,9 @@ func (q *relayQueue) popDue(cutoff time.Time) []relayChunk {
 func (q *relayQueue) release(n int) {
 	q.mu.Lock()
 	q.bytes -= n
+	if q.total != nil {
+		q.total.Add(int64(-n))
+	}
 	q.mu.Unlock()
 	q.cond.Broadcast()
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -43,6 +44,7 @@ func (r *row) ratio(to string) (float64, bool) {
 
 type report struct {
 	rows    []*row
+	grids   []*grid
 	machine []string
 	notes   []string
 	started time.Time
@@ -98,19 +100,69 @@ func (r *row) cells() []string {
 
 var header = []string{"measurement", pTunnel, pRP, pDirect, "tunnel÷rp", "tunnel÷direct", "target"}
 
-// text renders the table for the terminal.
+// grid is a table of its own shape, printed after the paths table: the priority
+// section's, whose columns are configurations of the tunnel rather than paths.
+type grid struct {
+	title string
+	cols  []string // the first is the metric's
+	rows  []gridRow
+	notes []string
+}
+
+type gridRow struct {
+	cells []string // one per column
+	note  string
+}
+
+func (g *grid) add(note string, cells ...string) {
+	g.rows = append(g.rows, gridRow{cells: cells, note: note})
+}
+
+// text renders the tables for the terminal.
 func (rep *report) text() string {
-	rows := [][]string{header}
-	for _, r := range rep.rows {
-		rows = append(rows, r.cells())
+	var b strings.Builder
+	if len(rep.rows) > 0 {
+		rows := [][]string{header}
+		var notes []string
+		for _, r := range rep.rows {
+			rows = append(rows, r.cells())
+			notes = append(notes, r.note)
+		}
+		alignTable(&b, rows, notes)
+		b.WriteString("\n")
 	}
-	w := make([]int, len(header))
+	for _, g := range rep.grids {
+		b.WriteString(g.title + "\n\n")
+		rows := [][]string{g.cols}
+		var notes []string
+		for _, r := range g.rows {
+			rows = append(rows, r.cells)
+			notes = append(notes, r.note)
+		}
+		alignTable(&b, rows, notes)
+		for _, n := range g.notes {
+			b.WriteString("note: " + n + "\n")
+		}
+		b.WriteString("\n")
+	}
+	for _, m := range rep.machine {
+		b.WriteString(m + "\n")
+	}
+	for _, n := range rep.notes {
+		b.WriteString("note: " + n + "\n")
+	}
+	return b.String()
+}
+
+// alignTable writes rows (the first is the header) in aligned columns: the first
+// and last left-aligned, the others right-aligned; notes[i], if any, under row i+1.
+func alignTable(b *strings.Builder, rows [][]string, notes []string) {
+	w := make([]int, len(rows[0]))
 	for _, rr := range rows {
 		for i, c := range rr {
 			w[i] = max(w[i], len([]rune(c)))
 		}
 	}
-	var b strings.Builder
 	line := func(rr []string) {
 		for i, c := range rr {
 			pad := w[i] - len([]rune(c))
@@ -133,21 +185,13 @@ func (rep *report) text() string {
 	b.WriteString(strings.Repeat("─", total-2) + "\n")
 	for i, rr := range rows[1:] {
 		line(rr)
-		if n := rep.rows[i].note; n != "" {
+		if n := notes[i]; n != "" {
 			b.WriteString("    ↳ " + n + "\n")
 		}
 	}
-	b.WriteString("\n")
-	for _, m := range rep.machine {
-		b.WriteString(m + "\n")
-	}
-	for _, n := range rep.notes {
-		b.WriteString("note: " + n + "\n")
-	}
-	return b.String()
 }
 
-// markdown renders the table for bench/results.md (included by README.md).
+// markdown renders the tables for bench/results.md (included by README.md).
 func (rep *report) markdown() string {
 	var b strings.Builder
 	b.WriteString("<!-- written by `make bench` (go run ./bench); do not edit by hand -->\n")
@@ -155,21 +199,42 @@ func (rep *report) markdown() string {
 	if rep.args != "" {
 		cmd = "go run ./bench " + rep.args
 	}
-	fmt.Fprintf(&b, "**Tunnel vs Caddy reverse_proxy vs direct**, `%s`, %s.\n\n", cmd, rep.started.UTC().Format("2006-01-02 15:04 UTC"))
 	esc := func(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
-	b.WriteString("| " + strings.Join(header, " | ") + " |\n")
-	b.WriteString("|---|--:|--:|--:|--:|--:|---|\n")
-	for _, r := range rep.rows {
-		c := r.cells()
-		for i := range c {
-			c[i] = esc(c[i])
+	if len(rep.rows) > 0 {
+		fmt.Fprintf(&b, "**Tunnel vs Caddy reverse_proxy vs direct**, `%s`, %s.\n\n", cmd, rep.started.UTC().Format("2006-01-02 15:04 UTC"))
+		b.WriteString("| " + strings.Join(header, " | ") + " |\n")
+		b.WriteString("|---|--:|--:|--:|--:|--:|---|\n")
+		for _, r := range rep.rows {
+			c := r.cells()
+			for i := range c {
+				c[i] = esc(c[i])
+			}
+			if r.note != "" {
+				c[0] += "<br>_" + esc(r.note) + "_"
+			}
+			b.WriteString("| " + strings.Join(c, " | ") + " |\n")
 		}
-		if r.note != "" {
-			c[0] += "<br>_" + esc(r.note) + "_"
-		}
-		b.WriteString("| " + strings.Join(c, " | ") + " |\n")
+		b.WriteString("\n")
 	}
-	b.WriteString("\n")
+	for _, g := range rep.grids {
+		fmt.Fprintf(&b, "**%s**, `%s`, %s.\n\n", g.title, cmd, rep.started.UTC().Format("2006-01-02 15:04 UTC"))
+		b.WriteString("| " + strings.Join(g.cols, " | ") + " |\n|---|" + strings.Repeat("--:|", len(g.cols)-2) + "---|\n")
+		for _, r := range g.rows {
+			c := slices.Clone(r.cells)
+			for i := range c {
+				c[i] = esc(c[i])
+			}
+			if r.note != "" {
+				c[0] += "<br>_" + esc(r.note) + "_"
+			}
+			b.WriteString("| " + strings.Join(c, " | ") + " |\n")
+		}
+		b.WriteString("\n")
+		for _, n := range g.notes {
+			b.WriteString("- " + n + "\n")
+		}
+		b.WriteString("\n")
+	}
 	for _, m := range rep.machine {
 		b.WriteString("- " + m + "\n")
 	}

@@ -15,8 +15,8 @@ import (
 const mb = 1e6 // throughput is in MB/s (10^6 bytes per second)
 
 // download fetches size pattern bytes over a fresh connection (dialled before the
-// clock starts), checks every byte, and returns MB/s.
-func download(ctx context.Context, t *target, size int64) (float64, error) {
+// clock starts), with hdrs added to the request, checks every byte, and returns MB/s.
+func download(ctx context.Context, t *target, size int64, hdrs ...string) (float64, error) {
 	rc, err := t.dial(ctx)
 	if err != nil {
 		return 0, err
@@ -26,7 +26,7 @@ func download(ctx context.Context, t *target, size int64) (float64, error) {
 	defer stop()
 	var chk patternChecker
 	t0 := time.Now()
-	status, _, _, err := rc.do(t.getReq("/bytes/"+strconv.FormatInt(size, 10)), &chk, make([]byte, 256<<10))
+	status, _, _, err := rc.do(t.getReq("/bytes/"+strconv.FormatInt(size, 10), hdrs...), &chk, make([]byte, 256<<10))
 	el := time.Since(t0)
 	if err == nil && status != http.StatusOK {
 		err = fmt.Errorf("status %d", status)
