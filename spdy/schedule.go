@@ -15,8 +15,9 @@ import "context"
 // (writer.go).
 //
 // What the scheduler orders must still be unsent: see lowat_linux.go for
-// the kernel's share, and maxLowPriorityFrame for the frame the writer is in
-// the middle of when something urgent arrives.
+// the kernel's share, maxLowPriorityFrame for the frame the writer is in
+// the middle of when something urgent arrives, and writeLoop for the write
+// buffer, which it flushes once that much DATA waits in it.
 
 const (
 	// Priorities is the number of SPDY/3 priorities.

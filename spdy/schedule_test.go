@@ -213,3 +213,114 @@ func TestSynStreamPriority(t *testing.T) {
 		recvResult(t, res)
 	}
 }
+
+// valveConn holds every Write while closed and tells whether one is waiting.
+type valveConn struct {
+	net.Conn
+	mu      sync.Mutex
+	cond    sync.Cond
+	shut    bool
+	waiting int
+}
+
+func newValveConn(c net.Conn) *valveConn {
+	v := &valveConn{Conn: c}
+	v.cond.L = &v.mu
+	return v
+}
+
+func (v *valveConn) Write(p []byte) (int, error) {
+	v.mu.Lock()
+	for v.shut {
+		v.waiting++
+		v.cond.Wait()
+		v.waiting--
+	}
+	v.mu.Unlock()
+	return v.Conn.Write(p)
+}
+
+func (v *valveConn) set(shut bool) {
+	v.mu.Lock()
+	v.shut = shut
+	v.mu.Unlock()
+	v.cond.Broadcast()
+}
+
+func (v *valveConn) blocked() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.waiting > 0
+}
+
+// TestUrgentDataNotBehindBufferedLowData: low-priority responses keep the
+// writer busy on a connection that does not drain; a high-priority frame
+// queued meanwhile goes out after at most the one low-priority frame being
+// written, not behind a write buffer's worth (64 KiB) of them: the writer
+// hands what it buffered to the connection once a low-priority frame's
+// worth waits, before it picks the next frame. (Without that rule, 64 KiB
+// went first whenever the writer had frames to fill its buffer with, which
+// four busy streams make the usual case.)
+func TestUrgentDataNotBehindBufferedLowData(t *testing.T) {
+	low, _ := io.ReadAll(io.LimitReader(newPattern(), 1<<20))
+	release := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/high" {
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush() // the reply goes now; the body on release
+			<-release
+			w.Write(low[:4096])
+			return
+		}
+		w.Write(low)
+	})
+	a, b := tcpPair(t)
+	v := newValveConn(b)
+	s, err := NewServer(v, testConfig(), h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newRawPeer(t, a)
+	t.Cleanup(func() { v.set(false); s.Close(); <-s.writerDone })
+	p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 21}}})
+	p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 24})
+	syn := synStream(1, reqBlock("GET", "/high"), true)
+	syn.Priority = 0
+	p.mustWrite(syn)
+	p.expect("SYN_REPLY 1", func(f mspdy.Frame) bool { r, ok := f.(*mspdy.SynReplyFrame); return ok && r.StreamId == 1 })
+
+	v.set(true)
+	for id := uint32(3); id <= 9; id += 2 {
+		syn := synStream(id, reqBlock("GET", "/low"), true)
+		syn.Priority = 6
+		p.mustWrite(syn)
+	}
+	waitUntil(t, "the writer waits on the connection with low-priority data", func() bool {
+		s.wmu.Lock()
+		queued := s.dataQ.len()
+		s.wmu.Unlock()
+		return v.blocked() && queued > 0
+	})
+	close(release)
+	waitUntil(t, "the urgent frame is queued", func() bool {
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		return s.dataQ.levels[0].len() > 0
+	})
+	v.set(false)
+	before := 0
+	p.expect("DATA of stream 1", func(f mspdy.Frame) bool {
+		d, ok := f.(*mspdy.DataFrame)
+		if !ok {
+			return false
+		}
+		if d.StreamId == 1 {
+			return true
+		}
+		before += len(d.Data)
+		return false
+	})
+	if before > maxLowPriorityFrame {
+		t.Fatalf("%d bytes of low-priority DATA went before the urgent frame queued while the connection was blocked, want at most one frame (%d)", before, maxLowPriorityFrame)
+	}
+}

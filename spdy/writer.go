@@ -165,6 +165,14 @@ func (s *Session) writeLoop() {
 		}
 		touchDeadline()
 		err = s.writeOne(r)
+		// What is in bw is committed. Once a low-priority frame's worth of
+		// DATA waits there, hand it to the kernel (which NotSentLowat keeps
+		// short) before choosing the next frame, so that a frame of higher
+		// priority queued meanwhile goes next, not behind a buffer's worth
+		// (ioBufferSize) of lower ones chosen before it arrived.
+		if err == nil && r.data.id != 0 && s.bw.Buffered() >= maxLowPriorityFrame {
+			err = s.bw.Flush()
+		}
 	}
 	// Close writerDone before closeWith, which would otherwise wait for us
 	// to write its GOAWAY.
