@@ -104,6 +104,8 @@ type Session struct {
 	peerKnowsFlow atomic.Bool
 	// clock counts the idle watchdog's ticks, from 1 (stream.go's marks).
 	clock atomic.Int64
+	// openByPri counts open streams by priority (writer.go).
+	openByPri [Priorities]atomic.Int32
 	// trailersDropped: trailers were dropped for a peer without HEADERS
 	// support, and logged (once per session).
 	trailersDropped atomic.Bool
@@ -470,6 +472,7 @@ func (s *Session) newStreamLocked(id uint32, priority uint8) *stream {
 		contentLn:  -1,
 	}
 	s.streams[id] = st
+	s.openByPri[st.priority].Add(1)
 	return st
 }
 
@@ -493,6 +496,7 @@ func (s *Session) removeStream(st *stream) {
 		return
 	}
 	delete(s.streams, st.id)
+	s.openByPri[st.priority].Add(-1)
 	st.mu.Lock()
 	extra := st.extra
 	st.extra = 0

@@ -165,12 +165,15 @@ func (s *Session) writeLoop() {
 		}
 		touchDeadline()
 		err = s.writeOne(r)
-		// What is in bw is committed. Once a low-priority frame's worth of
-		// DATA waits there, hand it to the kernel (which NotSentLowat keeps
-		// short) before choosing the next frame, so that a frame of higher
-		// priority queued meanwhile goes next, not behind a buffer's worth
-		// (ioBufferSize) of lower ones chosen before it arrived.
-		if err == nil && r.data.id != 0 && s.bw.Buffered() >= maxLowPriorityFrame {
+		// What is in bw is committed. While a stream of higher priority
+		// than this DATA is open, hand a low-priority frame's worth to the
+		// kernel (which NotSentLowat keeps short) before choosing the next
+		// frame, so that a frame of that stream queued meanwhile goes next,
+		// not behind a buffer's worth (ioBufferSize) of lower ones chosen
+		// before it arrived. Alone at its priority, DATA keeps filling the
+		// buffer: one write per 64 KiB, not per frame, where nothing more
+		// urgent can come (the flush costs throughput on fast links).
+		if err == nil && r.data.id != 0 && s.bw.Buffered() >= maxLowPriorityFrame && s.higherOpen(r.data.pri) {
 			err = s.bw.Flush()
 		}
 	}
@@ -221,4 +224,14 @@ func (s *Session) writeData(d *dataFrame) error {
 	_, err := s.bw.Write(d.data)
 	s.bytesOut.Add(uint64(len(d.data)))
 	return err
+}
+
+// higherOpen reports whether a stream of higher priority than p is open.
+func (s *Session) higherOpen(p uint8) bool {
+	for i := range min(p, Priorities) {
+		if s.openByPri[i].Load() > 0 {
+			return true
+		}
+	}
+	return false
 }
