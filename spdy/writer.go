@@ -130,6 +130,7 @@ func (s *Session) writeLoop() {
 			s.conn.SetWriteDeadline(now.Add(wt))
 		}
 	}
+	busy := false // the last write blocked (writeBlocked)
 	for err == nil {
 		r, ok := s.next()
 		if !ok && s.bw.Buffered() > 0 {
@@ -164,17 +165,26 @@ func (s *Session) writeLoop() {
 			}
 		}
 		touchDeadline()
+		start := time.Now()
 		err = s.writeOne(r)
-		// What is in bw is committed. While a stream of higher priority
-		// than this DATA is open, hand a low-priority frame's worth to the
-		// kernel (which NotSentLowat keeps short) before choosing the next
-		// frame, so that a frame of that stream queued meanwhile goes next,
-		// not behind a buffer's worth (ioBufferSize) of lower ones chosen
-		// before it arrived. Alone at its priority, DATA keeps filling the
-		// buffer: one write per 64 KiB, not per frame, where nothing more
-		// urgent can come (the flush costs throughput on fast links).
-		if err == nil && r.data.id != 0 && s.bw.Buffered() >= maxLowPriorityFrame && s.higherOpen(r.data.pri) {
+		if r.data.id == 0 || err != nil {
+			continue
+		}
+		// What is in bw is committed. On a link that pushes back (a write
+		// just blocked: the kernel holds NotSentLowat unsent bytes), or
+		// while a stream of higher priority than this DATA is open, hand a
+		// low-priority frame's worth to the kernel before choosing the next
+		// frame, so that a frame of higher priority queued meanwhile goes
+		// next, not behind a buffer's worth (ioBufferSize) of lower ones
+		// chosen before it arrived. On a fast link, and with nothing more
+		// urgent about, DATA keeps filling the buffer: one write per 64 KiB,
+		// not per frame (the flush costs throughput where writes never
+		// wait, and buys nothing there).
+		busy = time.Since(start) > writeBlocked || busy && s.bw.Buffered() > 0
+		if s.bw.Buffered() >= maxLowPriorityFrame && (busy || s.higherOpen(r.data.pri)) {
+			start = time.Now()
 			err = s.bw.Flush()
+			busy = time.Since(start) > writeBlocked
 		}
 	}
 	// Close writerDone before closeWith, which would otherwise wait for us
@@ -225,6 +235,10 @@ func (s *Session) writeData(d *dataFrame) error {
 	s.bytesOut.Add(uint64(len(d.data)))
 	return err
 }
+
+// writeBlocked is how long a write to the connection takes when the link,
+// not the CPU, sets the pace: the kernel made it wait for room.
+const writeBlocked = time.Millisecond
 
 // higherOpen reports whether a stream of higher priority than p is open.
 func (s *Session) higherOpen(p uint8) bool {
