@@ -10,8 +10,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-
-	mspdy "github.com/moby/spdystream/spdy"
 )
 
 // RoundTrip sends req on a new stream and returns the response, with
@@ -49,12 +47,15 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 	if body == http.NoBody {
 		body = nil
 	}
-	h := requestHeaders(req, upgrade, s.cfg.PeerTrailers)
-	if err := checkSendLimits(h, s.limits); err != nil {
+	block := blockBufs.Get().(*blockWriter)
+	requestBlock(block, req, upgrade, s.cfg.PeerTrailers)
+	if err := block.checkLimits(s.limits); err != nil {
+		blockBufs.Put(block)
 		return nil, fmt.Errorf("request headers: %w", err)
 	}
-	st, err := s.openStream(ctx, h, body == nil && !upgrade, req.Method == http.MethodHead)
+	st, err := s.openStream(ctx, block, body == nil && !upgrade, req.Method == http.MethodHead)
 	if err != nil {
+		blockBufs.Put(block)
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { st.resetLocal(StatusCancel, context.Cause(ctx)) })
@@ -181,8 +182,8 @@ func (st *stream) failure(ctx context.Context) error {
 }
 
 // openStream waits for a free stream slot (up to StreamQueueTimeout), then
-// sends SYN_STREAM.
-func (s *Session) openStream(ctx context.Context, h http.Header, fin, head bool) (*stream, error) {
+// sends SYN_STREAM with block (which it takes over on success).
+func (s *Session) openStream(ctx context.Context, block *blockWriter, fin, head bool) (*stream, error) {
 	var queued <-chan time.Time
 	s.mu.Lock()
 	for {
@@ -236,19 +237,20 @@ func (s *Session) openStream(ctx context.Context, h http.Header, fin, head bool)
 	st.state.set(stLocalFin, fin)
 	st.head = head
 	s.localStreams++
-	flags := mspdy.ControlFlags(0)
+	syn := writeReq{hdr: headerFrame{typ: typeSynStream, id: id, pri: priority, block: block}}
 	if fin {
-		flags = mspdy.ControlFlagFin
+		syn.hdr.flags = flagFin
 	}
-	syn := &mspdy.SynStreamFrame{StreamId: mspdy.StreamId(id), Priority: priority, Headers: h}
-	syn.CFHeader.Flags = flags
-	grant := s.grantStart(st)
+	var grant writeReq
+	if g := s.grantStart(st); g > 0 {
+		grant.ctrl.n = uint8(len(appendWindowUpdate(grant.ctrl.b[:0], id, g)))
+	}
 	// Queue SYN_STREAM while holding s.mu so stream ids reach the wire in
 	// order, and the window for the response right behind it.
 	s.wmu.Lock()
-	s.ctrlQ = append(s.ctrlQ, writeReq{frame: syn})
-	if grant != nil {
-		s.ctrlQ = append(s.ctrlQ, writeReq{frame: grant})
+	s.ctrlQ = append(s.ctrlQ, syn)
+	if grant.ctrl.n > 0 {
+		s.ctrlQ = append(s.ctrlQ, grant)
 	}
 	s.wmu.Unlock()
 	s.mu.Unlock()

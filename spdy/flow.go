@@ -3,8 +3,6 @@ package spdy
 import (
 	"fmt"
 	"time"
-
-	mspdy "github.com/moby/spdystream/spdy"
 )
 
 // sendWindow is the credit we may spend sending DATA: the peer's window as
@@ -157,22 +155,22 @@ func (s *Session) giveBudget(n int64) {
 }
 
 // grantStart opens a new stream's receive window beyond the guaranteed
-// 64 KiB, as far as the budget allows, and tells the peer. The caller
-// queues it right after the stream's SYN_STREAM (client) or on receiving
-// it (server).
-func (s *Session) grantStart(st *stream) *mspdy.WindowUpdateFrame {
+// 64 KiB, as far as the budget allows, and returns the WINDOW_UPDATE delta
+// to tell the peer (0: none). The caller queues it right after the
+// stream's SYN_STREAM (client) or on receiving it (server).
+func (s *Session) grantStart(st *stream) uint32 {
 	// Start grants draw only on the upper half of the budget: streams that
 	// stay quiet (event streams, WebSockets) keep their grant until they
 	// end, and must not leave nothing for the streams that need to grow.
 	g := s.takeBudgetAbove(min(startWindow, int64(s.cfg.StreamWindow))-defaultWindow, int64(s.cfg.SessionWindow)/2)
 	if g <= 0 {
-		return nil
+		return 0
 	}
 	st.mu.Lock()
 	st.recvWin.grow(g)
 	st.extra += g
 	st.mu.Unlock()
-	return &mspdy.WindowUpdateFrame{StreamId: mspdy.StreamId(st.id), DeltaWindowSize: uint32(g)}
+	return uint32(g)
 }
 
 // growLocked decides, when st returns credit, whether its window doubles:

@@ -142,3 +142,57 @@ func parseSettings(p []byte) ([]setting, error) {
 	}
 	return out, nil
 }
+
+// appendControlHeader appends a control frame's 8-byte header.
+func appendControlHeader(b []byte, typ uint16, flags uint8, length int) []byte {
+	b = binary.BigEndian.AppendUint16(b, 0x8000|3)
+	b = binary.BigEndian.AppendUint16(b, typ)
+	return binary.BigEndian.AppendUint32(b, uint32(flags)<<24|uint32(length)&0xffffff)
+}
+
+// appendWords appends a control frame made of two 32-bit words
+// (RST_STREAM, GOAWAY, WINDOW_UPDATE).
+func appendWords(b []byte, typ uint16, a, c uint32) []byte {
+	b = appendControlHeader(b, typ, 0, 8)
+	b = binary.BigEndian.AppendUint32(b, a)
+	return binary.BigEndian.AppendUint32(b, c)
+}
+
+func appendRst(b []byte, id uint32, status RSTStatus) []byte {
+	return appendWords(b, typeRstStream, id&0x7fffffff, uint32(status))
+}
+
+func appendWindowUpdate(b []byte, id, delta uint32) []byte {
+	return appendWords(b, typeWindowUpdate, id&0x7fffffff, delta&0x7fffffff)
+}
+
+func appendGoAway(b []byte, lastGood, status uint32) []byte {
+	return appendWords(b, typeGoAway, lastGood&0x7fffffff, status)
+}
+
+func appendPing(b []byte, id uint32) []byte {
+	return binary.BigEndian.AppendUint32(appendControlHeader(b, typePing, 0, 4), id)
+}
+
+func appendSettings(b []byte, entries ...setting) []byte {
+	b = appendControlHeader(b, typeSettings, 0, 4+8*len(entries))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(entries)))
+	for _, e := range entries {
+		b = binary.BigEndian.AppendUint32(b, e.id&0xffffff)
+		b = binary.BigEndian.AppendUint32(b, e.value)
+	}
+	return b
+}
+
+// appendHeaderFrame appends the header and fixed part of SYN_STREAM,
+// SYN_REPLY or HEADERS whose compressed block, blockLen bytes, follows.
+func appendHeaderFrame(b []byte, typ uint16, flags uint8, id uint32, priority uint8, blockLen int) []byte {
+	n, _ := fixedLen(typ)
+	b = appendControlHeader(b, typ, flags, n+blockLen)
+	b = binary.BigEndian.AppendUint32(b, id&0x7fffffff)
+	if typ == typeSynStream {
+		b = binary.BigEndian.AppendUint32(b, 0) // associated stream: none
+		b = append(b, priority<<5, 0)           // priority, slot
+	}
+	return b
+}

@@ -4,6 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
 	"testing"
 
 	mspdy "github.com/moby/spdystream/spdy"
@@ -104,4 +109,107 @@ func TestCheckControlLength(t *testing.T) {
 	if _, known := fixedLen(0xff); known {
 		t.Error("an unknown type is known")
 	}
+}
+
+// TestEncodeAgainstMoby: every frame we encode reads back, through moby's
+// codec (an independent decoder), as what we meant; header blocks share one
+// compression context across frames, as on a session.
+func TestEncodeAgainstMoby(t *testing.T) {
+	var wire bytes.Buffer
+	z := newDeflater()
+	var w blockWriter
+	header := func(typ uint16, flags uint8, id uint32, pri uint8, fields ...string) {
+		w.reset()
+		for i := 0; i+1 < len(fields); i += 2 {
+			w.field(fields[i], fields[i+1])
+		}
+		block, err := z.compress(w.block())
+		if err != nil {
+			t.Fatal(err)
+		}
+		wire.Write(appendHeaderFrame(nil, typ, flags, id, pri, len(block)))
+		wire.Write(block)
+	}
+	header(typeSynStream, flagFin, 5, 6, ":method", "GET", ":path", "/a?b", "X-Multi", "one\x00two")
+	header(typeSynReply, 0, 5, 0, ":status", "200 OK", "content-type", "text/plain")
+	header(typeHeaders, flagFin, 5, 0, "grpc-status", "0")
+	wire.Write(appendRst(nil, 7, StatusCancel))
+	wire.Write(appendWindowUpdate(nil, 0, 1<<30))
+	wire.Write(appendPing(nil, 9))
+	wire.Write(appendGoAway(nil, 11, goAwayProtocolError))
+	wire.Write(appendSettings(nil, setting{settingMaxConcurrentStreams, 100}, setting{settingInitialWindowSize, 1 << 16}))
+	wire.Write(appendDataHeader(nil, 5, true, 3))
+	wire.WriteString("abc")
+
+	fr, err := mspdy.NewFramer(io.Discard, &wire)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		f, err := fr.ReadFrame()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("moby cannot read what we wrote (after %v): %v", got, err)
+		}
+		got = append(got, describe(f))
+	}
+	want := []string{
+		"SYN_STREAM 5 pri 6 fin [:method=GET :path=/a?b x-multi=one,two]",
+		"SYN_REPLY 5 [:status=200 OK content-type=text/plain]",
+		"HEADERS 5 fin [grpc-status=0]",
+		"RST_STREAM 7 5", "WINDOW_UPDATE 0 1073741824", "PING 9", "GOAWAY 11 1",
+		"SETTINGS [4=100 7=65536]", "DATA 5 fin abc",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("moby read:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func describe(f mspdy.Frame) string {
+	fields := func(h http.Header) string {
+		var kv []string
+		for k, vv := range h {
+			kv = append(kv, strings.ToLower(k)+"="+strings.Join(vv, ","))
+		}
+		slices.Sort(kv)
+		return fmt.Sprint(kv)
+	}
+	fin := func(fl mspdy.ControlFlags) string {
+		if fl&mspdy.ControlFlagFin != 0 {
+			return " fin"
+		}
+		return ""
+	}
+	switch f := f.(type) {
+	case *mspdy.SynStreamFrame:
+		return fmt.Sprintf("SYN_STREAM %d pri %d%s %s", f.StreamId, f.Priority, fin(f.CFHeader.Flags), fields(f.Headers))
+	case *mspdy.SynReplyFrame:
+		return fmt.Sprintf("SYN_REPLY %d%s %s", f.StreamId, fin(f.CFHeader.Flags), fields(f.Headers))
+	case *mspdy.HeadersFrame:
+		return fmt.Sprintf("HEADERS %d%s %s", f.StreamId, fin(f.CFHeader.Flags), fields(f.Headers))
+	case *mspdy.RstStreamFrame:
+		return fmt.Sprintf("RST_STREAM %d %d", f.StreamId, f.Status)
+	case *mspdy.WindowUpdateFrame:
+		return fmt.Sprintf("WINDOW_UPDATE %d %d", f.StreamId, f.DeltaWindowSize)
+	case *mspdy.PingFrame:
+		return fmt.Sprintf("PING %d", f.Id)
+	case *mspdy.GoAwayFrame:
+		return fmt.Sprintf("GOAWAY %d %d", f.LastGoodStreamId, f.Status)
+	case *mspdy.SettingsFrame:
+		var kv []string
+		for _, e := range f.FlagIdValues {
+			kv = append(kv, fmt.Sprintf("%d=%d", e.Id, e.Value))
+		}
+		return fmt.Sprintf("SETTINGS %v", kv)
+	case *mspdy.DataFrame:
+		s := ""
+		if f.Flags&mspdy.DataFlagFin != 0 {
+			s = " fin"
+		}
+		return fmt.Sprintf("DATA %d%s %s", f.StreamId, s, f.Data)
+	}
+	return fmt.Sprintf("%T", f)
 }

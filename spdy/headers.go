@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
-	"net/textproto"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,47 +39,17 @@ func headerHasToken(h http.Header, name, token string) bool {
 	return false
 }
 
-// copyHeaders adds h to dst with lowercase names, leaving out hop-by-hop
-// headers and those the Connection header names. With keepUpgrade the
-// Upgrade header survives: it is what makes a stream an upgrade request.
-// "TE: trailers", the one TE value HTTP/2 allows (RFC 9113 8.2.2), is kept:
-// gRPC servers ask for it. With trailers, the Trailer header that declares
-// them is kept too (trailers.go).
-func copyHeaders(dst, h http.Header, keepUpgrade, trailers bool) {
-	var named map[string]bool
-	for _, v := range h["Connection"] {
-		for f := range strings.SplitSeq(v, ",") {
-			if f = strings.TrimSpace(f); f != "" {
-				if named == nil {
-					named = make(map[string]bool)
-				}
-				named[textproto.CanonicalMIMEHeaderKey(f)] = true
-			}
-		}
-	}
-	for k, vv := range h {
-		switch {
-		case len(vv) == 0:
-		case k == "Te":
-			if headerHasToken(h, "Te", "trailers") {
-				dst["te"] = []string{"trailers"}
-			}
-		case k == "Trailer" && trailers:
-			dst["trailer"] = vv
-		case (hopHeaders[k] || named[k]) && !(keepUpgrade && k == "Upgrade"):
-		default:
-			dst[strings.ToLower(k)] = vv
-		}
-	}
-}
-
-// requestHeaders builds a SYN_STREAM header block for req. With trailers
+// requestBlock builds req's SYN_STREAM header block in w. With trailers
 // (the peer understands them), the trailers req.Trailer names are declared.
-func requestHeaders(req *http.Request, upgrade, trailers bool) http.Header {
-	h := make(http.Header, len(req.Header)+6)
-	copyHeaders(h, req.Header, upgrade, false)
+func requestBlock(w *blockWriter, req *http.Request, upgrade, trailers bool) {
+	w.reset()
+	skip := ""
+	if req.ContentLength > 0 {
+		skip = "Content-Length" // set below, from the body's length
+	}
+	w.header(req.Header, upgrade, false, skip)
 	if trailers && len(req.Trailer) > 0 {
-		h["trailer"] = []string{strings.Join(slices.Sorted(maps.Keys(req.Trailer)), ", ")}
+		w.field("trailer", strings.Join(slices.Sorted(maps.Keys(req.Trailer)), ", "))
 	}
 	host := req.Host
 	if host == "" {
@@ -90,36 +59,28 @@ func requestHeaders(req *http.Request, upgrade, trailers bool) http.Header {
 	if scheme == "" {
 		scheme = "https"
 	}
-	path := req.URL.RequestURI()
 	method := req.Method
 	if method == "" {
 		method = http.MethodGet
 	}
-	h[":method"] = []string{method}
-	h[":path"] = []string{path}
-	h[":version"] = []string{"HTTP/1.1"}
-	h[":host"] = []string{host}
-	h[":scheme"] = []string{scheme}
+	w.field(":method", method)
+	w.field(":path", req.URL.RequestURI())
+	w.field(":version", "HTTP/1.1")
+	w.field(":host", host)
+	w.field(":scheme", scheme)
 	if req.ContentLength > 0 {
-		h["content-length"] = []string{strconv.FormatInt(req.ContentLength, 10)}
+		w.field("content-length", strconv.FormatInt(req.ContentLength, 10))
 	}
-	return h
 }
 
-// responseHeaders builds a SYN_REPLY header block. With trailers, the
+// responseBlock builds a SYN_REPLY header block in w. With trailers, the
 // Trailer header goes along and the headers it declares do not: they come
 // at the end (trailers.go).
-func responseHeaders(status int, hdr http.Header, trailers bool) http.Header {
-	h := make(http.Header, len(hdr)+2)
-	copyHeaders(h, hdr, status == http.StatusSwitchingProtocols, trailers)
-	if trailers {
-		for _, k := range declaredTrailers(hdr) {
-			delete(h, strings.ToLower(k))
-		}
-	}
-	h[":status"] = []string{statusLine(status)}
-	h[":version"] = []string{"HTTP/1.1"}
-	return h
+func responseBlock(w *blockWriter, status int, hdr http.Header, trailers bool) {
+	w.reset()
+	w.header(hdr, status == http.StatusSwitchingProtocols, trailers, "")
+	w.field(":status", statusLine(status))
+	w.field(":version", "HTTP/1.1")
 }
 
 func statusLine(code int) string {

@@ -73,3 +73,21 @@ func pair(t testing.TB, h http.Handler, ccfg, scfg *Config) (*Session, *Session)
 	})
 	return cs, ss
 }
+
+// blockSize is the size of h as a header block we send and its number of
+// values as the receiver counts them (blockWriter).
+func blockSize(h http.Header) (size, values int) {
+	var w blockWriter
+	w.reset()
+	for k, vv := range h {
+		w.field(k, vv...)
+	}
+	return len(w.block()), w.values
+}
+
+// requestBlockSize is blockSize of the block RoundTrip sends for req.
+func requestBlockSize(req *http.Request) (size, values int) {
+	var w blockWriter
+	requestBlock(&w, req, false, false)
+	return len(w.block()), w.values
+}

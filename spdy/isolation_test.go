@@ -1428,10 +1428,10 @@ func TestSendHeaderLimits(t *testing.T) {
 	// values values in all.
 	padTo := func(t *testing.T, size, values int) *http.Request {
 		req := ctxReq(t, "GET", "https://x/limits", nil, rawTimeout)
-		for i := range values - 5 { // requestHeaders adds five pseudo-headers
+		for i := range values - 5 { // requestBlock adds five pseudo-headers
 			req.Header["X-H"+strconv.Itoa(i)] = []string{""}
 		}
-		base, n := blockSize(requestHeaders(req, false, false))
+		base, n := requestBlockSize(req)
 		if n != values {
 			t.Fatalf("test bug: %d values, want %d", n, values)
 		}
@@ -1439,7 +1439,7 @@ func TestSendHeaderLimits(t *testing.T) {
 			t.Fatalf("test bug: %d values need %d bytes, want %d", values, base, size)
 		}
 		req.Header["X-H0"] = []string{strings.Repeat("p", size-base)}
-		if got, _ := blockSize(requestHeaders(req, false, false)); got != size {
+		if got, _ := requestBlockSize(req); got != size {
 			t.Fatalf("test bug: block of %d bytes, want %d", got, size)
 		}
 		return req

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	mspdy "github.com/moby/spdystream/spdy"
 )
 
 // Keepalive and the idle-stream watchdog: the session goroutines that act on
@@ -15,7 +13,7 @@ import (
 func (s *Session) handlePing(id uint32) {
 	ours := id%2 == 1 == s.client
 	if !ours {
-		s.queueControl(&mspdy.PingFrame{Id: id})
+		s.queuePing(id)
 		return
 	}
 	s.pingMu.Lock()
@@ -43,7 +41,7 @@ func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
 	s.pings[id] = ch
 	s.pingMu.Unlock()
 	start := time.Now()
-	s.queueControl(&mspdy.PingFrame{Id: id})
+	s.queuePing(id)
 	select {
 	case <-ch:
 		if err := s.Err(); err != nil {
@@ -94,7 +92,7 @@ func (s *Session) keepalive() {
 
 func (s *Session) pingTimeout() {
 	s.log.Warnw("spdy: peer did not answer PING and sent nothing else; closing session", "remote", s.remoteAddr.String(), "timeout", s.cfg.PingTimeout.String())
-	s.closeWith(ErrPingTimeout, true, mspdy.GoAwayOK)
+	s.closeWith(ErrPingTimeout, true, goAwayOK)
 }
 
 // checkSessionCredit closes a session whose peer keeps streams waiting for

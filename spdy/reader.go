@@ -8,8 +8,6 @@ import (
 	"net/http"
 	"strings"
 	"time"
-
-	mspdy "github.com/moby/spdystream/spdy"
 )
 
 // The reader goroutine: one frame at a time off the connection. We parse
@@ -186,7 +184,7 @@ func (s *Session) handleSynStream(id, assoc uint32, priority, flags uint8, n int
 			return err
 		}
 		s.log.Debugw("spdy: refusing stream", "stream", id, "reason", why)
-		s.queueControl(&mspdy.RstStreamFrame{StreamId: mspdy.StreamId(id), Status: mspdy.RstStreamStatus(StatusRefusedStream)})
+		s.queueRst(id, StatusRefusedStream)
 		return nil
 	}
 	s.mu.Lock()
@@ -243,8 +241,8 @@ func (s *Session) handleSynStream(id, assoc uint32, priority, flags uint8, n int
 	if !fin {
 		// The request has a body: open its window beyond the guaranteed
 		// 64 KiB at once, as far as the budget allows.
-		if f := s.grantStart(st); f != nil {
-			s.queueControl(f)
+		if g := s.grantStart(st); g > 0 {
+			s.queueWindowUpdate(id, g)
 		}
 	}
 	s.streamsTot.Add(1)
@@ -267,7 +265,7 @@ func (s *Session) handleSynReply(id uint32, flags uint8, n int) error {
 			st.resetLocal(StatusProtocolError, errors.New("the peer sent SYN_REPLY for a stream it opened"))
 			return nil
 		}
-		s.queueControl(&mspdy.RstStreamFrame{StreamId: mspdy.StreamId(id), Status: mspdy.RstStreamStatus(StatusInvalidStream)})
+		s.queueRst(id, StatusInvalidStream)
 		return nil
 	}
 	h, err := s.readHeaderBlock(n, true)
@@ -445,7 +443,7 @@ func (s *Session) readData(id uint32, flags uint8, length int) error {
 	update := s.recvWin.consumed(n)
 	s.recvMu.Unlock()
 	if update > 0 {
-		s.queueControl(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: uint32(update)})
+		s.queueWindowUpdate(0, uint32(update))
 	}
 	return nil
 }
@@ -459,7 +457,7 @@ func (s *Session) readDataPayload(id uint32, fin bool, length int) error {
 		// Data for a stream that ended (in flight when we reset it) is
 		// dropped; data for a stream never opened is an error.
 		if unknown {
-			s.queueControl(&mspdy.RstStreamFrame{StreamId: mspdy.StreamId(id), Status: mspdy.RstStreamStatus(StatusInvalidStream)})
+			s.queueRst(id, StatusInvalidStream)
 		}
 		_, err := s.br.Discard(length)
 		return err

@@ -12,8 +12,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-
-	mspdy "github.com/moby/spdystream/spdy"
 )
 
 // serve runs the handler for a stream the peer opened.
@@ -286,8 +284,10 @@ func (w *responseWriter) flush(fin bool) error {
 
 func (w *responseWriter) sendReply(fin bool) error {
 	st := w.st
-	h := responseHeaders(w.status, w.header, st.s.cfg.PeerTrailers)
-	if err := checkSendLimits(h, st.s.limits); err != nil {
+	block := blockBufs.Get().(*blockWriter)
+	responseBlock(block, w.status, w.header, st.s.cfg.PeerTrailers)
+	if err := block.checkLimits(st.s.limits); err != nil {
+		blockBufs.Put(block)
 		// The peer would refuse the block; a reset tells it at once, and
 		// only this stream is lost (its proxy answers 502).
 		err = fmt.Errorf("response headers: %w", err)
@@ -295,35 +295,7 @@ func (w *responseWriter) sendReply(fin bool) error {
 		st.resetLocal(StatusInternalError, err)
 		return err
 	}
-	rep := &mspdy.SynReplyFrame{StreamId: mspdy.StreamId(st.id), Headers: h}
-	if fin {
-		rep.CFHeader.Flags = mspdy.ControlFlagFin
-	}
-	// Lock the stream's write side so DATA cannot overtake the reply.
-	st.writeMu.Lock()
-	defer st.writeMu.Unlock()
-	st.mu.Lock()
-	err := st.err
-	st.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	if fin {
-		st.s.mu.Lock()
-		st.s.markFinQueuedLocked(st)
-		st.s.mu.Unlock()
-	}
-	if err := st.s.writeFrame(writeReq{frame: rep, done: st.written}, true); err != nil {
-		st.abort(err)
-		return err
-	}
-	if fin {
-		st.mu.Lock()
-		st.state |= stLocalFin
-		st.mu.Unlock()
-		st.maybeFinish()
-	}
-	return nil
+	return st.sendHeaderFrame(typeSynReply, block, fin)
 }
 
 // finish completes the response after the handler returned.

@@ -4,15 +4,12 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"math"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	mspdy "github.com/moby/spdystream/spdy"
 )
 
 const (
@@ -61,8 +58,8 @@ type Session struct {
 	handler  http.Handler
 	br       *bufio.Reader
 	bw       *bufio.Writer
-	framer   *mspdy.Framer // writes control frames (header compression included)
-	inflater *inflater     // reads header blocks (reader goroutine only)
+	deflater *deflater // compresses the header blocks we send (writer goroutine only)
+	inflater *inflater // reads header blocks (reader goroutine only)
 	limits   headerLimits
 	ctx      context.Context // cancelled when the session closes
 	cancel   context.CancelFunc
@@ -118,25 +115,25 @@ type Session struct {
 	wdone   bool // the writer stopped: enqueue refuses requests
 
 	// Ping state.
-	pingMu      sync.Mutex
-	nextPingID  uint32
-	pings       map[uint32]chan struct{}
-	lastRecv    atomic.Int64 // unix nanos of the last frame read
-	rtt         atomic.Int64
-	streamsTot  atomic.Uint64
-	bytesIn     atomic.Uint64
-	bytesOut    atomic.Uint64
-	closeOnce   sync.Once
-	closed      chan struct{} // closed when the session is closed
-	err         error         // cause of close; set before closed is closed
-	writerDone  chan struct{}
-	readerDone  chan struct{}
-	handlersWG  sync.WaitGroup
-	localAddr   net.Addr
-	remoteAddr  net.Addr
-	tlsState    func() *tlsState
-	dataFrameHd [8]byte // writer-only scratch
-	rbuf        []byte  // reader-only scratch for DATA payloads
+	pingMu     sync.Mutex
+	nextPingID uint32
+	pings      map[uint32]chan struct{}
+	lastRecv   atomic.Int64 // unix nanos of the last frame read
+	rtt        atomic.Int64
+	streamsTot atomic.Uint64
+	bytesIn    atomic.Uint64
+	bytesOut   atomic.Uint64
+	closeOnce  sync.Once
+	closed     chan struct{} // closed when the session is closed
+	err        error         // cause of close; set before closed is closed
+	writerDone chan struct{}
+	readerDone chan struct{}
+	handlersWG sync.WaitGroup
+	localAddr  net.Addr
+	remoteAddr net.Addr
+	tlsState   func() *tlsState
+	frameHd    [18]byte // writer-only scratch: a frame's header and fixed part
+	rbuf       []byte   // reader-only scratch for DATA payloads
 }
 
 // NewClient starts a session on conn in which we are the SPDY client: we
@@ -205,22 +202,19 @@ func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session
 		setNotSentLowat(conn, cfg.NotSentLowat)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	fr, err := mspdy.NewFramer(s.bw, nil)
-	if err != nil {
-		return nil, fmt.Errorf("spdy: creating framer: %w", err)
-	}
-	s.framer = fr
+	s.deflater = newDeflater()
 	s.lastRecv.Store(time.Now().UnixNano())
 
 	// Our SETTINGS and the session window go first on the wire. Streams
 	// start at SPDY's default window and grow from the budget (flow.go);
 	// saying so in SETTINGS tells the peer we speak 3.x flow control.
-	s.queueControl(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{
-		{Id: mspdy.SettingsMaxConcurrentStreams, Value: cfg.MaxConcurrentStreams},
-		{Id: mspdy.SettingsInitialWindowSize, Value: defaultWindow},
-	}})
+	s.queueControl(func(b []byte) []byte {
+		return appendSettings(b,
+			setting{settingMaxConcurrentStreams, cfg.MaxConcurrentStreams},
+			setting{settingInitialWindowSize, defaultWindow})
+	})
 	if d := int64(cfg.SessionWindow) - defaultWindow; d > 0 {
-		s.queueControl(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: uint32(d)})
+		s.queueWindowUpdate(0, uint32(d))
 	}
 	go s.writeLoop()
 	go s.readLoop()
@@ -322,7 +316,7 @@ func (s *Session) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.wakeSlotWaiters()
 	if sendGoAway {
-		s.queueControl(&mspdy.GoAwayFrame{LastGoodStreamId: mspdy.StreamId(last), Status: mspdy.GoAwayOK})
+		s.queueGoAway(last, goAwayOK)
 	}
 	select {
 	case <-wait:
@@ -338,7 +332,7 @@ func (s *Session) Shutdown(ctx context.Context) error {
 
 // closeWith closes the session with cause. With goAway, a GOAWAY with
 // status is written (best effort, bounded) before the connection closes.
-func (s *Session) closeWith(cause error, goAway bool, status mspdy.GoAwayStatus) {
+func (s *Session) closeWith(cause error, goAway bool, status uint32) {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		sendGoAway := goAway && !s.goAwaySent
@@ -350,12 +344,12 @@ func (s *Session) closeWith(cause error, goAway bool, status mspdy.GoAwayStatus)
 		// wire before the connection closes.
 		graceful := cause == ErrShutdown || cause == ErrPeerGoneAway
 		if sendGoAway || graceful {
-			done := make(chan error, 1)
-			var f mspdy.Frame // nil: flush only
+			r := writeReq{flush: true, done: make(chan error, 1)} // no frame: flush only
 			if sendGoAway {
-				f = &mspdy.GoAwayFrame{LastGoodStreamId: mspdy.StreamId(last), Status: status}
+				r.ctrl.n = uint8(len(appendGoAway(r.ctrl.b[:0], last, status)))
 			}
-			s.enqueue(writeReq{frame: f, flush: true, done: done}, true)
+			s.enqueue(r, true)
+			done := r.done
 			t := time.NewTimer(goAwayFlushTimeout)
 			select {
 			case <-done:
@@ -396,7 +390,7 @@ func (s *Session) closeWith(cause error, goAway bool, status mspdy.GoAwayStatus)
 // wraps ErrProtocol and says what was wrong.
 func (s *Session) protocolError(err error) {
 	s.log.Warnw("spdy protocol error from peer; closing session", "remote", s.remoteAddr.String(), "error", err)
-	s.closeWith(err, true, mspdy.GoAwayProtocolError)
+	s.closeWith(err, true, goAwayProtocolError)
 }
 
 // --- stream table -----------------------------------------------------------
@@ -414,7 +408,7 @@ func (s *Session) resetPeerStream(id uint32, status RSTStatus, cause error) {
 		st.resetLocal(status, cause)
 		return
 	}
-	s.queueControl(&mspdy.RstStreamFrame{StreamId: mspdy.StreamId(id), Status: mspdy.RstStreamStatus(status)})
+	s.queueRst(id, status)
 }
 
 func (s *Session) isPeerID(id uint32) bool {

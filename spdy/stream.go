@@ -8,8 +8,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	mspdy "github.com/moby/spdystream/spdy"
 )
 
 var (
@@ -271,7 +269,7 @@ func (st *stream) read(p []byte) (int, error) {
 			drained := st.buffered == 0 && st.state.has(stFinished) && !st.state.has(stReleased)
 			st.mu.Unlock()
 			if update > 0 {
-				st.s.queueControl(&mspdy.WindowUpdateFrame{StreamId: mspdy.StreamId(st.id), DeltaWindowSize: uint32(update)})
+				st.s.queueWindowUpdate(st.id, uint32(update))
 			}
 			if drained {
 				st.s.removeStream(st)
@@ -444,7 +442,7 @@ func (st *stream) closeWrite() error {
 // which may be nil, says why (StreamError.Cause).
 func (st *stream) resetLocal(status RSTStatus, cause error) {
 	if st.abortWith(&StreamError{StreamID: st.id, Status: status, Cause: cause}) {
-		st.s.queueControl(&mspdy.RstStreamFrame{StreamId: mspdy.StreamId(st.id), Status: mspdy.RstStreamStatus(status)})
+		st.s.queueRst(st.id, status)
 	}
 }
 
@@ -550,6 +548,44 @@ func (st *stream) idleLocked(now int64) error {
 		return fmt.Errorf("%w: the peer opened no window for %s", ErrStreamIdle, timeout)
 	case over(st.bodyWaitSince) && st.replyHdr == nil:
 		return fmt.Errorf("%w: no request body bytes for %s", ErrRequestBodyTimeout, timeout)
+	}
+	return nil
+}
+
+// sendHeaderFrame sends SYN_REPLY or HEADERS with block (which it takes
+// over), after every DATA frame of the stream written before it (DATA
+// written went through the writer before its write returned, and the
+// stream's write lock is held), and with fin ends the sending side.
+func (st *stream) sendHeaderFrame(typ uint16, block *blockWriter, fin bool) error {
+	s := st.s
+	st.writeMu.Lock()
+	defer st.writeMu.Unlock()
+	st.mu.Lock()
+	err, done := st.err, st.state.has(stLocalFin)
+	st.mu.Unlock()
+	if err == nil && done {
+		err = errWriteClosed
+	}
+	if err != nil {
+		blockBufs.Put(block)
+		return err
+	}
+	r := writeReq{hdr: headerFrame{typ: typ, id: st.id, block: block}, done: st.written}
+	if fin {
+		r.hdr.flags = flagFin
+		s.mu.Lock()
+		s.markFinQueuedLocked(st)
+		s.mu.Unlock()
+	}
+	if err := s.writeFrame(r, true); err != nil {
+		st.abort(err)
+		return err
+	}
+	if fin {
+		st.mu.Lock()
+		st.state |= stLocalFin
+		st.mu.Unlock()
+		st.maybeFinish()
 	}
 	return nil
 }

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-
-	mspdy "github.com/moby/spdystream/spdy"
 )
 
 // Trailers travel in a HEADERS frame (SPDY/3 section 2.6.7) that carries
@@ -119,41 +117,17 @@ func (st *stream) sendTrailers(t http.Header) error {
 		s.dropTrailers(st, t)
 		return st.closeWrite()
 	}
-	block := make(http.Header, len(t))
+	block := blockBufs.Get().(*blockWriter)
+	block.reset()
 	for k, vv := range t {
-		block[strings.ToLower(k)] = vv
+		block.field(k, vv...)
 	}
-	if err := checkSendLimits(block, s.limits); err != nil {
+	if err := block.checkLimits(s.limits); err != nil {
+		blockBufs.Put(block)
 		st.resetLocal(StatusInternalError, err)
 		return err
 	}
-	st.writeMu.Lock()
-	defer st.writeMu.Unlock()
-	st.mu.Lock()
-	err, done := st.err, st.state.has(stLocalFin)
-	st.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	if done {
-		return errWriteClosed
-	}
-	s.mu.Lock()
-	s.markFinQueuedLocked(st)
-	s.mu.Unlock()
-	// DATA already written went through the writer before this returns
-	// (writeFrame waits), so the HEADERS frame cannot overtake it.
-	f := &mspdy.HeadersFrame{StreamId: mspdy.StreamId(st.id), Headers: block}
-	f.CFHeader.Flags = mspdy.ControlFlagFin
-	if err := s.writeFrame(writeReq{frame: f, done: st.written}, true); err != nil {
-		st.abort(err)
-		return err
-	}
-	st.mu.Lock()
-	st.state |= stLocalFin
-	st.mu.Unlock()
-	st.maybeFinish()
-	return nil
+	return st.sendHeaderFrame(typeHeaders, block, true)
 }
 
 // dropTrailers logs, once per session, trailers that cannot be sent.

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"runtime"
 	"time"
-
-	mspdy "github.com/moby/spdystream/spdy"
 )
 
 // The writer goroutine: one per session, the only one that writes to the
@@ -14,14 +12,35 @@ import (
 // sent). Control frames go before DATA; frames queued close together share
 // a write, and a TLS record.
 
-// writeReq is one frame for the writer goroutine. done, when set, receives
+// writeReq is one frame for the writer goroutine: a DATA frame (data.id
+// set), a header-carrying frame (hdr.block set), or a small control frame
+// already encoded (ctrl), all kept inline so that queueing a frame
+// allocates nothing; or none of these, to flush. done, when set, receives
 // the result once the frame is in the write buffer (or, with flush, on the
 // wire).
 type writeReq struct {
-	frame mspdy.Frame
-	data  dataFrame // a DATA frame when data.id != 0 (kept inline: no allocation per frame)
+	ctrl  ctrlFrame
+	hdr   headerFrame
+	data  dataFrame
 	flush bool
 	done  chan error
+}
+
+// ctrlFrame is an encoded control frame without a header block: RST_STREAM,
+// WINDOW_UPDATE, PING, GOAWAY, or our SETTINGS (frame.go).
+type ctrlFrame struct {
+	b [28]byte
+	n uint8
+}
+
+// headerFrame is SYN_STREAM, SYN_REPLY or HEADERS: its block is compressed
+// by the writer, in the order frames go out (one compression context).
+type headerFrame struct {
+	typ   uint16
+	flags uint8
+	pri   uint8
+	id    uint32
+	block *blockWriter // from blockBufs; back to it once compressed
 }
 
 // dataFrame is a DATA frame we encode ourselves, without copying the payload.
@@ -32,11 +51,37 @@ type dataFrame struct {
 	data []byte
 }
 
-// queueControl queues a control frame without waiting. It is what the
-// reader goroutine uses, so it never blocks on the network.
-func (s *Session) queueControl(f mspdy.Frame) {
-	s.enqueue(writeReq{frame: f}, true)
+// queueControl queues a small control frame, encoded by enc into a
+// writeReq's inline buffer, without waiting. It is what the reader
+// goroutine uses, so it never blocks on the network.
+func (s *Session) queueControl(enc func([]byte) []byte) {
+	var r writeReq
+	r.ctrl.n = uint8(len(enc(r.ctrl.b[:0])))
+	s.enqueue(r, true)
 }
+
+func (s *Session) queueRst(id uint32, status RSTStatus) {
+	s.queueControl(func(b []byte) []byte { return appendRst(b, id, status) })
+}
+
+func (s *Session) queueWindowUpdate(id, delta uint32) {
+	s.queueControl(func(b []byte) []byte { return appendWindowUpdate(b, id, delta) })
+}
+
+func (s *Session) queuePing(id uint32) {
+	s.queueControl(func(b []byte) []byte { return appendPing(b, id) })
+}
+
+func (s *Session) queueGoAway(lastGood, status uint32) {
+	s.queueControl(func(b []byte) []byte { return appendGoAway(b, lastGood, status) })
+}
+
+// GOAWAY status codes (SPDY/3.1 section 2.6.6).
+const (
+	goAwayOK            = 0
+	goAwayProtocolError = 1
+	goAwayInternalError = 2
+)
 
 // enqueue adds a request to the writer's queue. A request queued after the
 // writer stopped fails at once (and is not kept).
@@ -208,10 +253,13 @@ func (s *Session) writeLoop() {
 
 func (s *Session) writeOne(r writeReq) error {
 	var err error
-	if r.data.id != 0 {
+	switch {
+	case r.data.id != 0:
 		err = s.writeData(&r.data)
-	} else if r.frame != nil {
-		err = s.framer.WriteFrame(r.frame)
+	case r.hdr.block != nil:
+		err = s.writeHeaderFrame(&r.hdr)
+	case r.ctrl.n > 0:
+		_, err = s.bw.Write(r.ctrl.b[:r.ctrl.n])
 	}
 	if err == nil && r.flush {
 		err = s.bw.Flush()
@@ -227,8 +275,24 @@ func (s *Session) writeOne(r writeReq) error {
 	return err
 }
 
+// writeHeaderFrame compresses h's block in the session's context and
+// writes the frame.
+func (s *Session) writeHeaderFrame(h *headerFrame) error {
+	block, err := s.deflater.compress(h.block.block())
+	blockBufs.Put(h.block)
+	h.block = nil
+	if err != nil {
+		return fmt.Errorf("compressing a header block: %w", err)
+	}
+	if _, err := s.bw.Write(appendHeaderFrame(s.frameHd[:0], h.typ, h.flags, h.id, h.pri, len(block))); err != nil {
+		return err
+	}
+	_, err = s.bw.Write(block)
+	return err
+}
+
 func (s *Session) writeData(d *dataFrame) error {
-	if _, err := s.bw.Write(appendDataHeader(s.dataFrameHd[:0], d.id, d.fin, len(d.data))); err != nil {
+	if _, err := s.bw.Write(appendDataHeader(s.frameHd[:0], d.id, d.fin, len(d.data))); err != nil {
 		return err
 	}
 	_, err := s.bw.Write(d.data)
