@@ -10,14 +10,17 @@
 //   - handler.go: the handler's configuration, provisioning and request dispatch.
 //   - caddyfile.go: Caddyfile syntax; reverse_proxy's own subdirectives go
 //     to reverse_proxy's parser.
-//   - register.go: how an agent registers (auth, refusals, hijack, handshake);
-//     limiter.go: the lockout of address prefixes that send wrong tokens;
+//   - register.go: how an agent registers (auth, the hosts it announces,
+//     refusals, hijack, handshake); tokens.go: tokens and the hosts each may
+//     serve; limiter.go: the lockout of address prefixes that send wrong
+//     tokens;
 //     registrar.go: spdy_origin_register, and why a second directive.
 //   - pool.go: process-global pools of agent sessions that survive config
 //     reloads; poolsettings.go: what the handlers of one pool share, and
 //     how a config load changes it (nothing until Provision's last step).
 //   - transport.go: the http.RoundTripper that turns a proxied request into a
-//     SPDY stream on the least-busy session of a pool; body.go: the request
+//     SPDY stream on the least-busy session of a pool that serves its Host
+//     (pool.go: pick); body.go: the request
 //     and response bodies it hands over; upstreams.go: `dynamic spdy_origin`.
 //   - metrics.go and admin.go: observability.
 //
