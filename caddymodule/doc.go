@@ -3,8 +3,9 @@
 // handler that answers its registrations ahead of a site's client
 // authentication (http.handlers.spdy_origin_register), a reverse_proxy transport
 // (http.reverse_proxy.transport.spdy_origin), a dynamic upstream source for
-// reverse_proxy (http.reverse_proxy.upstreams.spdy_origin) and an admin API
-// route (admin.api.spdy_origin).
+// reverse_proxy (http.reverse_proxy.upstreams.spdy_origin), an on-demand TLS
+// permission (tls.permission.spdy_origin) and an admin API route
+// (admin.api.spdy_origin).
 //
 // Where to start reading:
 //   - handler.go: the handler's configuration, provisioning and request dispatch.
@@ -22,6 +23,9 @@
 //     SPDY stream on the least-busy session of a pool that serves its Host
 //     (pool.go: pick); body.go: the request
 //     and response bodies it hands over; upstreams.go: `dynamic spdy_origin`.
+//   - permission.go: certificates on demand for the names agents announce,
+//     decided from each pool's index of announcements and token hosts
+//     (hostindex.go), kept up to date as sessions and handlers come and go.
 //   - metrics.go and admin.go: observability.
 //
 // The handler does not reimplement reverse proxying: it provisions a Caddy
