@@ -115,6 +115,9 @@ func (p *Permission) CertificateAllowed(_ context.Context, name string) error {
 		return nil
 	}
 	err := p.denial(host, seen, announced, tokenHosts)
+	if p.logger == nil {
+		return err // not provisioned
+	}
 	if c := p.logger.Check(zapcore.DebugLevel, "on-demand certificate refused"); c != nil {
 		c.Write(zap.String("name", name), zap.Error(err))
 	}
