@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,7 +17,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/spdy-origin/spdy-origin/internal/handshake"
-	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
 // namedRouter is a hostRouter whose routes answer with their own pattern.
@@ -180,24 +178,6 @@ func TestRoutesChecked(t *testing.T) {
 			t.Errorf("%s: %v, want an error with %q", tt.name, err, tt.want)
 		}
 	}
-}
-
-// getHost sends a GET for host through a proxy-side session.
-func getHost(t *testing.T, sess *spdy.Session, host, path string) (int, string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+host+path, nil)
-	resp, err := sess.RoundTrip(req)
-	if err != nil {
-		t.Fatalf("GET %s%s through the tunnel: %v", host, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s%s: reading body: %v", host, path, err)
-	}
-	return resp.StatusCode, string(b)
 }
 
 // One agent, several services: it announces its routes' host patterns at

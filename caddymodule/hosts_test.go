@@ -41,21 +41,7 @@ func loadHostsPool(t *testing.T, pool string, extra map[string]any) *http.Client
 // getHost sends GET path to Caddy with Host host.
 func getHost(t *testing.T, c *http.Client, host, path string) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, testBase+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Host = host
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s%s: %v", host, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s%s: reading body: %v", host, path, err)
-	}
-	return resp, string(b)
+	return get(t, c, path, "Host", host)
 }
 
 // servedBy asks for host and returns the agent that answered.
