@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/spdy-origin/spdy-origin/internal/hosts"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
@@ -188,7 +189,7 @@ func parseArgs(args []string, getenv func(string) string, usage io.Writer) (*cli
 	fs.Usage = func() {
 		fmt.Fprintf(usage, "Usage: spdy-origin-agent --proxy URL --token TOKEN (--to [HOST=]URL | --root [HOST=]DIR)... [flags]\n")
 		fmt.Fprintf(usage, "       spdy-origin-agent --config agent.toml [flags]\n\n")
-		fmt.Fprintf(usage, "Serves a local HTTP server or directory on the internet through Caddy's spdy_origin handler.\n")
+		fmt.Fprintf(usage, "Serves local HTTP servers or directories, chosen by host name, on the internet through Caddy's spdy_origin handler.\n")
 		fmt.Fprintf(usage, "Every flag except --version can also be set by an environment variable %s<FLAG>, e.g. %s, %s.\n\nFlags:\n",
 			envPrefix, envName("token"), envName("proxy"))
 		fs.PrintDefaults()
@@ -335,6 +336,9 @@ func (f *cliFlags) originOptions(o *Options) error {
 		if err == nil {
 			err = checkUpstreamURL(u)
 		}
+		if err == nil {
+			err = checkRouteHost(host)
+		}
 		if err != nil {
 			return usageErrorf("%s %q: %v", f.flagRef("to"), v, err)
 		}
@@ -342,8 +346,12 @@ func (f *cliFlags) originOptions(o *Options) error {
 	}
 	for _, v := range f.root {
 		host, dir := splitRoute(v, false)
-		if dir == "" {
-			return usageErrorf("%s %q: no directory", f.flagRef("root"), v)
+		err := checkRouteHost(host)
+		if err == nil && dir == "" {
+			err = errors.New("no directory")
+		}
+		if err != nil {
+			return usageErrorf("%s %q: %v", f.flagRef("root"), v, err)
 		}
 		o.Routes = append(o.Routes, Route{Host: host, Root: dir})
 	}
@@ -356,6 +364,15 @@ func (f *cliFlags) originOptions(o *Options) error {
 		return usageErrorf("--upstream-ca-file needs an https:// --to upstream")
 	}
 	return nil
+}
+
+// checkRouteHost checks a route's host pattern ("": every host).
+func checkRouteHost(host string) error {
+	if host == "" {
+		return nil
+	}
+	_, err := hosts.ParsePattern(host)
+	return err
 }
 
 // splitRoute splits a --to or --root value into its host pattern ("" for

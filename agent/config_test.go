@@ -121,7 +121,7 @@ func TestConfigFileErrors(t *testing.T) {
 		{"float", base + "connections = 2.5\nto = \"http://x:1\"\n", "connections: want a string, an integer or a boolean"},
 		{"table", base + "[name]\nx = 1\n", "name: want a string"},
 		{"bad value", base + "connections = \"many\"\n", `connections = "many"`},
-		{"bad route host", base + "to = [\"a.test:80=http://x:1\"]\n", `no port`},
+		{"bad route host", base + "to = [\"a.test:80=http://x:1\"]\n", `.toml) "a.test:80=http://x:1": host pattern "a.test:80": no port`},
 		{"bad route URL", base + "to = \"a.test=127.0.0.1:80\"\n", `--to (from `},
 		{"same host twice", base + "to = \"a.test=http://x:1\"\nroot = \"A.test=/srv\"\n", "two routes for host a.test"},
 		{"no route", base, "at least one --to"},
