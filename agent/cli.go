@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -65,7 +66,8 @@ const envPrefix = "SPDY_ORIGIN_"
 // Main runs the agent as the spdy-origin-agent command: args without the program
 // name, getenv for the SPDY_ORIGIN_* variables (os.Getenv), usage and logs to stderr.
 // It runs until SIGINT or SIGTERM, then drains. It returns the exit code: 0 ok (or
-// -h, --version), 1 runtime failure, 2 usage.
+// -h, --version, a --check-config that passed), 1 runtime failure, 2 usage or
+// configuration error.
 func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	c, err := parseArgs(args, getenv, stderr)
 	if err != nil {
@@ -82,6 +84,14 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 		fmt.Fprintf(stdout, "spdy-origin-agent %s (commit %s, %s %s/%s)\n", agentVersion(), agentCommit(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
 	}
+	return c.start(stdout, stderr)
+}
+
+// start builds the agent c describes and runs it until SIGINT or SIGTERM;
+// with --check-config it stops after building it (every check a start
+// makes, nothing dialled or listened on) and prints the configuration.
+// It returns Main's exit code.
+func (c *cliConfig) start(stdout, stderr io.Writer) int {
 	log := newLogger(c.logLevel, c.logFormat, zapcore.Lock(zapcore.AddSync(stderr)))
 	defer func() { _ = log.Sync() }()
 	for _, w := range c.warnings {
@@ -92,6 +102,11 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 	if err != nil {
 		fmt.Fprintf(stderr, "spdy-origin-agent: %v\n\nRun 'spdy-origin-agent -h' for usage.\n", err)
 		return 2
+	}
+	if c.checkOnly {
+		a.closeIdle()
+		c.writeSummary(stdout, a)
+		return 0
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	signalled := make(chan struct{})
@@ -118,7 +133,12 @@ type cliConfig struct {
 	logLevel    zapcore.Level
 	logFormat   string
 	showVersion bool
+	checkOnly   bool     // --check-config
+	configFile  string   // --config, for --check-config's summary
 	warnings    []string // to log once the logger exists
+	// sources says, for each flag name, where its value came from:
+	// "flag", "env SPDY_ORIGIN_…", "file PATH" or "default".
+	sources map[string]string
 }
 
 // stringList is a repeatable string flag.
@@ -144,6 +164,7 @@ type cliFlags struct {
 	metricsAddr           string
 	config                string
 	insecure, showVersion bool
+	checkConfig           bool
 	conns, maxUpgrades    int
 	notSentLowat          int
 	maxStreams            uint
@@ -176,6 +197,8 @@ func (f *cliFlags) define(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxUpgrades, "max-upgrades", spdy.DefaultMaxUpgradedStreams, "WebSockets (and other upgraded streams) at once per session; more get 503")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this `host:port`, e.g. 127.0.0.1:9464 (default: off; no authentication, keep it local)")
 	fs.BoolVar(&f.showVersion, "version", false, "print the version (and commit) and exit")
+	fs.BoolVar(&f.checkConfig, "check-config", false, "check the flags, environment and --config file as a start would (routes, directories, CA files, limits), "+
+		"print the resulting configuration and exit: 0 if it is fine, 2 if not; nothing is dialled")
 	fs.IntVar(&f.notSentLowat, "tcp-notsent-lowat", 0, "unsent `bytes` the kernel may queue on a session's TCP connection (TCP_NOTSENT_LOWAT); 0: 32 KiB, -1: the kernel's setting")
 	fs.Var(&f.proxies, "proxy", "proxy registration `URL`, e.g. https://example.com/.well-known/spdy-origin (repeatable; env: comma-separated)")
 }
@@ -209,7 +232,7 @@ func parseArgs(args []string, getenv func(string) string, usage io.Writer) (*cli
 		fmt.Fprintf(usage, "Usage: spdy-origin-agent --proxy URL --token TOKEN (--to [HOST=]URL | --root [HOST=]DIR)... [flags]\n")
 		fmt.Fprintf(usage, "       spdy-origin-agent --config agent.toml [flags]\n\n")
 		fmt.Fprintf(usage, "Serves local HTTP servers or directories, chosen by host name, on the internet through Caddy's spdy_origin handler.\n")
-		fmt.Fprintf(usage, "Every flag except --version can also be set by an environment variable %s<FLAG>, e.g. %s, %s.\n\nFlags:\n",
+		fmt.Fprintf(usage, "Every flag except --version and --check-config can also be set by an environment variable %s<FLAG>, e.g. %s, %s.\n\nFlags:\n",
 			envPrefix, envName("token"), envName("proxy"))
 		printDefaults(fs, usage)
 	}
@@ -219,6 +242,8 @@ func parseArgs(args []string, getenv func(string) string, usage io.Writer) (*cli
 	if fs.NArg() > 0 {
 		return nil, usageErrorf("unexpected argument %q", fs.Arg(0))
 	}
+	onCommandLine := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { onCommandLine[fl.Name] = true })
 	f.from = map[string]string{}
 	if err := setFromEnv(fs, getenv, givenIn(fs), f.from); err != nil {
 		return nil, err
@@ -230,7 +255,24 @@ func parseArgs(args []string, getenv func(string) string, usage io.Writer) (*cli
 		}
 		f.warnings = w
 	}
-	return f.check()
+	c, err := f.check()
+	if err != nil {
+		return nil, err
+	}
+	c.sources = map[string]string{}
+	fs.VisitAll(func(fl *flag.Flag) {
+		switch src := f.from[fl.Name]; {
+		case onCommandLine[fl.Name]:
+			c.sources[fl.Name] = "flag"
+		case src == envName(fl.Name):
+			c.sources[fl.Name] = "env " + src
+		case src != "":
+			c.sources[fl.Name] = "file " + src
+		default:
+			c.sources[fl.Name] = "default"
+		}
+	})
+	return c, nil
 }
 
 // givenIn reports, for a flag name, whether fs already has a value for it
@@ -247,14 +289,19 @@ func givenIn(fs *flag.FlagSet) func(name string) bool {
 	}
 }
 
+// noEnv are the flags without an environment variable: they are not
+// settings but things to do instead of running. A SPDY_ORIGIN_VERSION that a
+// container image or package sets for its own purposes, or a
+// SPDY_ORIGIN_CHECK_CONFIG left in a service's environment file, must not
+// turn the agent into one that prints something and exits 0.
+var noEnv = map[string]bool{"version": true, "check-config": true}
+
 // setFromEnv sets every flag that given says the command line did not set
 // from its environment variable, if that is set, and records it in from.
 func setFromEnv(fs *flag.FlagSet, getenv func(string) string, given func(string) bool, from map[string]string) error {
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
-		// --version has no environment variable: a SPDY_ORIGIN_VERSION that a
-		// container image or package sets for its own purposes must not stop the agent.
-		if given(f.Name) || envErr != nil || f.Name == "version" {
+		if given(f.Name) || envErr != nil || noEnv[f.Name] {
 			return
 		}
 		v := getenv(envName(f.Name))
@@ -281,7 +328,7 @@ func setFromEnv(fs *flag.FlagSet, getenv func(string) string, given func(string)
 
 // check checks the flags and turns them into a cliConfig.
 func (f *cliFlags) check() (*cliConfig, error) {
-	c := &cliConfig{showVersion: f.showVersion, warnings: f.warnings}
+	c := &cliConfig{showVersion: f.showVersion, checkOnly: f.checkConfig, configFile: f.config, warnings: f.warnings}
 	if c.showVersion {
 		return c, nil
 	}
@@ -306,12 +353,23 @@ func (f *cliFlags) check() (*cliConfig, error) {
 		return nil, err
 	}
 	if f.metricsAddr != "" {
-		if _, _, err := net.SplitHostPort(f.metricsAddr); err != nil {
+		if !isHostPort(f.metricsAddr) {
 			return nil, usageErrorf("--metrics-addr %q: want host:port, e.g. 127.0.0.1:9464", f.metricsAddr)
 		}
 		c.opts.MetricsAddr = f.metricsAddr
 	}
 	return c, nil
+}
+
+// isHostPort reports whether addr is host:port with a numeric port (the
+// host may be empty: every address), as a listener takes it.
+func isHostPort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	_, err = strconv.ParseUint(port, 10, 16)
+	return err == nil
 }
 
 // proxyOptions checks where and how the agent registers: --proxy, --token,

@@ -38,8 +38,9 @@ var repeatable = map[string]bool{"proxy": true, "to": true, "root": true}
 
 // notInFile are flags the file cannot set.
 var notInFile = map[string]string{
-	"config":  "the file cannot name another file",
-	"version": "not a setting",
+	"config":       "the file cannot name another file",
+	"version":      "not a setting",
+	"check-config": "not a setting (give --check-config on the command line)",
 }
 
 // applyConfigFile sets, from the TOML file at path, every flag of fs that
