@@ -12,9 +12,18 @@ func init() {
 	caddy.RegisterModule(adminPools{})
 }
 
-// adminPools serves GET /spdy_origin/pools on Caddy's admin API: every live
-// pool with its agent sessions (remote address, agent identity, connected
-// since, open streams, RTT, byte counters).
+// adminPools adds GET /spdy_origin/pools to Caddy's admin API: a JSON
+// array of every live pool ("pool", "sessions") with its agent sessions:
+// "id", "remote_addr", "agent" (the name, version, instance and connection
+// index it registered with), the "capabilities" and "hosts" it announced,
+// the "token_hosts" its token allows, "connected_since", "open_streams",
+// "upgraded_streams", "streams_total", "bytes_from_agent",
+// "bytes_to_agent", "rtt" and "going_away". It is mounted with the admin
+// API and has no settings and no Caddyfile syntax; for example:
+//
+//	curl -s localhost:2019/spdy_origin/pools
+//
+// Other methods get 405.
 type adminPools struct{}
 
 // CaddyModule returns the Caddy module information.

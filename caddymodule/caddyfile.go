@@ -22,48 +22,10 @@ func parseCaddyfileHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 	return m, err
 }
 
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	spdy_origin [<matcher>] {
-//	    pool     <name>
-//	    connect  <path>
-//	    token    <secret> [hosts <pattern...>]  # repeatable; {env.X} works
-//
-//	    max_registration_body <size>
-//	    max_sessions          <n>
-//	    max_auth_failures     <n>
-//	    auth_failure_window   <duration>
-//	    retry_after           <duration>
-//	    drain_timeout         <duration>
-//
-//	    # proxying, as in reverse_proxy
-//	    dial_timeout            <duration>
-//	    response_header_timeout <duration>
-//	    flush_interval          <duration>|-1
-//	    trusted_proxies         <ranges...>|private_ranges
-//	    header_up   [+|-]<field> [<value|regexp> [<replacement>]]
-//	    header_down [+|-]<field> [<value|regexp> [<replacement>]]
-//	    stream_timeout     <duration>
-//	    stream_close_delay <duration>
-//
-//	    # SPDY session tuning
-//	    stream_window          <size>
-//	    session_window         <size>
-//	    max_concurrent_streams <n>
-//	    max_upgraded_streams   <n>
-//	    ping_interval          <duration>
-//	    ping_timeout           <duration>
-//	    write_timeout          <duration>
-//	    stream_idle_timeout    <duration>
-//	    stream_queue_timeout   <duration>
-//	}
-//
-// flush_interval, trusted_proxies, header_up, header_down, stream_timeout
-// and stream_close_delay are reverse_proxy's own subdirectives, parsed by
-// reverse_proxy's parser. Every subdirective but token, trusted_proxies,
-// header_up and header_down may appear once. A token with hosts (patterns
-// such as a.example.com or *.example.com) goes to Tokens, one without to
-// Token.
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. The
+// syntax is in Handler's doc comment, which Caddy's module documentation
+// shows: spdy_origin [<matcher>] { <subdirective> <args...> ... }, each
+// subdirective named as its JSON field.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	head := d.Token()
@@ -172,13 +134,9 @@ func proxyBlock(head caddyfile.Token, seg caddyfile.Segment) []caddyfile.Token {
 	return slices.Concat([]caddyfile.Token{head, open}, seg, []caddyfile.Token{end})
 }
 
-// UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:
-//
-//	transport spdy_origin {
-//	    pool                    <name>
-//	    dial_timeout            <duration>
-//	    response_header_timeout <duration>
-//	}
+// UnmarshalCaddyfile sets up the transport from Caddyfile tokens. The
+// syntax is in Transport's doc comment: transport spdy_origin { pool <name>
+// ... }.
 func (t *Transport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume transport name
 	if d.NextArg() {
@@ -197,7 +155,10 @@ func transportSubdirectives(pool *string, dialTimeout, responseHeaderTimeout *ca
 	}
 }
 
-// UnmarshalCaddyfile sets up the upstream source: `dynamic spdy_origin`.
+// UnmarshalCaddyfile sets up the upstream source. Syntax (no arguments, no
+// block):
+//
+//	dynamic spdy_origin
 func (u *UpstreamSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume source name
 	if d.NextArg() {

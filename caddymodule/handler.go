@@ -41,14 +41,19 @@ const (
 	minTokenBytes = 16
 )
 
-// Handler accepts origin agents on the connect route and reverse-proxies
-// every other request it handles into a SPDY stream on one of the pool's
-// agent sessions.
+// Handler publishes sites whose servers sit behind NAT or a firewall:
+// agents (spdy-origin-agent) dial in and register over HTTPS, and the
+// requests the handler takes are reverse-proxied into SPDY streams on the
+// agents' connections. Its Caddyfile directive is spdy_origin, ordered just
+// before reverse_proxy (no global order option is needed).
 //
 // Agents register with `PUT <connect>` over HTTP/1.1 and
 // `Authorization: Bearer <token>`; the connection is then hijacked and
-// becomes a SPDY/3.1 session in which Caddy is the client. Pools are
-// process-global, so config reloads keep agents connected.
+// becomes a SPDY/3.1 session in which Caddy is the client. A request goes
+// to the session with the fewest open streams among those whose agent
+// announced the request's Host (an agent that announces nothing serves
+// every host its token allows). Pools are process-global, so config
+// reloads keep agents connected.
 //
 // Proxying is done by an internal reverse_proxy handler with the
 // spdy_origin transport, so X-Forwarded-* headers, trusted proxies,
@@ -57,13 +62,71 @@ const (
 // With no agent connected the handler answers 503 with Retry-After; with
 // agents, but none that announced the request's host, 503 with Retry-After
 // and a plain-text body naming the host.
+//
+// Caddyfile syntax:
+//
+//	spdy_origin [<matcher>] {
+//	    pool     <name>
+//	    connect  <path>
+//	    token    <secret> [hosts <pattern...>]  # required; repeatable
+//
+//	    max_registration_body <size>
+//	    max_sessions          <n>
+//	    max_auth_failures     <n>
+//	    auth_failure_window   <duration>
+//	    retry_after           <duration>
+//	    drain_timeout         <duration>
+//
+//	    # proxying, as in reverse_proxy
+//	    dial_timeout            <duration>
+//	    response_header_timeout <duration>
+//	    flush_interval          <duration>|-1
+//	    trusted_proxies         <ranges...>|private_ranges
+//	    header_up   [+|-]<field> [<value|regexp> [<replacement>]]
+//	    header_down [+|-]<field> [<value|regexp> [<replacement>]]
+//	    stream_timeout     <duration>
+//	    stream_close_delay <duration>
+//
+//	    # SPDY session tuning
+//	    stream_window          <size>
+//	    session_window         <size>
+//	    max_concurrent_streams <n>
+//	    max_upgraded_streams   <n>
+//	    ping_interval          <duration>
+//	    ping_timeout           <duration>
+//	    write_timeout          <duration>
+//	    stream_idle_timeout    <duration>|off
+//	    stream_queue_timeout   <duration>|off
+//	}
+//
+// For example, a site whose agents register with the token in the
+// environment variable SPDY_ORIGIN_TOKEN:
+//
+//	example.com {
+//	    spdy_origin {
+//	        token {env.SPDY_ORIGIN_TOKEN}
+//	    }
+//	}
+//
+// Each subdirective sets the JSON field of the same name, described below;
+// a token with hosts (patterns such as a.example.com or *.example.com)
+// becomes an entry of tokens, one without an entry of token. Every
+// subdirective but token, trusted_proxies, header_up and header_down may
+// appear once. flush_interval, trusted_proxies, header_up, header_down,
+// stream_timeout and stream_close_delay are reverse_proxy's own
+// subdirectives, parsed by reverse_proxy's parser. Durations are Caddy
+// durations ("30s", "1m", "1d"; a JSON number means nanoseconds). Sizes are
+// bytes in JSON; the Caddyfile takes units too ("64KiB" is 65536 bytes,
+// "16MB" is 16,000,000).
 type Handler struct {
 	// Pool names the pool that agents registering here join and that
 	// requests are proxied to. Pools are process-global and outlive
 	// config reloads; several handlers (sites) may share one, and the
 	// handlers of one config on one pool must then agree on
 	// MaxAuthFailures, AuthFailureWindow, MaxSessions and DrainTimeout
-	// (a difference is a config error). Default: "default".
+	// (a difference is a config error). Sites whose requests must not go
+	// to each other's agents get pools of their own, e.g. "home" and
+	// "office". Default: "default".
 	Pool string `json:"pool,omitempty"`
 
 	// Connect is the path of the registration route, matched exactly.
@@ -71,7 +134,9 @@ type Handler struct {
 	// HTTP/1.1 (other methods get 405, HTTP/2 and HTTP/3 get 505). Client
 	// authentication or IP rules before this handler also meet the agents'
 	// registrations; a spdy_origin_register handler before them answers
-	// the registrations first. Default: "/.well-known/spdy-origin".
+	// the registrations first. Agents name it in their --proxy URL
+	// (https://example.com/.well-known/spdy-origin; a URL without a path
+	// means the default). Default: "/.well-known/spdy-origin".
 	Connect string `json:"connect,omitempty"`
 
 	// Token lists the bearer tokens agents may register with; at least
@@ -81,26 +146,33 @@ type Handler struct {
 	// file) is trimmed. Tokens are compared in constant time. A token
 	// shorter than 16 bytes is logged as a warning at load; make one with
 	// `openssl rand -base64 32`. A token here may serve any host; Tokens
-	// limits one to some hosts.
+	// limits one to some hosts. Example: ["{env.SPDY_ORIGIN_TOKEN}"]
+	// (Caddyfile: token {env.SPDY_ORIGIN_TOKEN}). Default: none; Token
+	// and Tokens together need at least one entry.
 	Token []string `json:"token,omitempty"`
 
 	// Tokens are bearer tokens limited to host patterns: an agent
 	// registering with one may announce (handshake header
 	// Spdy-Origin-Hosts) only hosts its patterns cover, and gets only
 	// requests for them. Resolved and compared as Token; Token and Tokens
-	// together need at least one entry.
+	// together need at least one entry. Example:
+	// [{"value": "{env.ALICE_TOKEN}", "hosts": ["*.alice.example.com"]}]
+	// (Caddyfile: token {env.ALICE_TOKEN} hosts *.alice.example.com).
+	// Default: none.
 	Tokens []TokenConfig `json:"tokens,omitempty"`
 
 	// MaxRegistrationBody caps the body of a registration request, in
 	// bytes; a larger one gets 413 (at once, unread, when its declared
-	// length is larger). Default: 65536 (64 KiB).
+	// length is larger). An agent's body is one line; the cap is for
+	// clients that are not agents. Default: 65536 (64 KiB).
 	MaxRegistrationBody int64 `json:"max_registration_body,omitempty"`
 
 	// MaxSessions caps the agent sessions in the pool; registrations
 	// beyond it get 503 with Retry-After before their connection is taken
 	// over. Sessions draining after GOAWAY do not count. It caps the
 	// whole pool, so the handlers of one config on one pool must agree on
-	// it. Default: 0, unlimited.
+	// it. Each agent opens --connections sessions (2 by default), so
+	// allow that many per agent. Default: 0, unlimited.
 	MaxSessions int `json:"max_sessions,omitempty"`
 
 	// MaxAuthFailures is how many missing or wrong tokens one address
@@ -144,12 +216,14 @@ type Handler struct {
 	// (CIDR, or single addresses) of proxies in front of Caddy whose
 	// X-Forwarded-* headers are passed on to the agent instead of
 	// replaced. In the Caddyfile, private_ranges stands for the private
-	// and loopback ranges. Default: none.
+	// and loopback ranges. Example: ["10.0.0.0/8", "192.168.1.5"].
+	// Default: none.
 	TrustedProxies []string `json:"trusted_proxies,omitempty"`
 
 	// Headers manipulates the request headers sent to the agent
 	// (header_up: "request") and the response headers sent to the client
-	// (header_down: "response"), as reverse_proxy's headers do. Default:
+	// (header_down: "response"), as reverse_proxy's headers do; e.g.
+	// header_up X-Real-IP {remote_host}, header_down -Server. Default:
 	// none.
 	Headers *headers.Handler `json:"headers,omitempty"`
 
@@ -172,7 +246,8 @@ type Handler struct {
 	// StreamWindow is the largest receive window one stream grows to, in
 	// bytes: how fast one download can go over a long round trip, and how
 	// much unread data one stalled stream may hold. Range 65536 to
-	// 2147483647. Default: 16 MiB (spdy.DefaultStreamWindow).
+	// 2147483647. Example: 4MiB in the Caddyfile, 4194304 in JSON.
+	// Default: 16 MiB (spdy.DefaultStreamWindow).
 	StreamWindow int64 `json:"stream_window,omitempty"`
 
 	// SessionWindow is each session's receive window and buffer budget,
@@ -191,7 +266,8 @@ type Handler struct {
 
 	// MaxUpgradedStreams caps the upgraded streams (WebSockets, other 101
 	// responses) open at once on one session; further upgrades get 503.
-	// Negative allows none. Default: 1000 (spdy.DefaultMaxUpgradedStreams).
+	// Negative (JSON only) allows none. Default: 1000
+	// (spdy.DefaultMaxUpgradedStreams).
 	MaxUpgradedStreams int `json:"max_upgraded_streams,omitempty"`
 
 	// StreamIdleTimeout resets a stream that waits this long on a party
@@ -213,8 +289,8 @@ type Handler struct {
 	StreamQueueTimeout caddy.Duration `json:"stream_queue_timeout,omitempty"`
 
 	// PingInterval is how often each session sends a keepalive PING; the
-	// round trips it measures also set how fast stream windows grow.
-	// Default: 15s (spdy.DefaultPingInterval).
+	// round trips it measures also set how fast stream windows grow, and
+	// the admin API's rtt. Default: 15s (spdy.DefaultPingInterval).
 	PingInterval caddy.Duration `json:"ping_interval,omitempty"`
 
 	// PingTimeout drops a session whose agent sends nothing at all, PING

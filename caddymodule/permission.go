@@ -22,7 +22,8 @@ func init() {
 // Permission lets on-demand TLS get a certificate for a name that agents
 // of spdy_origin pools serve, so that an app added at home is online over
 // HTTPS as soon as its agent announces it, with no change on the public
-// server. Caddyfile:
+// server. Caddyfile syntax, in the global on_demand_tls option, with the
+// sites that use it marked `tls { on_demand }`:
 //
 //	{
 //		on_demand_tls {
@@ -51,12 +52,16 @@ func init() {
 // cache and storage, and are served until they expire, when the agent
 // leaves.
 type Permission struct {
-	// Pools are the pools whose tokens and agents count. Default: every
-	// pool in the config.
+	// Pools are the names of the spdy_origin pools whose tokens and agents
+	// count, e.g. ["home"] (Caddyfile: permission spdy_origin home).
+	// Default: every spdy_origin pool loaded in Caddy.
 	Pools []string `json:"pools,omitempty"`
 
-	// RequireAgent: a name is allowed only while an agent announces it.
-	// Default: true.
+	// RequireAgent: a name is allowed only while an agent connected now
+	// announces it. False lets a token's hosts alone allow their names,
+	// so a certificate can be obtained before the agent connects (names
+	// announced under a token without hosts still need their agent).
+	// Caddyfile: require_agent off. Default: true.
 	RequireAgent *bool `json:"require_agent,omitempty"`
 
 	logger *zap.Logger

@@ -67,6 +67,27 @@ func init() {
 //
 // The spdy_origin handler keeps answering its connect path itself, so
 // configs without this handler work as before.
+//
+// It has no settings. Caddyfile syntax (the directive is ordered before
+// redir, so before basic_auth, forward_auth, handle, route, respond and the
+// like):
+//
+//	spdy_origin_register [<matcher>]
+//
+// For example, a site behind a login whose agents still register:
+//
+//	example.com {
+//		spdy_origin_register
+//		basic_auth {
+//			alice <hash>
+//		}
+//		spdy_origin {
+//			token {env.SPDY_ORIGIN_TOKEN}
+//		}
+//	}
+//
+// In JSON: {"handler": "spdy_origin_register"}, placed in the route list
+// before the routes that authenticate clients.
 type Registrar struct {
 	scope routeScope
 }

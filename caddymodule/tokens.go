@@ -27,7 +27,8 @@ import (
 // TokenConfig is a bearer token limited to the hosts its agents may serve.
 type TokenConfig struct {
 	// Value is the token, resolved as the entries of Token are
-	// ({env.X} at load, surrounding whitespace trimmed).
+	// ({env.X} at load, surrounding whitespace trimmed), e.g.
+	// "{env.ALICE_TOKEN}". Required.
 	Value string `json:"value"`
 
 	// Hosts are the host patterns agents registering with this token may

@@ -39,9 +39,21 @@ var ErrPoolBusy = errors.New("spdy_origin: every agent session of this pool is a
 // Transport is a reverse_proxy transport that sends each request as a new
 // SPDY stream on the agent session of a pool with the fewest open streams,
 // among the sessions whose agent announced the request's Host (agents that
-// announce nothing serve every host).
-// The upstream address chosen by reverse_proxy is ignored: the pool is the
-// backend. With `reverse_proxy`, use it as
+// announce nothing serve every host). The spdy_origin handler proxies
+// through it; on its own it lets a reverse_proxy of your own send requests
+// to a pool. The upstream address chosen by reverse_proxy is ignored: the
+// pool is the backend. Agents register through a spdy_origin handler
+// configured with the same pool.
+//
+// Caddyfile syntax, inside reverse_proxy:
+//
+//	transport spdy_origin {
+//	    pool                    <name>
+//	    dial_timeout            <duration>
+//	    response_header_timeout <duration>
+//	}
+//
+// For example:
 //
 //	reverse_proxy {
 //		dynamic spdy_origin
@@ -51,12 +63,13 @@ var ErrPoolBusy = errors.New("spdy_origin: every agent session of this pool is a
 //	}
 //
 // (`dynamic spdy_origin` supplies the placeholder upstream reverse_proxy
-// requires; any `to` address works too.) Agents register through a
-// `spdy_origin` handler configured with the same pool.
+// requires; any `to` address works too.) Each subdirective sets the JSON
+// field of the same name; durations are Caddy durations ("30s", "1m"; a
+// JSON number means nanoseconds).
 type Transport struct {
 	// Pool is the name of the pool whose agent sessions take the
-	// requests. Agents join it by registering through a spdy_origin
-	// handler with the same pool. Default: "default".
+	// requests, e.g. "home". Agents join it by registering through a
+	// spdy_origin handler with the same pool. Default: "default".
 	Pool string `json:"pool,omitempty"`
 
 	// DialTimeout is how long a request waits for an agent to connect when

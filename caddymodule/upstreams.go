@@ -15,8 +15,14 @@ func init() {
 // ignores it. The .invalid TLD (RFC 2606) can never resolve.
 const placeholderUpstream = "spdy-origin.invalid:443"
 
-// UpstreamSource gives reverse_proxy the placeholder upstream it needs
-// when its transport is spdy_origin: `dynamic spdy_origin`.
+// UpstreamSource is a reverse_proxy dynamic upstream source that gives
+// reverse_proxy the one placeholder upstream it needs when its transport is
+// spdy_origin, which ignores upstream addresses (the transport's pool is
+// the backend). It has no settings. Caddyfile syntax, inside reverse_proxy:
+//
+//	dynamic spdy_origin
+//
+// In JSON: "dynamic_upstreams": {"source": "spdy_origin"}.
 type UpstreamSource struct{}
 
 // CaddyModule returns the Caddy module information.
