@@ -180,12 +180,20 @@ func startAgentRegistering(t testing.TB, name, connect, token, hosts string, cfg
 	if cfg == nil {
 		cfg = spdy.DefaultConfig()
 	}
-	reg, err := register(t, connect, "Bearer "+token, map[string]string{
+	hdr := map[string]string{
 		handshake.HeaderName:     name,
 		handshake.HeaderVersion:  "test",
 		handshake.HeaderInstance: "inst-" + name,
 		handshake.HeaderHosts:    hosts,
-	})
+	}
+	reg, err := register(t, connect, "Bearer "+token, hdr)
+	for try := 0; err != nil && errors.Is(err, io.ErrUnexpectedEOF) && try < 3; try++ {
+		// Just after a config load, the previous config's server may still
+		// take a connection and close it while it shuts down, before any
+		// answer; a real agent reconnects, so the test does too.
+		time.Sleep(20 * time.Millisecond)
+		reg, err = register(t, connect, "Bearer "+token, hdr)
+	}
 	if err != nil {
 		t.Fatalf("agent %s: %v", name, err)
 	}
