@@ -42,8 +42,9 @@ func init() {
 //     agents announce by name;
 //   - an agent announces the patterns it routes; a catch-all ("*") or no
 //     announcement counts as its token's hosts, and for a token without
-//     hosts as nothing: otherwise every name pointed at the server would
-//     get a certificate.
+//     hosts as nothing, as does a wildcard over a public suffix (*.com,
+//     *.co.uk, *.github.io) under such a token: otherwise every name
+//     pointed at the server would get a certificate.
 //
 // With require_agent off, the tokens' hosts alone decide (names announced
 // under a token without hosts still need their agent). The decision reads
@@ -143,7 +144,8 @@ func (p *Permission) denial(host string, seen []string, announced bool, tokenHos
 			why = "no spdy_origin pool is loaded"
 		}
 	case p.requireAgent() && !announced:
-		why = "no agent connected now announces it (a catch-all \"*\" counts only as far as its token's hosts go)"
+		why = "no agent connected now announces it (a catch-all \"*\" counts only as far as its token's hosts go, " +
+			"and a wildcard over a public suffix such as *.com only under a token whose hosts include it)"
 	case announced:
 		why = fmt.Sprintf("an agent announces it, but no token permits it (tokens' hosts: %s)", listHosts(tokenHosts))
 	default:

@@ -102,3 +102,26 @@ func TestPermissionCaddyfile(t *testing.T) {
 		t.Fatalf("adapting on_demand_tls: %v\n%s", err, adapted)
 	}
 }
+
+// A wildcard over a public suffix (*.com, *.co.uk, *.github.io, *.test)
+// announced under a token without hosts matches every name of that suffix:
+// as a catch-all does, it must grant no certificates, or an agent could
+// announce a hundred TLDs and have Caddy ask the CA for any name pointed at
+// the server. A wildcard under a registrable name still counts.
+func TestPermissionPublicSuffixWildcard(t *testing.T) {
+	pool := freshPool("perm-psl")
+	loadHostsPool(t, pool, nil)
+	p := &Permission{Pools: []string{pool}, logger: zap.NewNop()}
+	startHostsAgent(t, "psl", anyHostToken, "*.com,*.co.uk,*.github.io,*.test,*.example.org")
+	waitSessions(t, pool, 1)
+	const noAgent = "no agent connected now announces it"
+	checkAllowed(t, p, map[string]string{
+		"victim.com":        noAgent,
+		"www.victim.com":    noAgent,
+		"shop.victim.co.uk": noAgent,
+		"someone.github.io": noAgent,
+		"c.test":            noAgent,
+		"app.example.org":   "",
+		"a.b.example.org":   "",
+	})
+}
