@@ -38,6 +38,9 @@ func (p *pool) reindexLocked() {
 	ix := &hostIndex{}
 	var agentPatterns []string
 	for s := range p.sessions {
+		if s.revoked {
+			continue
+		}
 		ix.announced = append(ix.announced, s.hosts...)
 		agentPatterns = append(agentPatterns, s.certPatterns()...)
 	}
