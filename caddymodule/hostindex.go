@@ -8,6 +8,8 @@ package caddymodule
 import (
 	"slices"
 
+	"golang.org/x/net/publicsuffix"
+
 	"github.com/spdy-origin/spdy-origin/internal/hosts"
 )
 
@@ -16,7 +18,9 @@ type hostIndex struct {
 	// agents holds what the live sessions may serve, for certificates:
 	// the patterns their agents announced, and for a catch-all ("*") or
 	// no announcement the patterns of a token limited to hosts. A catch-all
-	// under a token without hosts adds nothing: that would be every name.
+	// under a token without hosts adds nothing: that would be every name;
+	// nor does a wildcard over a public suffix (*.com, *.co.uk,
+	// *.github.io) under such a token: a hundred of them are every name too.
 	agents *hosts.Set
 	// tokens holds the patterns of the tokens limited to hosts, of every
 	// handler using the pool; anyToken is set when one of them has a
@@ -34,6 +38,9 @@ func (p *pool) reindexLocked() {
 	ix := &hostIndex{}
 	var agentPatterns []string
 	for s := range p.sessions {
+		if s.revoked {
+			continue
+		}
 		ix.announced = append(ix.announced, s.hosts...)
 		agentPatterns = append(agentPatterns, s.certPatterns()...)
 	}
@@ -67,9 +74,11 @@ func (s *session) certPatterns() []string {
 	var out []string
 	catchAll := s.hosts == nil
 	for _, h := range s.hosts {
-		if h == hosts.CatchAll {
+		switch {
+		case h == hosts.CatchAll:
 			catchAll = true
-		} else {
+		case !s.scope.restricted() && overPublicSuffix(h):
+		default:
 			out = append(out, h)
 		}
 	}
@@ -77,6 +86,18 @@ func (s *session) certPatterns() []string {
 		out = append(out, s.scope.hosts...)
 	}
 	return out
+}
+
+// overPublicSuffix reports whether p is a wildcard whose suffix is a public
+// suffix (ICANN's or a private one such as github.io; an unlisted top-level
+// label counts), so that it matches names anyone may register.
+func overPublicSuffix(p string) bool {
+	if !hosts.IsWildcard(p) {
+		return false
+	}
+	suffix := p[2:]
+	ps, _ := publicsuffix.PublicSuffix(suffix)
+	return ps == suffix
 }
 
 func sortedSet(list []string) []string {

@@ -303,3 +303,35 @@ func parseHandler(input string) (*Handler, error) {
 	h := new(Handler)
 	return h, h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
 }
+
+// A reload that takes a hostname away from a token (its hosts changed) or
+// removes the token must apply to the agents connected with it too: they
+// get GOAWAY (and register again under the new config, or are refused),
+// and meanwhile get no requests and no certificates for the old hosts.
+// Agents whose token is unchanged stay connected.
+func TestReloadAppliesTokenHosts(t *testing.T) {
+	pool := freshPool("hosts-reload-tokens")
+	c := loadHostsPool(t, pool, nil)
+	startHostsAgent(t, "b-agent", bToken, "*")
+	startHostsAgent(t, "w-agent", wToken, "")
+	startHostsAgent(t, "any-agent", anyHostToken, "a.test")
+	waitSessions(t, pool, 3)
+	p := &Permission{Pools: []string{pool}, logger: zap.NewNop()}
+	checkAllowed(t, p, map[string]string{"b.test": "", "x.w.test": ""})
+
+	// b.test moves to the w token; the b token is revoked.
+	h := spdyRoute(pool, map[string]any{
+		"tokens": []any{map[string]any{"value": wToken, "hosts": []string{"*.w.test", "b.test"}}},
+	})
+	c = loadRoutes(t, "", testRoute{anyHost: true, handlers: []map[string]any{h}}).Client
+	waitSessions(t, pool, 1)
+	snap := allPoolsByName(t)[pool]
+	if len(snap.Sessions) != 1 || snap.Sessions[0].Agent.Name != "any-agent" {
+		t.Fatalf("after the reload: sessions %+v; want only any-agent (its token unchanged)", snap.Sessions)
+	}
+	if resp, body := getHost(t, c, "b.test", "/hello"); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("b.test after its token was revoked: %d %q, want 503", resp.StatusCode, body)
+	}
+	const noAgent = "no agent connected now announces it"
+	checkAllowed(t, p, map[string]string{"b.test": noAgent, "x.w.test": noAgent, "a.test": ""})
+}

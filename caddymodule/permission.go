@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -42,8 +43,12 @@ func init() {
 //     agents announce by name;
 //   - an agent announces the patterns it routes; a catch-all ("*") or no
 //     announcement counts as its token's hosts, and for a token without
-//     hosts as nothing: otherwise every name pointed at the server would
-//     get a certificate.
+//     hosts as nothing, as does a wildcard over a public suffix (*.com,
+//     *.co.uk, *.github.io) under such a token: otherwise every name
+//     pointed at the server would get a certificate.
+//
+// A name no CA issues for (a label over 63 bytes, a name over 253, an
+// empty label, '_', a wildcard) is refused whatever pattern matches it.
 //
 // With require_agent off, the tokens' hosts alone decide (names announced
 // under a token without hosts still need their agent). The decision reads
@@ -92,7 +97,17 @@ func (p *Permission) requireAgent() bool { return p.RequireAgent == nil || *p.Re
 // certificate for name, else an error wrapping caddytls.ErrPermissionDenied
 // that says why.
 func (p *Permission) CertificateAllowed(_ context.Context, name string) error {
-	host := hosts.Canonical(name)
+	// certmagic hands over SNI names with over-long or empty labels; a
+	// wildcard pattern matches them, but no CA issues for them.
+	host, err := hosts.ParsePattern(name)
+	if err == nil && (host == hosts.CatchAll || hosts.IsWildcard(host) || strings.Contains(host, "_")) {
+		err = errors.New("a wildcard, or '_' in a name")
+	}
+	if err != nil {
+		err = fmt.Errorf("%w: spdy_origin: %q is not a host name a certificate can be issued for: %v", caddytls.ErrPermissionDenied, strings.ToLower(name), err)
+		p.logDenial(name, err)
+		return err
+	}
 	var (
 		seen       []string
 		allowed    bool
@@ -119,14 +134,19 @@ func (p *Permission) CertificateAllowed(_ context.Context, name string) error {
 	if allowed {
 		return nil
 	}
-	err := p.denial(host, seen, announced, tokenHosts)
+	err = p.denial(host, seen, announced, tokenHosts)
+	p.logDenial(name, err)
+	return err
+}
+
+// logDenial logs a refusal at debug level.
+func (p *Permission) logDenial(name string, err error) {
 	if p.logger == nil {
-		return err // not provisioned
+		return // not provisioned
 	}
 	if c := p.logger.Check(zapcore.DebugLevel, "on-demand certificate refused"); c != nil {
 		c.Write(zap.String("name", name), zap.Error(err))
 	}
-	return err
 }
 
 // denial explains a refusal, naming the name, the pools and what is missing.
@@ -143,7 +163,8 @@ func (p *Permission) denial(host string, seen []string, announced bool, tokenHos
 			why = "no spdy_origin pool is loaded"
 		}
 	case p.requireAgent() && !announced:
-		why = "no agent connected now announces it (a catch-all \"*\" counts only as far as its token's hosts go)"
+		why = "no agent connected now announces it (a catch-all \"*\" counts only as far as its token's hosts go, " +
+			"and a wildcard over a public suffix such as *.com only under a token whose hosts include it)"
 	case announced:
 		why = fmt.Sprintf("an agent announces it, but no token permits it (tokens' hosts: %s)", listHosts(tokenHosts))
 	default:

@@ -102,3 +102,52 @@ func TestPermissionCaddyfile(t *testing.T) {
 		t.Fatalf("adapting on_demand_tls: %v\n%s", err, adapted)
 	}
 }
+
+// permissionWithAgent loads a fresh hosts pool with one agent of token
+// announcing hosts, and returns the permission for that pool.
+func permissionWithAgent(t *testing.T, token, hosts string) *Permission {
+	t.Helper()
+	pool := freshPool("perm")
+	loadHostsPool(t, pool, nil)
+	startHostsAgent(t, "perm-agent", token, hosts)
+	waitSessions(t, pool, 1)
+	return &Permission{Pools: []string{pool}, logger: zap.NewNop()}
+}
+
+// A wildcard over a public suffix (*.com, *.co.uk, *.github.io, *.test)
+// announced under a token without hosts matches every name of that suffix:
+// as a catch-all does, it must grant no certificates, or an agent could
+// announce a hundred TLDs and have Caddy ask the CA for any name pointed at
+// the server. A wildcard under a registrable name still counts.
+func TestPermissionPublicSuffixWildcard(t *testing.T) {
+	p := permissionWithAgent(t, anyHostToken, "*.com,*.co.uk,*.github.io,*.test,*.example.org")
+	const noAgent = "no agent connected now announces it"
+	checkAllowed(t, p, map[string]string{
+		"victim.com":        noAgent,
+		"www.victim.com":    noAgent,
+		"shop.victim.co.uk": noAgent,
+		"someone.github.io": noAgent,
+		"c.test":            noAgent,
+		"app.example.org":   "",
+		"a.b.example.org":   "",
+	})
+}
+
+// Names no CA issues for (a label over 63 bytes, a name over 253, an empty
+// label, '_', a wildcard, a port) are refused even where a wildcard
+// pattern matches them: certmagic passes such SNI names through to the
+// permission, and any client could otherwise make Caddy send the CA an
+// order it must reject, or have an internal CA sign it.
+func TestPermissionRefusesInvalidNames(t *testing.T) {
+	p := permissionWithAgent(t, wToken, "")
+	const bad = "not a host name a certificate can be issued for"
+	checkAllowed(t, p, map[string]string{
+		"ok.w.test":                                 "",
+		strings.Repeat("a", 64) + ".w.test":         bad,
+		strings.Repeat("abcdefghi.", 30) + "w.test": bad,
+		"a..w.test":                                 bad,
+		"a_b.w.test":                                bad,
+		"*.w.test":                                  bad,
+		"x.w.test:443":                              bad,
+	})
+}

@@ -32,6 +32,9 @@ const defaultDrainTimeout = 10 * time.Second
 var (
 	// errPoolClosed: the pool was removed from the config while an agent registered.
 	errPoolClosed = errors.New("pool is closed")
+	// errTokenRevoked: the registration's token left the config (or got
+	// other hosts) while it was being answered.
+	errTokenRevoked = errors.New("the token was removed from the config, or its hosts changed, by a reload")
 	// errPoolFull: max_sessions is reached.
 	errPoolFull = errors.New("pool is full")
 )
@@ -71,6 +74,7 @@ type session struct {
 	rtt      atomic.Int64 // handshake RTT in ns, until the session measures its own
 	picked   atomic.Int64 // requests picked for this session whose stream is not open yet
 	released bool         // guarded by pool.mu: removed from the pool
+	revoked  bool         // guarded by pool.mu: its token is gone from the config (dropRevokedLocked)
 }
 
 // announceSet is the set of announced host patterns; nil (every host) when
@@ -231,6 +235,11 @@ func (sl *poolSlot) join(s *session) error {
 		p.mu.Unlock()
 		return errPoolClosed
 	}
+	if !p.currentLocked(s.scope) {
+		// Accepted by a handler whose config a reload has just replaced.
+		p.mu.Unlock()
+		return errTokenRevoked
+	}
 	p.sessions[s] = struct{}{}
 	p.order = append(p.order, s)
 	p.connects++
@@ -308,7 +317,7 @@ func (p *pool) pick(host string, exclude *session) *session {
 	bestOpen := 0
 	for i := range n {
 		s := p.order[(start+i)%n]
-		if s == exclude || s.s.GoingAway() || !s.serves(host) {
+		if s == exclude || s.revoked || s.s.GoingAway() || !s.serves(host) {
 			continue
 		}
 		select {

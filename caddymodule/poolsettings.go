@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -85,6 +86,7 @@ func (p *pool) join(u *poolUser) error {
 	}
 	p.users = append(p.users, u)
 	p.active.Store(u)
+	p.dropRevokedLocked()
 	p.reindexLocked()
 	return nil
 }
@@ -101,7 +103,48 @@ func (p *pool) leave(u *poolUser) {
 	} else {
 		p.active.Store(u)
 	}
+	p.dropRevokedLocked()
 	p.reindexLocked()
+}
+
+// currentLocked reports whether a handler of the pool has the token of
+// scope now, with the same hosts; with no handler (the pool is going, or
+// only a transport uses it) every token counts as current. p.mu is held.
+func (p *pool) currentLocked(scope *tokenScope) bool {
+	if len(p.users) == 0 || scope == nil {
+		return true
+	}
+	for _, u := range p.users {
+		for _, t := range u.tokens {
+			if t.secret == scope.secret && t.restricted() == scope.restricted() && slices.Equal(t.hosts, scope.hosts) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// dropRevokedLocked sends GOAWAY to the sessions whose token the pool's
+// handlers no longer have, or have with other hosts (a reload revoked it,
+// or gave one of its hostnames to another token): their agents register
+// again under the config in force, or are refused. Until they are gone
+// they get no new requests and count for no certificate. p.mu is held.
+func (p *pool) dropRevokedLocked() {
+	for s := range p.sessions {
+		if s.revoked || p.currentLocked(s.scope) {
+			continue
+		}
+		s.revoked = true
+		p.log().Warn("agent's token was removed from the config or its hosts changed: sending GOAWAY (the agent registers again under the new config)",
+			s.logFields()...)
+		drain := p.drainTimeout()
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			defer cancel()
+			_ = s.s.Shutdown(ctx)
+			_ = s.s.Close()
+		}()
+	}
 }
 
 var nopLogger = zap.NewNop()
