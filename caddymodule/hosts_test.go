@@ -318,6 +318,9 @@ func TestReloadAppliesTokenHosts(t *testing.T) {
 	waitSessions(t, pool, 3)
 	p := &Permission{Pools: []string{pool}, logger: zap.NewNop()}
 	checkAllowed(t, p, map[string]string{"b.test": "", "x.w.test": ""})
+	if resp, body := getHost(t, c, "b.test", "/hello"); resp.StatusCode != http.StatusOK || resp.Header.Get("X-Agent") != "b-agent" {
+		t.Fatalf("b.test before the reload: %d from %q %q, want 200 from b-agent", resp.StatusCode, resp.Header.Get("X-Agent"), body)
+	}
 
 	// b.test moves to the w token; the b token is revoked.
 	h := spdyRoute(pool, map[string]any{
