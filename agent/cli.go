@@ -135,6 +135,7 @@ type cliFlags struct {
 	token, to, root, caFile, name string
 	upstreamCAFile                string
 	metricsAddr                   string
+	debugAddr                     string
 	insecure, showVersion         bool
 	conns, maxUpgrades            int
 	notSentLowat                  int
@@ -159,6 +160,7 @@ func (f *cliFlags) define(fs *flag.FlagSet) {
 	fs.UintVar(&f.maxStreams, "max-streams", spdy.DefaultMaxConcurrentStreams, "concurrent requests the proxy may send over one session (SPDY MAX_CONCURRENT_STREAMS)")
 	fs.IntVar(&f.maxUpgrades, "max-upgrades", spdy.DefaultMaxUpgradedStreams, "WebSockets (and other upgraded streams) at once per session; more get 503")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this `host:port`, e.g. 127.0.0.1:9464 (default: off; no authentication, keep it local)")
+	fs.StringVar(&f.debugAddr, "debug-addr", "", "serve Go's pprof profiles on this `host:port` (default: off; \":6060\" is 127.0.0.1:6060; no authentication)")
 	fs.BoolVar(&f.showVersion, "version", false, "print the version (and commit) and exit")
 	fs.IntVar(&f.notSentLowat, "tcp-notsent-lowat", 0, "unsent `bytes` the kernel may queue on a session's TCP connection (TCP_NOTSENT_LOWAT); 0: 32 KiB, -1: the kernel's setting")
 	fs.Var(&f.proxies, "proxy", "proxy registration `URL`, e.g. https://example.com/.well-known/spdy-origin (repeatable; env: comma-separated)")
@@ -272,6 +274,9 @@ func (f *cliFlags) config() (*cliConfig, error) {
 			return nil, usageErrorf("--metrics-addr %q: want host:port, e.g. 127.0.0.1:9464", f.metricsAddr)
 		}
 		c.opts.MetricsAddr = f.metricsAddr
+	}
+	if c.opts.DebugAddr, err = debugListenAddr(f.debugAddr); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
