@@ -725,9 +725,15 @@ func (b *bench) runStreams(ctx context.Context, nofile uint64) error {
 		}
 		procs := map[string]*proc{"caddy": ci.p}
 		var agent *proc
+		var agentExtra []string
+		if path == pTunnel && b.prof != nil {
+			if agentExtra, err = b.prof.agentFlags(); err != nil {
+				return err
+			}
+		}
 		if path == pTunnel {
 			agent, err = b.startAgent(ctx, "agent-streams", ci, "default",
-				fmt.Sprintf("https://localhost:%d/.well-known/spdy-origin", port), "http://"+b.originPlain, 1, "")
+				fmt.Sprintf("https://localhost:%d/.well-known/spdy-origin", port), "http://"+b.originPlain, 1, "", agentExtra...)
 			if err != nil {
 				return err
 			}
@@ -741,7 +747,12 @@ func (b *bench) runStreams(ctx context.Context, nofile uint64) error {
 			return fmt.Errorf("streams warm-up: %w", err)
 		}
 		step("streams: holding %d slow streams via %s (RLIMIT_NOFILE %d)", n, path, nofile)
-		res, err := holdStreams(ctx, t, b.origin, n, procs)
+		var whileHeld func()
+		if b.prof != nil {
+			b.prof.caddyAdmin = ci.adminPort
+			whileHeld = func() { b.prof.heaps(ctx, "streams-"+path, path == pTunnel) }
+		}
+		res, err := holdStreams(ctx, t, b.origin, n, procs, whileHeld)
 		if err != nil {
 			return err
 		}

@@ -145,3 +145,21 @@ func fetchProfile(ctx context.Context, url, file string) error {
 	}
 	return f.Close()
 }
+
+// heaps writes the heap and goroutine profiles of Caddy and, with agent, of
+// the agent, as they are now (the streams section: while the slow streams
+// are held). A failure is reported, not fatal: the figures do not need it.
+func (p *profiler) heaps(ctx context.Context, name string, agent bool) {
+	procs := map[string]string{"caddy": "127.0.0.1:" + strconv.Itoa(p.caddyAdmin)}
+	if agent {
+		procs["agent"] = p.agentDebug
+	}
+	for proc, addr := range procs {
+		for _, kind := range []string{"heap", "goroutine"} {
+			file := filepath.Join(p.dir, fmt.Sprintf("%s-%s.%s.pprof", name, proc, kind))
+			if err := fetchProfile(ctx, fmt.Sprintf("http://%s/debug/pprof/%s", addr, kind), file); err != nil {
+				step("profile: %v", err)
+			}
+		}
+	}
+}
