@@ -17,19 +17,23 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/spdy-origin/spdy-origin/internal/hosts"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
-// Options configures an Agent. Main fills it from flags and environment variables
-// (each field names its flag); NewAgent requires Proxies, Token, exactly one of To and
-// Root, and Connections of at least 1.
+// Options configures an Agent. Main fills it from flags, environment variables and
+// the --config file (each field names its flag); NewAgent requires Proxies, Token, at
+// least one route (Routes, To or Root), and Connections of at least 1.
 type Options struct {
-	Proxies            []*url.URL    // --proxy: where to register; https:// (http:// for local tests); no path: handshake.DefaultPath
-	Token              string        // --token: the bearer token the proxy expects
-	To                 *url.URL      // --to: upstream to reverse-proxy to (exclusive with Root)
-	Root               string        // --root: directory to serve (exclusive with To)
+	Proxies []*url.URL // --proxy: where to register; https:// (http:// for local tests); no path: handshake.DefaultPath
+	Token   string     // --token: the bearer token the proxy expects
+	// Routes send each Host to an upstream or a directory (--to HOST=URL,
+	// --root HOST=DIR); their host patterns are announced to the proxy.
+	Routes             []Route
+	To                 *url.URL      // --to URL: the route for every host (a catch-all Route; exclusive with Root)
+	Root               string        // --root DIR: the route for every host (exclusive with To)
 	CAFile             string        // --ca-file: extra PEM roots for verifying the proxy
-	UpstreamCAFile     string        // --upstream-ca-file: extra PEM roots for verifying an https:// To upstream
+	UpstreamCAFile     string        // --upstream-ca-file: extra PEM roots for verifying the https:// upstreams
 	InsecureSkipVerify bool          // --insecure-skip-verify: do not verify the proxy's certificate (testing only)
 	Connections        int           // --connections: parallel sessions per proxy (Main's default 2)
 	Name               string        // --name: identity sent to the proxy (Main's default: the host name)
@@ -82,6 +86,7 @@ type Agent struct {
 	tun       tuning
 	log       *zap.Logger
 	tlsConf   *tls.Config
+	routes    []Route // checked, canonical hosts
 	handler   http.Handler
 	closeIdle func() // releases pooled upstream connections at exit
 	instance  string
@@ -106,6 +111,10 @@ func newAgent(opts Options, tun tuning, log *zap.Logger) (*Agent, error) {
 	if err := opts.validate(log); err != nil {
 		return nil, err
 	}
+	routes, err := opts.routes()
+	if err != nil {
+		return nil, err
+	}
 	if tun.sleep == nil {
 		tun.sleep = sleepCtx
 	}
@@ -122,6 +131,7 @@ func newAgent(opts Options, tun tuning, log *zap.Logger) (*Agent, error) {
 		tun:      tun,
 		log:      log,
 		tlsConf:  tc,
+		routes:   routes,
 		instance: newInstanceID(),
 	}
 	proxies := make([]string, len(opts.Proxies))
@@ -130,7 +140,7 @@ func newAgent(opts Options, tun tuning, log *zap.Logger) (*Agent, error) {
 	}
 	a.sessions = newSessionTable(proxies)
 	a.metrics = newMetrics(a.sessions, opts.Connections)
-	if a.handler, a.closeIdle, err = newHandler(opts, tun, a.metrics, log); err != nil {
+	if a.handler, a.closeIdle, err = newHandler(routes, opts.UpstreamCAFile, tun, a.metrics, log); err != nil {
 		return nil, err
 	}
 	if a.tun.spdy, err = sessionConfig(tun.spdy, opts); err != nil {
@@ -148,10 +158,7 @@ func (o *Options) validate(log *zap.Logger) error {
 	if o.Token == "" {
 		return errors.New("--token is required")
 	}
-	if (o.To == nil) == (o.Root == "") {
-		return errors.New("exactly one of --to and --root is required")
-	}
-	if o.UpstreamCAFile != "" && (o.To == nil || o.To.Scheme != "https") {
+	if o.UpstreamCAFile != "" && !o.hasHTTPSUpstream() {
 		return errors.New("--upstream-ca-file needs an https:// --to upstream")
 	}
 	if o.Connections < 1 {
@@ -176,26 +183,62 @@ func (o *Options) validate(log *zap.Logger) error {
 	return nil
 }
 
-// newHandler is what answers the proxy's streams, counted in m: the --to
-// upstream or the --root directory; closeIdle releases its resources at exit.
-func newHandler(opts Options, tun tuning, m *metrics, log *zap.Logger) (h http.Handler, closeIdle func(), err error) {
-	if opts.To != nil {
-		roots, err := certPool("--upstream-ca-file", opts.UpstreamCAFile)
-		if err != nil {
-			return nil, nil, err
-		}
-		u, err := newUpstreamHandler(opts.To, roots, tun, log)
-		if err != nil {
-			return nil, nil, err
-		}
-		u.countError = m.upstreamError
-		return m.instrument(u), u.transport.CloseIdleConnections, nil
+func (o *Options) hasHTTPSUpstream() bool {
+	if o.To != nil && o.To.Scheme == "https" {
+		return true
 	}
-	f, err := newFileHandler(opts.Root, log)
+	for _, r := range o.Routes {
+		if r.To != nil && r.To.Scheme == "https" {
+			return true
+		}
+	}
+	return false
+}
+
+// newHandler is what answers the proxy's streams, counted in m: each
+// route's upstream (trusting upstreamCAFile's roots too) or directory,
+// behind a router by Host unless one route serves every host; closeIdle
+// releases their resources at exit.
+func newHandler(routes []Route, upstreamCAFile string, tun tuning, m *metrics, log *zap.Logger) (h http.Handler, closeIdle func(), err error) {
+	roots, err := certPool("--upstream-ca-file", upstreamCAFile)
 	if err != nil {
 		return nil, nil, err
 	}
-	return m.instrument(f), f.close, nil
+	handlers := make([]http.Handler, 0, len(routes))
+	var closers []func()
+	closeAll := func() {
+		for _, c := range closers {
+			c()
+		}
+	}
+	for _, r := range routes {
+		rlog := log
+		if len(routes) > 1 {
+			rlog = log.With(zap.String("route", r.Host))
+		}
+		if r.To != nil {
+			u, err := newUpstreamHandler(r.To, roots, tun, rlog)
+			if err != nil {
+				closeAll()
+				return nil, nil, err
+			}
+			u.countError = m.upstreamError
+			handlers = append(handlers, u)
+			closers = append(closers, u.transport.CloseIdleConnections)
+			continue
+		}
+		f, err := newFileHandler(r.Root, rlog)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		handlers = append(handlers, f)
+		closers = append(closers, f.close)
+	}
+	if len(routes) == 1 && routes[0].Host == hosts.CatchAll {
+		return m.instrument(handlers[0]), closeAll, nil
+	}
+	return m.instrument(newHostRouter(routes, handlers, log.Named("routes"))), closeAll, nil
 }
 
 // sessionConfig is the template of every session's settings: base (nil: spdy's
@@ -289,7 +332,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		zap.String("instance", a.instance),
 		zap.Int("proxies", len(a.opts.Proxies)),
 		zap.Int("connections_per_proxy", a.opts.Connections),
-		zap.String("serving", a.servingDesc()))
+		zap.Strings("serving", a.servingDesc()))
 	var wg sync.WaitGroup
 	for _, p := range a.opts.Proxies {
 		for i := 0; i < a.opts.Connections; i++ {
@@ -309,11 +352,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) servingDesc() string {
-	if a.opts.To != nil {
-		return "upstream " + a.opts.To.Redacted()
+// servingDesc says what each route serves: "upstream http://…" for the only,
+// catch-all route, else "a.example.com: upstream http://…" per route.
+func (a *Agent) servingDesc() []string {
+	out := make([]string, len(a.routes))
+	for i, r := range a.routes {
+		out[i] = r.describe()
+		if len(a.routes) > 1 || r.Host != hosts.CatchAll {
+			out[i] = r.Host + ": " + out[i]
+		}
 	}
-	return "files from " + a.opts.Root
+	return out
 }
 
 // connLoop keeps one session to proxy alive until ctx ends: connect, serve until the

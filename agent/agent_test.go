@@ -23,20 +23,27 @@ import (
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
-// get sends a GET through a proxy-side session and returns status and body.
+// get sends a GET for agent.test through a proxy-side session and returns
+// status and body.
 func get(t *testing.T, sess *spdy.Session, path string) (int, string) {
+	t.Helper()
+	return getHost(t, sess, "agent.test", path)
+}
+
+// getHost sends a GET for host through a proxy-side session.
+func getHost(t *testing.T, sess *spdy.Session, host, path string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://agent.test"+path, nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+host+path, nil)
 	resp, err := sess.RoundTrip(req)
 	if err != nil {
-		t.Fatalf("GET %s through the tunnel: %v", path, err)
+		t.Fatalf("GET %s%s through the tunnel: %v", host, path, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("GET %s: reading body: %v", path, err)
+		t.Fatalf("GET %s%s: reading body: %v", host, path, err)
 	}
 	return resp.StatusCode, string(b)
 }

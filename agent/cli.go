@@ -1,6 +1,7 @@
 package agent
 
-// The command line: flags, their environment variables, and Main.
+// The command line: flags, their environment variables, the --config file
+// (config.go), and Main.
 
 import (
 	"context"
@@ -14,6 +15,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -21,6 +23,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/spdy-origin/spdy-origin/internal/hosts"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
@@ -81,6 +84,9 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 	}
 	log := newLogger(c.logLevel, c.logFormat, zapcore.Lock(zapcore.AddSync(stderr)))
 	defer func() { _ = log.Sync() }()
+	for _, w := range c.warnings {
+		log.Warn(w)
+	}
 
 	a, err := NewAgent(c.opts, log)
 	if err != nil {
@@ -112,6 +118,7 @@ type cliConfig struct {
 	logLevel    zapcore.Level
 	logFormat   string
 	showVersion bool
+	warnings    []string // to log once the logger exists
 }
 
 // stringList is a repeatable string flag.
@@ -131,24 +138,33 @@ func envName(flagName string) string {
 
 // cliFlags holds the flags' values as parsed, before they are checked.
 type cliFlags struct {
-	proxies                       stringList
-	token, to, root, caFile, name string
-	upstreamCAFile                string
-	metricsAddr                   string
-	debugAddr                     string
-	insecure, showVersion         bool
-	conns, maxUpgrades            int
-	notSentLowat                  int
-	maxStreams                    uint
-	drain                         time.Duration
-	logLevel, logFormat           string
+	proxies, to, root     stringList
+	token, caFile, name   string
+	upstreamCAFile        string
+	metricsAddr           string
+	debugAddr             string
+	config                string
+	insecure, showVersion bool
+	conns, maxUpgrades    int
+	notSentLowat          int
+	maxStreams            uint
+	drain                 time.Duration
+	logLevel, logFormat   string
+
+	// from names where a flag's value came from when not from the
+	// command line (an environment variable, the --config file), for errors.
+	from     map[string]string
+	warnings []string
 }
 
 // define declares every flag on fs.
 func (f *cliFlags) define(fs *flag.FlagSet) {
 	fs.StringVar(&f.token, "token", "", "bearer `token` the proxy expects (prefer the env var: command lines are visible to other users)")
-	fs.StringVar(&f.to, "to", "", "upstream `URL` to reverse-proxy to: http://127.0.0.1:8080, https://… (h2 when offered), or h2c://127.0.0.1:50051 for cleartext HTTP/2 such as gRPC (exclusive with --root)")
-	fs.StringVar(&f.root, "root", "", "`directory` to serve as static files (exclusive with --to)")
+	fs.Var(&f.to, "to", "`[HOST=]URL` of an upstream to reverse-proxy to: http://127.0.0.1:8080, https://… (h2 when offered), or h2c://127.0.0.1:50051 for cleartext HTTP/2 such as gRPC; "+
+		"with HOST= (media.example.com, *.example.com) only for that host, without it for every other host (repeatable; env: comma-separated)")
+	fs.Var(&f.root, "root", "`[HOST=]DIR`: a directory to serve as static files, for HOST or, without it, every other host (repeatable; env: comma-separated)")
+	fs.StringVar(&f.config, "config", "", "TOML `file` with settings: keys are the flags' names (to = [\"a.example.com=http://127.0.0.1:8080\", ...]); "+
+		"the command line, then the environment, win over it")
 	fs.StringVar(&f.caFile, "ca-file", "", "PEM `file` with extra CA certificates to trust for the proxy, e.g. Caddy's 'tls internal' root")
 	fs.StringVar(&f.upstreamCAFile, "upstream-ca-file", "", "PEM `file` with extra CA certificates to trust for an https:// --to upstream (a self-signed or private-CA upstream)")
 	fs.BoolVar(&f.insecure, "insecure-skip-verify", false, "do NOT verify the proxy's TLS certificate (testing only; dangerous)")
@@ -192,8 +208,9 @@ func parseArgs(args []string, getenv func(string) string, usage io.Writer) (*cli
 	var f cliFlags
 	f.define(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(usage, "Usage: spdy-origin-agent --proxy URL --token TOKEN (--to URL | --root DIR) [flags]\n\n")
-		fmt.Fprintf(usage, "Serves a local HTTP server or directory on the internet through Caddy's spdy_origin handler.\n")
+		fmt.Fprintf(usage, "Usage: spdy-origin-agent --proxy URL --token TOKEN (--to [HOST=]URL | --root [HOST=]DIR)... [flags]\n")
+		fmt.Fprintf(usage, "       spdy-origin-agent --config agent.toml [flags]\n\n")
+		fmt.Fprintf(usage, "Serves local HTTP servers or directories, chosen by host name, on the internet through Caddy's spdy_origin handler.\n")
 		fmt.Fprintf(usage, "Every flag except --version can also be set by an environment variable %s<FLAG>, e.g. %s, %s.\n\nFlags:\n",
 			envPrefix, envName("token"), envName("proxy"))
 		printDefaults(fs, usage)
@@ -204,30 +221,51 @@ func parseArgs(args []string, getenv func(string) string, usage io.Writer) (*cli
 	if fs.NArg() > 0 {
 		return nil, usageErrorf("unexpected argument %q", fs.Arg(0))
 	}
-	if err := setFromEnv(fs, getenv); err != nil {
+	f.from = map[string]string{}
+	if err := setFromEnv(fs, getenv, givenIn(fs), f.from); err != nil {
 		return nil, err
 	}
-	return f.config()
+	if f.config != "" {
+		w, err := applyConfigFile(fs, f.config, givenIn(fs), f.from)
+		if err != nil {
+			return nil, err
+		}
+		f.warnings = w
+	}
+	return f.check()
 }
 
-// setFromEnv sets every flag not given on the command line from its environment
-// variable, if that is set.
-func setFromEnv(fs *flag.FlagSet, getenv func(string) string) error {
+// givenIn reports, for a flag name, whether fs already has a value for it
+// from a source that wins over the next one; a route flag counts as given
+// when either is (the routes are one setting).
+func givenIn(fs *flag.FlagSet) func(name string) bool {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return func(name string) bool {
+		if slices.Contains(routeFlags, name) {
+			return slices.ContainsFunc(routeFlags, func(n string) bool { return set[n] })
+		}
+		return set[name]
+	}
+}
+
+// setFromEnv sets every flag that given says the command line did not set
+// from its environment variable, if that is set, and records it in from.
+func setFromEnv(fs *flag.FlagSet, getenv func(string) string, given func(string) bool, from map[string]string) error {
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
 		// --version has no environment variable: a SPDY_ORIGIN_VERSION that a
 		// container image or package sets for its own purposes must not stop the agent.
-		if set[f.Name] || envErr != nil || f.Name == "version" {
+		if given(f.Name) || envErr != nil || f.Name == "version" {
 			return
 		}
 		v := getenv(envName(f.Name))
 		if v == "" {
 			return
 		}
+		from[f.Name] = envName(f.Name)
 		vals := []string{v}
-		if f.Name == "proxy" {
+		if repeatable[f.Name] {
 			vals = strings.Split(v, ",")
 		}
 		for _, one := range vals {
@@ -243,9 +281,9 @@ func setFromEnv(fs *flag.FlagSet, getenv func(string) string) error {
 	return envErr
 }
 
-// config checks the flags and turns them into a cliConfig.
-func (f *cliFlags) config() (*cliConfig, error) {
-	c := &cliConfig{showVersion: f.showVersion}
+// check checks the flags and turns them into a cliConfig.
+func (f *cliFlags) check() (*cliConfig, error) {
+	c := &cliConfig{showVersion: f.showVersion, warnings: f.warnings}
 	if c.showVersion {
 		return c, nil
 	}
@@ -310,27 +348,82 @@ func (f *cliFlags) proxyOptions(o *Options) error {
 	return nil
 }
 
-// originOptions checks what the agent serves: --to or --root.
+// originOptions checks what the agent serves: the routes of --to and --root.
 func (f *cliFlags) originOptions(o *Options) error {
-	switch {
-	case f.to != "" && f.root != "":
-		return usageErrorf("--to and --root are exclusive; give one")
-	case f.to == "" && f.root == "":
-		return usageErrorf("one of --to URL or --root DIR is required")
-	case f.to != "":
-		u, err := url.Parse(f.to)
+	if len(f.to)+len(f.root) == 0 {
+		return usageErrorf("at least one --to [HOST=]URL or --root [HOST=]DIR is required (or %s, %s, or to/root in --config)",
+			envName("to"), envName("root"))
+	}
+	for _, v := range f.to {
+		host, target := splitRoute(v, true)
+		u, err := url.Parse(target)
+		if err == nil {
+			err = checkUpstreamURL(u)
+		}
+		if err == nil {
+			err = checkRouteHost(host)
+		}
 		if err != nil {
-			return usageErrorf("--to %q: %v", f.to, err)
+			return usageErrorf("%s %q: %v", f.flagRef("to"), v, err)
 		}
-		if (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "h2c") || u.Host == "" {
-			return usageErrorf("--to %q: want http://host:port, https://host:port or h2c://host:port", f.to)
+		o.Routes = append(o.Routes, Route{Host: host, To: u})
+	}
+	for _, v := range f.root {
+		host, dir := splitRoute(v, false)
+		err := checkRouteHost(host)
+		if err == nil && dir == "" {
+			err = errors.New("no directory")
 		}
-		o.To = u
-		o.UpstreamCAFile = f.upstreamCAFile
-	default:
-		o.Root = f.root
+		if err != nil {
+			return usageErrorf("%s %q: %v", f.flagRef("root"), v, err)
+		}
+		o.Routes = append(o.Routes, Route{Host: host, Root: dir})
+	}
+	// The same checks NewAgent makes, now, as usage errors.
+	if _, err := o.routes(); err != nil {
+		return usageErrorf("%s", err)
+	}
+	o.UpstreamCAFile = f.upstreamCAFile
+	if o.UpstreamCAFile != "" && !o.hasHTTPSUpstream() {
+		return usageErrorf("--upstream-ca-file needs an https:// --to upstream")
 	}
 	return nil
+}
+
+// checkRouteHost checks a route's host pattern ("": every host).
+func checkRouteHost(host string) error {
+	if host == "" {
+		return nil
+	}
+	_, err := hosts.ParsePattern(host)
+	return err
+}
+
+// splitRoute splits a --to or --root value into its host pattern ("" for
+// every host) and its URL or directory. A value is HOST=TARGET when what
+// precedes its first '=' could be a host: for a URL, no "://" (a bare
+// URL's query may hold '='); for a directory, no '/' or '\\' (write
+// ./a=b for a directory named a=b).
+func splitRoute(v string, isURL bool) (host, target string) {
+	h, t, ok := strings.Cut(v, "=")
+	switch {
+	case !ok, h == "":
+		return "", v
+	case isURL && strings.Contains(h, "://"):
+		return "", v
+	case !isURL && strings.ContainsAny(h, `/\`):
+		return "", v
+	}
+	return h, t
+}
+
+// flagRef names a flag in an error, with where its value came from when
+// not from the command line: "--to", "--to (from SPDY_ORIGIN_TO)".
+func (f *cliFlags) flagRef(name string) string {
+	if src := f.from[name]; src != "" {
+		return fmt.Sprintf("--%s (from %s)", name, src)
+	}
+	return "--" + name
 }
 
 // limitOptions checks the numbers: --connections, --drain-timeout, --max-streams

@@ -32,7 +32,7 @@ func TestParseArgs(t *testing.T) {
 				if len(o.Proxies) != 2 || o.Proxies[1].Host != "b.example" {
 					t.Fatalf("proxies = %v", o.Proxies)
 				}
-				if o.Token != "tok" || o.To.String() != "http://127.0.0.1:8080" || o.Connections != 3 ||
+				if o.Token != "tok" || routesOf(o) != "http://127.0.0.1:8080" || o.Connections != 3 ||
 					o.Name != "nas" || o.DrainTimeout != 5*time.Second || c.logFormat != "json" || c.logLevel.String() != "debug" {
 					t.Fatalf("opts = %+v, c = %+v", o, c)
 				}
@@ -54,8 +54,8 @@ func TestParseArgs(t *testing.T) {
 			args: []string{"--proxy", "https://a.example", "--token", "t", "--to", "https://nas.lan:8443"},
 			env:  map[string]string{"SPDY_ORIGIN_UPSTREAM_CA_FILE": "/etc/nas-ca.pem"},
 			check: func(t *testing.T, c *cliConfig) {
-				if c.opts.To.String() != "https://nas.lan:8443" || c.opts.UpstreamCAFile != "/etc/nas-ca.pem" {
-					t.Fatalf("to %v, upstream CA file %q", c.opts.To, c.opts.UpstreamCAFile)
+				if routesOf(c.opts) != "https://nas.lan:8443" || c.opts.UpstreamCAFile != "/etc/nas-ca.pem" {
+					t.Fatalf("routes %s, upstream CA file %q", routesOf(c.opts), c.opts.UpstreamCAFile)
 				}
 			},
 		},
@@ -98,7 +98,7 @@ func TestParseArgs(t *testing.T) {
 				"SPDY_ORIGIN_ROOT": dir, "SPDY_ORIGIN_INSECURE_SKIP_VERIFY": "true", "SPDY_ORIGIN_CONNECTIONS": "4"},
 			check: func(t *testing.T, c *cliConfig) {
 				o := c.opts
-				if len(o.Proxies) != 2 || o.Token != "envtok" || o.Root != dir || !o.InsecureSkipVerify || o.Connections != 4 {
+				if len(o.Proxies) != 2 || o.Token != "envtok" || routesOf(o) != dir || !o.InsecureSkipVerify || o.Connections != 4 {
 					t.Fatalf("opts = %+v", o)
 				}
 				if o.Name == "" {
@@ -124,8 +124,9 @@ func TestParseArgs(t *testing.T) {
 		},
 		{name: "no proxy", args: []string{"--token", "t", "--to", "http://x:1"}, wantErr: "--proxy is required"},
 		{name: "no token", args: []string{"--proxy", "https://x", "--to", "http://x:1"}, wantErr: "--token is required"},
-		{name: "both to and root", args: []string{"--proxy", "https://x", "--token", "t", "--to", "http://x:1", "--root", "."}, wantErr: "exclusive"},
-		{name: "neither to nor root", args: []string{"--proxy", "https://x", "--token", "t"}, wantErr: "one of --to"},
+		{name: "both to and root for every host", args: []string{"--proxy", "https://x", "--token", "t", "--to", "http://x:1", "--root", "."},
+			wantErr: "two routes for every host (a --to or --root without HOST=): http://x:1 and ."},
+		{name: "neither to nor root", args: []string{"--proxy", "https://x", "--token", "t"}, wantErr: "at least one --to [HOST=]URL or --root [HOST=]DIR is required"},
 		{name: "bad proxy scheme", args: []string{"--proxy", "ftp://x", "--token", "t", "--to", "http://x:1"}, wantErr: "--proxy"},
 		{name: "bad to", args: []string{"--proxy", "https://x", "--token", "t", "--to", "127.0.0.1:8080"}, wantErr: "--to"},
 		{name: "bad connections", args: []string{"--proxy", "https://x", "--token", "t", "--to", "http://x:1", "--connections", "0"}, wantErr: "--connections"},
@@ -183,6 +184,15 @@ func TestParseArgs(t *testing.T) {
 			tt.check(t, c)
 		})
 	}
+}
+
+// routesOf is o's routes as their flags' values, space-separated.
+func routesOf(o Options) string {
+	var s []string
+	for _, r := range o.Routes {
+		s = append(s, r.String())
+	}
+	return strings.Join(s, " ")
 }
 
 func TestRunExitCodes(t *testing.T) {

@@ -51,6 +51,7 @@ func (a *Agent) connect(ctx context.Context, proxy *url.URL, sl slot, log *zap.L
 			Connection: strconv.Itoa(sl.conn),
 		},
 		Capabilities: agentCapabilities,
+		Hosts:        announced(a.routes),
 	})
 	if err != nil {
 		_ = conn.Close()
@@ -77,6 +78,10 @@ func explainRefusal(err error) error {
 	switch {
 	case errors.As(err, &refused) && refused.TokenRejected():
 		return fmt.Errorf("%w (check --token / %s)", err, envName("token"))
+	case errors.As(err, &refused) && refused.RefusedHost() != "":
+		return fmt.Errorf("%w (the token is valid, but its hosts in Caddy's spdy_origin config, `token <secret> hosts <pattern...>`, "+
+			"do not include %s: add it there, or remove this agent's route for it; nothing is served through this proxy until then)",
+			err, refused.RefusedHost())
 	case errors.As(err, &refused) && refused.Blocked():
 		switch refused.StatusCode {
 		case http.StatusUnauthorized:

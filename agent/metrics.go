@@ -35,6 +35,7 @@ const (
 	causeDial          = "dial"           // TCP connection to the proxy failed
 	causeTLS           = "tls"            // TLS handshake failed (certificate, protocol)
 	causeTokenRejected = "token_rejected" // spdy_origin refused the token (its own 401)
+	causeHostRefused   = "host_refused"   // spdy_origin refused a host the agent announced (its own 403)
 	causeBlocked       = "blocked"        // a 401, 403 or 407 from something in front of spdy_origin (handshake.ErrBlocked)
 	causeRefused       = "refused"        // another non-200 answer (429, 503 pool full, 5xx)
 	causeRegistration  = "registration"   // the registration failed otherwise (timeout, malformed answer)
@@ -43,7 +44,7 @@ const (
 	causeLost          = "connection_lost"
 )
 
-var reconnectCauses = []string{causeDial, causeTLS, causeTokenRejected, causeBlocked, causeRefused, causeRegistration,
+var reconnectCauses = []string{causeDial, causeTLS, causeTokenRejected, causeHostRefused, causeBlocked, causeRefused, causeRegistration,
 	causeGoAway, causePingTimeout, causeLost}
 
 // Reasons for upstream errors: the label values of upstream_errors_total{reason}.
@@ -207,6 +208,8 @@ func connectCause(err error) string {
 	switch {
 	case errors.Is(err, handshake.ErrTokenRejected):
 		return causeTokenRejected
+	case errors.Is(err, handshake.ErrHostRefused):
+		return causeHostRefused
 	case errors.Is(err, handshake.ErrBlocked):
 		return causeBlocked
 	case errors.As(err, &refused):

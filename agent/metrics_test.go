@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/spdy-origin/spdy-origin/internal/handshake"
 )
 
 // endpointGet fetches path from the agent's --metrics-addr server.
@@ -303,6 +305,7 @@ func TestConnectCause(t *testing.T) {
 			http.Error(w, "full", http.StatusServiceUnavailable)
 			return true
 		})}, nil, causeRefused},
+		{"host refused", []proxyOpt{answering(http.StatusForbidden, handshake.HeaderRefusedHost, "a.test")}, nil, causeHostRefused},
 		{"blocked", []proxyOpt{withBehave(func(_ int, w http.ResponseWriter, _ *http.Request) bool {
 			http.Error(w, "no entry", http.StatusForbidden)
 			return true

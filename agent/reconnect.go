@@ -19,7 +19,7 @@ type retries struct {
 	log      *zap.Logger
 	tun      tuning
 	bo       *backoff // after ordinary failures and ended sessions
-	rejected *backoff // after spdy_origin's 401: long, so a wrong token does not hammer the proxy
+	rejected *backoff // after spdy_origin's 401 or host refusal: long, so a wrong token does not hammer the proxy
 	lastErr  string   // errKey of the last failure, "" after a success
 	failures int      // failed attempts since the last success
 }
@@ -36,7 +36,9 @@ func newRetries(tun tuning, log *zap.Logger) *retries {
 }
 
 // failed logs a failed attempt and returns the delay before the next one: the
-// rejected-token backoff after spdy_origin's own 401 (ErrTokenRejected), the
+// rejected-token backoff after spdy_origin's own 401 (ErrTokenRejected) or its
+// refusal of an announced host (ErrHostRefused), which only a change of the
+// proxy's config or the agent's routes can fix; the
 // proxy's Retry-After (capped, and never shorter than the backoff) after a 429
 // or 503, otherwise the backoff. A 401 or 403 from whatever answers in front of
 // the registration route (handshake.ErrBlocked) gets the ordinary backoff: the
@@ -47,7 +49,7 @@ func (r *retries) failed(err error) time.Duration {
 	var delay time.Duration
 	var refused *handshake.StatusError
 	switch {
-	case errors.Is(err, handshake.ErrTokenRejected):
+	case errors.Is(err, handshake.ErrTokenRejected), errors.Is(err, handshake.ErrHostRefused):
 		delay = r.rejected.next()
 	case errors.As(err, &refused) && refused.RetryAfter > 0:
 		delay = min(max(refused.RetryAfter, r.bo.next()), r.tun.maxRetryAfter)

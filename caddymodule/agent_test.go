@@ -72,7 +72,8 @@ func dialCaddy() (*tls.Conn, error) {
 // registerOn is register on a connection already open; it closes conn
 // unless the answer is 200. A bearer token goes through the agent's own
 // client half; any other Authorization (none, Basic) is one no agent
-// sends, and goes raw.
+// sends, and goes raw. hdr[handshake.HeaderHosts], comma-separated, is
+// the hosts announced.
 func registerOn(conn net.Conn, path, auth string, hdr map[string]string) (*registration, error) {
 	token, ok := strings.CutPrefix(auth, "Bearer ")
 	if !ok {
@@ -80,7 +81,7 @@ func registerOn(conn net.Conn, path, auth string, hdr map[string]string) (*regis
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	res, err := handshake.Register(ctx, conn, handshake.Request{
+	req := handshake.Request{
 		URL:   &url.URL{Scheme: "https", Host: "localhost", Path: path},
 		Token: token,
 		Identity: handshake.Identity{
@@ -88,7 +89,11 @@ func registerOn(conn net.Conn, path, auth string, hdr map[string]string) (*regis
 			Version:  hdr[handshake.HeaderVersion],
 			Instance: hdr[handshake.HeaderInstance],
 		},
-	})
+	}
+	if h := hdr[handshake.HeaderHosts]; h != "" {
+		req.Hosts = strings.Split(h, ",")
+	}
+	res, err := handshake.Register(ctx, conn, req)
 	var refused *handshake.StatusError
 	switch {
 	case err == nil:
@@ -153,6 +158,21 @@ func startAgentWithHandler(t testing.TB, name string, h http.Handler) *testAgent
 // with session settings cfg (nil: spdy.DefaultConfig()).
 func startAgentConfig(t testing.TB, name, connect string, cfg *spdy.Config, h http.Handler) *testAgent {
 	t.Helper()
+	return startAgentRegistering(t, name, connect, testToken, "", cfg, h)
+}
+
+// startHostsAgent is startAgent registering with token and announcing
+// hosts (comma-separated; "": none).
+func startHostsAgent(t testing.TB, name, token, hosts string) *testAgent {
+	t.Helper()
+	return startAgentRegistering(t, name, testConnect, token, hosts, nil, nil)
+}
+
+// startAgentRegistering starts a test agent that registers with token,
+// announcing hosts, on the connect path, with session settings cfg (nil:
+// spdy.DefaultConfig()) and origin handler h (nil: the standard content).
+func startAgentRegistering(t testing.TB, name, connect, token, hosts string, cfg *spdy.Config, h http.Handler) *testAgent {
+	t.Helper()
 	a := &testAgent{name: name, held: make(chan string, 64), release: make(chan struct{})}
 	if h == nil {
 		h = a.handler()
@@ -160,10 +180,11 @@ func startAgentConfig(t testing.TB, name, connect string, cfg *spdy.Config, h ht
 	if cfg == nil {
 		cfg = spdy.DefaultConfig()
 	}
-	reg, err := register(t, connect, "Bearer "+testToken, map[string]string{
+	reg, err := register(t, connect, "Bearer "+token, map[string]string{
 		handshake.HeaderName:     name,
 		handshake.HeaderVersion:  "test",
 		handshake.HeaderInstance: "inst-" + name,
+		handshake.HeaderHosts:    hosts,
 	})
 	if err != nil {
 		t.Fatalf("agent %s: %v", name, err)

@@ -95,9 +95,10 @@ func testConfig(handlers ...map[string]any) map[string]any {
 }
 
 // testRoute is one route of the test server: handlers for requests to
-// localhost, restricted to paths when it is set.
+// localhost (any host with anyHost), restricted to paths when it is set.
 type testRoute struct {
 	paths    []string
+	anyHost  bool
 	handlers []map[string]any
 }
 
@@ -115,12 +116,26 @@ func routesConfig(logFile string, routes ...testRoute) map[string]any {
 		spdyLog["encoder"] = map[string]any{"format": "json"}
 	}
 	var rs []any
+	tlsApp := map[string]any{"automation": map[string]any{"policies": []any{
+		map[string]any{"subjects": []string{"localhost"}, "issuers": []any{map[string]any{"module": "internal"}}},
+	}}}
 	for _, r := range routes {
+		if r.anyHost {
+			// No host matcher names localhost for automatic HTTPS.
+			tlsApp["certificates"] = map[string]any{"automate": []string{"localhost"}}
+		}
 		m := map[string]any{"host": []string{"localhost"}}
+		if r.anyHost {
+			delete(m, "host")
+		}
 		if len(r.paths) > 0 {
 			m["path"] = r.paths
 		}
-		rs = append(rs, map[string]any{"match": []any{m}, "handle": r.handlers, "terminal": true})
+		route := map[string]any{"handle": r.handlers, "terminal": true}
+		if len(m) > 0 {
+			route["match"] = []any{m}
+		}
+		rs = append(rs, route)
 	}
 	return map[string]any{
 		"admin":   map[string]any{"listen": fmt.Sprintf("localhost:%d", testAdminPort), "config": map[string]any{"persist": false}},
@@ -131,9 +146,7 @@ func routesConfig(logFile string, routes ...testRoute) map[string]any {
 		}},
 		"apps": map[string]any{
 			"pki": map[string]any{"certificate_authorities": map[string]any{"local": map[string]any{"install_trust": false}}},
-			"tls": map[string]any{"automation": map[string]any{"policies": []any{
-				map[string]any{"subjects": []string{"localhost"}, "issuers": []any{map[string]any{"module": "internal"}}},
-			}}},
+			"tls": tlsApp,
 			"http": map[string]any{
 				"http_port":    testHTTPPort,
 				"https_port":   testHTTPSPort,
@@ -195,6 +208,10 @@ func get(t *testing.T, c *http.Client, path string, hdr ...string) (*http.Respon
 		t.Fatal(err)
 	}
 	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i] == "Host" {
+			req.Host = hdr[i+1] // net/http sends req.Host, not a Host header field
+			continue
+		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	resp, err := c.Do(req)

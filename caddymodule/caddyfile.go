@@ -12,6 +12,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/spdy-origin/spdy-origin/internal/hosts"
 )
 
 func parseCaddyfileHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -25,7 +27,7 @@ func parseCaddyfileHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //	spdy_origin [<matcher>] {
 //	    pool     <name>
 //	    connect  <path>
-//	    token    <secret>            # repeatable; {env.X} works
+//	    token    <secret> [hosts <pattern...>]  # repeatable; {env.X} works
 //
 //	    max_registration_body <size>
 //	    max_sessions          <n>
@@ -59,7 +61,9 @@ func parseCaddyfileHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 // flush_interval, trusted_proxies, header_up, header_down, stream_timeout
 // and stream_close_delay are reverse_proxy's own subdirectives, parsed by
 // reverse_proxy's parser. Every subdirective but token, trusted_proxies,
-// header_up and header_down may appear once.
+// header_up and header_down may appear once. A token with hosts (patterns
+// such as a.example.com or *.example.com) goes to Tokens, one without to
+// Token.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	head := d.Token()
@@ -69,7 +73,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := parseBlock(d, "spdy_origin", h.subdirectives(head)); err != nil {
 		return err
 	}
-	if len(h.Token) == 0 {
+	if len(h.Token)+len(h.Tokens) == 0 {
 		return d.Err("spdy_origin: at least one 'token <secret>' is required (e.g. token {env.SPDY_ORIGIN_TOKEN})")
 	}
 	return nil
@@ -80,7 +84,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 func (h *Handler) subdirectives(head caddyfile.Token) map[string]subdirective {
 	subs := map[string]subdirective{
 		"connect":               {parse: pathArg(&h.Connect)},
-		"token":                 {parse: appendArg(&h.Token), repeatable: true},
+		"token":                 {parse: h.parseToken, repeatable: true},
 		"max_registration_body": {parse: sizeArg(&h.MaxRegistrationBody)},
 		"max_sessions":          {parse: intArg(&h.MaxSessions)},
 		"max_auth_failures":     {parse: intArg(&h.MaxAuthFailures)},
@@ -107,6 +111,29 @@ func (h *Handler) subdirectives(head caddyfile.Token) map[string]subdirective {
 		subs[name] = subdirective{parse: proxy, repeatable: true}
 	}
 	return subs
+}
+
+// parseToken parses `token <secret> [hosts <pattern...>]`.
+func (h *Handler) parseToken(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	switch {
+	case len(args) == 0:
+		return d.ArgErr()
+	case len(args) == 1:
+		h.Token = append(h.Token, args[0])
+		return nil
+	case args[1] != "hosts":
+		return d.Errf("token takes a secret and optionally `hosts <pattern...>`; unexpected %q", args[1])
+	case len(args) == 2:
+		return d.Err("token ... hosts: give at least one host pattern, such as a.example.com or *.example.com")
+	}
+	for _, p := range args[2:] {
+		if _, err := hosts.ParsePattern(p); err != nil {
+			return d.Errf("token ... hosts: %v", err)
+		}
+	}
+	h.Tokens = append(h.Tokens, TokenConfig{Value: args[0], Hosts: args[2:]})
+	return nil
 }
 
 // proxySubdirective parses one of reverse_proxy's own subdirectives with
@@ -244,18 +271,6 @@ func argParser[T any](dst *T, conv func(name, v string) (T, error)) func(*caddyf
 
 func stringArg(dst *string) func(*caddyfile.Dispenser) error {
 	return argParser(dst, func(_, v string) (string, error) { return v, nil })
-}
-
-// appendArg appends the argument of each occurrence to dst.
-func appendArg(dst *[]string) func(*caddyfile.Dispenser) error {
-	return func(d *caddyfile.Dispenser) error {
-		var v string
-		if err := stringArg(&v)(d); err != nil {
-			return err
-		}
-		*dst = append(*dst, v)
-		return nil
-	}
 }
 
 func pathArg(dst *string) func(*caddyfile.Dispenser) error {

@@ -3,22 +3,29 @@
 // handler that answers its registrations ahead of a site's client
 // authentication (http.handlers.spdy_origin_register), a reverse_proxy transport
 // (http.reverse_proxy.transport.spdy_origin), a dynamic upstream source for
-// reverse_proxy (http.reverse_proxy.upstreams.spdy_origin) and an admin API
-// route (admin.api.spdy_origin).
+// reverse_proxy (http.reverse_proxy.upstreams.spdy_origin), an on-demand TLS
+// permission (tls.permission.spdy_origin) and an admin API route
+// (admin.api.spdy_origin).
 //
 // Where to start reading:
 //   - handler.go: the handler's configuration, provisioning and request dispatch.
 //   - caddyfile.go: Caddyfile syntax; reverse_proxy's own subdirectives go
 //     to reverse_proxy's parser.
-//   - register.go: how an agent registers (auth, refusals, hijack, handshake);
-//     limiter.go: the lockout of address prefixes that send wrong tokens;
+//   - register.go: how an agent registers (auth, the hosts it announces,
+//     refusals, hijack, handshake); tokens.go: tokens and the hosts each may
+//     serve; limiter.go: the lockout of address prefixes that send wrong
+//     tokens;
 //     registrar.go: spdy_origin_register, and why a second directive.
 //   - pool.go: process-global pools of agent sessions that survive config
 //     reloads; poolsettings.go: what the handlers of one pool share, and
 //     how a config load changes it (nothing until Provision's last step).
 //   - transport.go: the http.RoundTripper that turns a proxied request into a
-//     SPDY stream on the least-busy session of a pool; body.go: the request
+//     SPDY stream on the least-busy session of a pool that serves its Host
+//     (pool.go: pick); body.go: the request
 //     and response bodies it hands over; upstreams.go: `dynamic spdy_origin`.
+//   - permission.go: certificates on demand for the names agents announce,
+//     decided from each pool's index of announcements and token hosts
+//     (hostindex.go), kept up to date as sessions and handlers come and go.
 //   - metrics.go and admin.go: observability.
 //
 // The handler does not reimplement reverse proxying: it provisions a Caddy

@@ -54,7 +54,9 @@ const (
 // spdy_origin transport, so X-Forwarded-* headers, trusted proxies,
 // hop-by-hop header rules, flushing, WebSocket upgrades and error statuses
 // (499 client gone, 502 stream failed, 504 timeout) match reverse_proxy.
-// With no agent connected the handler answers 503 with Retry-After.
+// With no agent connected the handler answers 503 with Retry-After; with
+// agents, but none that announced the request's host, 503 with Retry-After
+// and a plain-text body naming the host.
 type Handler struct {
 	// Pool names the pool that agents registering here join and that
 	// requests are proxied to. Pools are process-global and outlive
@@ -78,8 +80,16 @@ type Handler struct {
 	// error; surrounding whitespace (a trailing newline from a secrets
 	// file) is trimmed. Tokens are compared in constant time. A token
 	// shorter than 16 bytes is logged as a warning at load; make one with
-	// `openssl rand -base64 32`.
+	// `openssl rand -base64 32`. A token here may serve any host; Tokens
+	// limits one to some hosts.
 	Token []string `json:"token,omitempty"`
+
+	// Tokens are bearer tokens limited to host patterns: an agent
+	// registering with one may announce (handshake header
+	// Spdy-Origin-Hosts) only hosts its patterns cover, and gets only
+	// requests for them. Resolved and compared as Token; Token and Tokens
+	// together need at least one entry.
+	Tokens []TokenConfig `json:"tokens,omitempty"`
 
 	// MaxRegistrationBody caps the body of a registration request, in
 	// bytes; a larger one gets 413 (at once, unread, when its declared
@@ -217,7 +227,7 @@ type Handler struct {
 	// Default: 30s (spdy.DefaultWriteTimeout).
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
-	tokens    [][]byte // resolved
+	tokens    []*tokenScope // resolved Token and Tokens
 	transport *Transport
 	proxy     *reverseproxy.Handler
 	spdyCfg   *spdy.Config
@@ -267,7 +277,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.proxy = rp
 
-	user := &poolUser{config: ctx.Done(), name: handlerName(ctx, h.Connect), settings: h.poolSettings(), logger: h.logger}
+	user := &poolUser{config: ctx.Done(), name: handlerName(ctx, h.Connect), settings: h.poolSettings(), logger: h.logger, tokens: h.tokens}
 	if err := h.transport.pool.join(user); err != nil {
 		return fmt.Errorf("spdy_origin: %w", err)
 	}
@@ -306,40 +316,6 @@ func (h *Handler) setDefaults() {
 			*d.field = caddy.Duration(d.def)
 		}
 	}
-}
-
-// resolveTokens resolves the placeholders in Token. A short token is
-// logged as a warning.
-func (h *Handler) resolveTokens() ([][]byte, error) {
-	repl := caddy.NewReplacer()
-	var tokens [][]byte
-	for i, tok := range h.Token {
-		// Unknown or empty placeholders are errors: silently dropping one
-		// would leave a weaker token than the one configured.
-		v, err := repl.ReplaceOrErr(tok, true, true)
-		if err != nil {
-			return nil, fmt.Errorf("spdy_origin: token %d: %w (is the environment variable set?)", i+1, err)
-		}
-		// A bearer token in a header never has surrounding whitespace (HTTP
-		// trims it), so a trailing newline from an env var or secrets file
-		// would make the token unusable: trim it.
-		v = strings.TrimSpace(v)
-		if v == "" {
-			return nil, fmt.Errorf("spdy_origin: token %d (%q) is empty after resolving placeholders; is the environment variable set?", i+1, tok)
-		}
-		if len(v) < minTokenBytes {
-			// Loud but not fatal: a short token may be what an existing
-			// fleet of agents uses. Never log the token itself.
-			h.logger.Warn("spdy_origin: token is short enough to guess; generate a strong one with "+
-				"`head -c 32 /dev/urandom | base64` or `openssl rand -base64 32`",
-				zap.Int("token", i+1), zap.Int("bytes", len(v)), zap.Int("recommended_min_bytes", minTokenBytes))
-		}
-		tokens = append(tokens, []byte(v))
-	}
-	if len(tokens) == 0 {
-		return nil, errors.New("spdy_origin: at least one token is required (agents authenticate with it)")
-	}
-	return tokens, nil
 }
 
 // spdyConfig is the configuration of the agents' sessions. Zero fields of
@@ -436,8 +412,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveRegistration(w, r)
 	}
 	err := h.proxy.ServeHTTP(w, r, next)
+	var he *hostError
 	switch {
 	case err == nil:
+	case errors.As(err, &he):
+		// Not a random agent, and not an empty 503: say which host has no
+		// agent, so that whoever set up the DNS name sees what is missing.
+		w.Header().Set("Retry-After", h.retryAfterSeconds())
+		w.Header().Set("Cache-Control", "no-store")
+		return writeTextError(w, http.StatusServiceUnavailable,
+			fmt.Sprintf("spdy-origin: no agent serves %q here yet (pool %q); try again later\n", he.host, he.pool))
 	case errors.Is(err, ErrNoSession) || errors.Is(err, ErrPoolBusy):
 		w.Header().Set("Retry-After", h.retryAfterSeconds())
 	case errors.Is(err, spdy.ErrRequestBodyTimeout) && r.ProtoMajor == 1:

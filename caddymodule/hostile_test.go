@@ -58,10 +58,18 @@ type hostileAgent struct {
 // Caddy's frames. It fails the test if registration fails.
 func startHostileAgent(t testing.TB, name, connect string) *hostileAgent {
 	t.Helper()
+	return startHostileAgentHosts(t, name, connect, "")
+}
+
+// startHostileAgentHosts is startHostileAgent announcing hosts
+// (comma-separated; "": none).
+func startHostileAgentHosts(t testing.TB, name, connect, hosts string) *hostileAgent {
+	t.Helper()
 	reg, err := register(t, connect, "Bearer "+testToken, map[string]string{
 		handshake.HeaderName:     name,
 		handshake.HeaderVersion:  "hostile",
 		handshake.HeaderInstance: "inst-" + name,
+		handshake.HeaderHosts:    hosts,
 	})
 	if err != nil {
 		t.Fatalf("hostile agent %s: %v", name, err)

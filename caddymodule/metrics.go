@@ -23,6 +23,8 @@ const (
 	reasonPoolClosed    = "pool_closed"
 	reasonHijack        = "hijack_failed"
 	reasonHandshake     = "handshake_failed"
+	reasonBadHosts      = "bad_hosts"        // a malformed or too long Spdy-Origin-Hosts
+	reasonHostRefused   = "host_not_allowed" // an announced host the token may not serve
 )
 
 // metrics are created once per process and registered in the metrics
@@ -82,7 +84,7 @@ func countRegistrationFailure(pool, reason string) {
 // stale and byte counters include sessions that are still open.
 type poolCollector struct {
 	sessions, openStreams, upgraded, bytesIn, bytesOut, streams, connects *prometheus.Desc
-	agents                                                                *prometheus.Desc
+	agents, announced                                                     *prometheus.Desc
 }
 
 func newPoolCollector() *poolCollector {
@@ -97,6 +99,8 @@ func newPoolCollector() *poolCollector {
 		bytesOut:    d("bytes_to_agents_total", "DATA payload bytes sent to the pool's agents (request bodies)."),
 		streams:     d("streams_total", "Streams opened on the pool's sessions."),
 		connects:    d("sessions_connected_total", "Agent sessions that joined the pool."),
+		announced: d("announced_hosts", "Distinct host patterns the pool's agents announce (\"*\" counts as one; "+
+			"agents that announce none serve every host and add nothing). Which session serves which: the admin API."),
 		agents: prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "agent_sessions"),
 			"Sessions currently connected, by pool and agent identity (from the registration headers).",
 			[]string{"pool", "agent_name", "agent_version", "agent_instance"}, nil),
@@ -104,7 +108,7 @@ func newPoolCollector() *poolCollector {
 }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.sessions, c.openStreams, c.upgraded, c.bytesIn, c.bytesOut, c.streams, c.connects, c.agents} {
+	for _, d := range []*prometheus.Desc{c.sessions, c.openStreams, c.upgraded, c.bytesIn, c.bytesOut, c.streams, c.connects, c.agents, c.announced} {
 		ch <- d
 	}
 }
@@ -118,6 +122,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.bytesOut, prometheus.CounterValue, float64(p.bytesOut), p.Name)
 		ch <- prometheus.MustNewConstMetric(c.streams, prometheus.CounterValue, float64(p.streamsTotal), p.Name)
 		ch <- prometheus.MustNewConstMetric(c.connects, prometheus.CounterValue, float64(p.connects), p.Name)
+		ch <- prometheus.MustNewConstMetric(c.announced, prometheus.GaugeValue, float64(p.announced), p.Name)
 		perAgent := map[agentIdentity]int{}
 		for _, s := range p.Sessions {
 			id := s.Agent

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/spdy-origin/spdy-origin/internal/handshake"
+	"github.com/spdy-origin/spdy-origin/internal/hosts"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
@@ -61,12 +62,31 @@ type session struct {
 	s        *spdy.Session
 	agent    agentIdentity
 	caps     handshake.Capabilities // what the agent announced at registration
+	hosts    []string               // the host patterns it announced (canonical); nil: none
+	announce *hosts.Set             // of hosts; nil: every host
+	scope    *tokenScope            // the token it registered with
 	remote   string
 	since    time.Time
 	pool     *pool
 	rtt      atomic.Int64 // handshake RTT in ns, until the session measures its own
 	picked   atomic.Int64 // requests picked for this session whose stream is not open yet
 	released bool         // guarded by pool.mu: removed from the pool
+}
+
+// announceSet is the set of announced host patterns; nil (every host) when
+// the agent announced none.
+func announceSet(announced []string) *hosts.Set {
+	if announced == nil {
+		return nil
+	}
+	return hosts.NewSet(announced...)
+}
+
+// serves reports whether the session may get a request for the canonical
+// host: its agent announced a pattern matching it (or announced nothing),
+// and its token allows it.
+func (s *session) serves(host string) bool {
+	return (s.announce == nil || s.announce.Match(host)) && s.scope.allows(host)
 }
 
 func (s *session) logFields() []zap.Field {
@@ -99,7 +119,10 @@ type pool struct {
 	order    []*session // sessions in join order, for rotation
 	rr       uint64     // rotation counter for ties
 	closed   bool
-	users    []*poolUser   // handlers using the pool, oldest first
+	users    []*poolUser // handlers using the pool, oldest first
+	// index is what the pool's sessions and tokens may serve, for
+	// tls.permission.spdy_origin; rebuilt under mu, read without a lock.
+	index    atomic.Pointer[hostIndex]
 	changed  chan struct{} // closed and replaced whenever a session joins
 	reserved int           // max_sessions slots held by registrations not yet joined
 
@@ -213,6 +236,7 @@ func (sl *poolSlot) join(s *session) error {
 	p.connects++
 	close(p.changed)
 	p.changed = make(chan struct{})
+	p.reindexLocked()
 	p.mu.Unlock()
 
 	go p.watch(s)
@@ -244,6 +268,7 @@ func (p *pool) watch(s *session) {
 		p.goneBytesIn += st.BytesIn
 		p.goneBytesOut += st.BytesOut
 		p.goneStreams += st.StreamsTotal
+		p.reindexLocked()
 	}
 	left := len(p.sessions)
 	p.mu.Unlock()
@@ -265,10 +290,12 @@ func (p *pool) watch(s *session) {
 	p.log().Info("agent disconnected", fields...)
 }
 
-// pick returns the usable session with the fewest open streams, skipping
-// exclude and sessions that are going away or already dead. Ties rotate, so
-// sequential requests spread over idle sessions too.
-func (p *pool) pick(exclude *session) *session {
+// pick returns the usable session for the canonical host with the fewest
+// open streams, skipping exclude, sessions that do not serve host (their
+// agent did not announce it, or their token does not allow it) and
+// sessions that are going away or already dead. Ties rotate, so sequential
+// requests spread over idle sessions too.
+func (p *pool) pick(host string, exclude *session) *session {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := len(p.order)
@@ -281,7 +308,7 @@ func (p *pool) pick(exclude *session) *session {
 	bestOpen := 0
 	for i := range n {
 		s := p.order[(start+i)%n]
-		if s == exclude || s.s.GoingAway() {
+		if s == exclude || s.s.GoingAway() || !s.serves(host) {
 			continue
 		}
 		select {
@@ -309,10 +336,28 @@ func (s *session) roundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// waitForSession waits until a session is usable, ctx ends, or the pool closes.
-func (p *pool) waitForSession(ctx context.Context) *session {
+// usable reports whether the pool has a session that takes new requests,
+// for any host.
+func (p *pool) usable() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for s := range p.sessions {
+		if !s.s.GoingAway() {
+			select {
+			case <-s.s.Done():
+			default:
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// waitForSession waits until a session for the canonical host is usable,
+// ctx ends, or the pool closes.
+func (p *pool) waitForSession(ctx context.Context, host string) *session {
 	for {
-		if s := p.pick(nil); s != nil {
+		if s := p.pick(host, nil); s != nil {
 			return s
 		}
 		p.mu.Lock()
@@ -337,6 +382,7 @@ type poolSnapshot struct {
 
 	bytesIn, bytesOut, streamsTotal, connects uint64
 	openStreams, upgraded                     int
+	announced                                 int // distinct host patterns the sessions announce
 }
 
 type sessionSnapshot struct {
@@ -344,6 +390,8 @@ type sessionSnapshot struct {
 	RemoteAddr      string        `json:"remote_addr"`
 	Agent           agentIdentity `json:"agent"`
 	Capabilities    []string      `json:"capabilities,omitempty"`
+	Hosts           []string      `json:"hosts,omitempty"`       // announced; absent: none (every host)
+	TokenHosts      []string      `json:"token_hosts,omitempty"` // its token's; absent: any host
 	ConnectedSince  time.Time     `json:"connected_since"`
 	OpenStreams     int           `json:"open_streams"`
 	UpgradedStreams int           `json:"upgraded_streams"`
@@ -366,6 +414,7 @@ func (p *pool) snapshot() poolSnapshot {
 		bytesOut:     p.goneBytesOut,
 		streamsTotal: p.goneStreams,
 		connects:     p.connects,
+		announced:    len(p.hostIndex().announced),
 	}
 	for s := range p.sessions {
 		st := s.s.Stats()
@@ -375,6 +424,8 @@ func (p *pool) snapshot() poolSnapshot {
 			RemoteAddr:      s.remote,
 			Agent:           s.agent,
 			Capabilities:    s.caps,
+			Hosts:           s.hosts,
+			TokenHosts:      s.scope.hostList(),
 			ConnectedSince:  s.since,
 			OpenStreams:     st.OpenStreams,
 			UpgradedStreams: st.UpgradedStreams,

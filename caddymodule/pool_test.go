@@ -55,7 +55,7 @@ func TestPoolDestructWakesWaiters(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	done := make(chan *session, 1)
-	go func() { done <- p.waitForSession(ctx) }()
+	go func() { done <- p.waitForSession(ctx, "") }()
 	time.Sleep(20 * time.Millisecond) // let it block on p.changed
 	if err := p.Destruct(); err != nil {
 		t.Fatal(err)

@@ -63,6 +63,7 @@ type poolUser struct {
 	name     string          // the handler in errors
 	settings poolSettings
 	logger   *zap.Logger
+	tokens   []*tokenScope // what its agents may serve (hostindex.go)
 }
 
 // join makes u a user of the pool, the one whose logger and drain timeout
@@ -84,6 +85,7 @@ func (p *pool) join(u *poolUser) error {
 	}
 	p.users = append(p.users, u)
 	p.active.Store(u)
+	p.reindexLocked()
 	return nil
 }
 
@@ -99,6 +101,7 @@ func (p *pool) leave(u *poolUser) {
 	} else {
 		p.active.Store(u)
 	}
+	p.reindexLocked()
 }
 
 var nopLogger = zap.NewNop()

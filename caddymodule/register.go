@@ -3,8 +3,6 @@ package caddymodule
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -23,8 +22,9 @@ import (
 )
 
 // serveRegistration handles a request on the connect path: it checks the
-// PUT (method, protocol, token, body), reserves a slot in the pool, takes the
-// connection over and answers 200 on it, then starts the SPDY session.
+// PUT (method, protocol, token, body, the hosts announced against the
+// token's), reserves a slot in the pool, takes the connection over and
+// answers 200 on it, then starts the SPDY session.
 func (h *Handler) serveRegistration(w http.ResponseWriter, r *http.Request) error {
 	ip := clientIP(r)
 	log := h.logger.With(zap.String("pool", h.Pool), zap.String("client_ip", ip), zap.String("proto", r.Proto))
@@ -35,10 +35,18 @@ func (h *Handler) serveRegistration(w http.ResponseWriter, r *http.Request) erro
 	// The token is checked before any lockout: a valid token always
 	// registers, so nobody sharing the agent's address can lock it out.
 	given, ok := handshake.BearerToken(r.Header)
-	if !ok || !h.tokenValid(given) {
+	var scope *tokenScope
+	if ok {
+		scope = h.matchToken(given)
+	}
+	if scope == nil {
 		return h.refuseToken(w, r, log, ip, ok)
 	}
 	body, f := h.readBody(r)
+	if f != nil {
+		return h.refuse(w, r, log, *f)
+	}
+	announced, f := checkHosts(w, r, scope)
 	if f != nil {
 		return h.refuse(w, r, log, *f)
 	}
@@ -57,9 +65,48 @@ func (h *Handler) serveRegistration(w http.ResponseWriter, r *http.Request) erro
 		return h.refuse(w, r, log, hijackRefusal(err))
 	}
 	// From here on the connection is ours: every failure closes it.
-	agent := agentIdentity(handshake.ReadIdentity(r.Header))
-	h.startSession(conn, brw.Reader, slot, agent, handshake.ReadCapabilities(r.Header), len(body), log)
+	h.startSession(conn, brw.Reader, slot, accepted{
+		agent:   agentIdentity(handshake.ReadIdentity(r.Header)),
+		caps:    handshake.ReadCapabilities(r.Header),
+		hosts:   announced,
+		scope:   scope,
+		bodyLen: len(body),
+	}, log)
 	return nil
+}
+
+// accepted is what an accepted registration said and proved.
+type accepted struct {
+	agent   agentIdentity
+	caps    handshake.Capabilities // what the agent understands
+	hosts   []string               // the host patterns it announced; nil: none (every host)
+	scope   *tokenScope            // its token
+	bodyLen int
+}
+
+// checkHosts reads the host patterns the agent announces: 400 when they are
+// malformed or too many, 403 (naming the host in
+// handshake.HeaderRefusedHost) when the token may not serve one.
+func checkHosts(w http.ResponseWriter, r *http.Request, scope *tokenScope) ([]string, *refusal) {
+	announced, err := handshake.ReadHosts(r.Header)
+	if err != nil {
+		return nil, &refusal{
+			status: http.StatusBadRequest, reason: reasonBadHosts, level: zapcore.WarnLevel,
+			msg: "agent registration refused: malformed host announcement", err: err,
+			answer: "spdy-origin: " + err.Error() + "\n",
+		}
+	}
+	if host := scope.refused(announced); host != "" {
+		w.Header().Set(handshake.HeaderRefusedHost, host)
+		return nil, &refusal{
+			status: http.StatusForbidden, reason: reasonHostRefused, level: zapcore.WarnLevel,
+			msg: "agent registration refused: its token may not serve a host it announced",
+			err: fmt.Errorf("token %d may not serve %s (its hosts: %s; announced: %s)",
+				scope.n, host, strings.Join(scope.hosts, " "), strings.Join(announced, " ")),
+			answer: fmt.Sprintf("spdy-origin: this token may not serve %s; it may serve %s\n", host, strings.Join(scope.hosts, ", ")),
+		}
+	}
+	return announced, nil
 }
 
 // checkRequest refuses a request no agent sends: another method, or a
@@ -140,13 +187,14 @@ var proxyCapabilities = handshake.Capabilities{handshake.CapTrailers}
 
 // startSession answers 200 on the hijacked conn, starts the SPDY session
 // (reading through br, which may hold the agent's first frames) and adds it
-// to the slot's pool. Every failure closes conn. caps are what the agent
-// announced: trailers (HEADERS frames) go only to agents that understand
-// them, and our capabilities only to agents that announced any (an Amahi
+// to the slot's pool. Every failure closes conn. The capabilities the agent
+// announced decide what it gets: trailers (HEADERS frames) only if it
+// understands them, and our capabilities only if it announced any (an Amahi
 // origin gets the 200 it knows).
-func (h *Handler) startSession(conn net.Conn, br *bufio.Reader, slot *poolSlot, agent agentIdentity, caps handshake.Capabilities, bodyLen int, log *zap.Logger) {
+func (h *Handler) startSession(conn net.Conn, br *bufio.Reader, slot *poolSlot, reg accepted, log *zap.Logger) {
 	start := time.Now()
 	id := sessionIDs.Add(1)
+	caps := reg.caps
 	var ours handshake.Capabilities
 	if len(caps) > 0 {
 		ours = proxyCapabilities
@@ -167,13 +215,16 @@ func (h *Handler) startSession(conn net.Conn, br *bufio.Reader, slot *poolSlot, 
 		return
 	}
 	s := &session{
-		id:     id,
-		s:      ss,
-		agent:  agent,
-		caps:   caps,
-		remote: conn.RemoteAddr().String(),
-		since:  start,
-		pool:   slot.p,
+		id:       id,
+		s:        ss,
+		agent:    reg.agent,
+		caps:     caps,
+		hosts:    reg.hosts,
+		announce: announceSet(reg.hosts),
+		scope:    reg.scope,
+		remote:   conn.RemoteAddr().String(),
+		since:    start,
+		pool:     slot.p,
 	}
 	if err := slot.join(s); err != nil {
 		// The pool was removed from the config during the handshake: its
@@ -184,7 +235,7 @@ func (h *Handler) startSession(conn net.Conn, br *bufio.Reader, slot *poolSlot, 
 		log.Warn("agent registration refused after handshake", zap.Error(err))
 		return
 	}
-	go h.logConnected(s, bodyLen)
+	go h.logConnected(s, reg.bodyLen)
 }
 
 // refusal is a registration answered with an error status.
@@ -274,6 +325,15 @@ func (h *Handler) logConnected(s *session, bodyLen int) {
 	defer cancel()
 	rtt, err := s.s.Ping(ctx)
 	fields := append(s.logFields(), zap.Int("registration_body_bytes", bodyLen))
+	if s.scope != nil {
+		fields = append(fields, zap.Int("token", s.scope.n))
+	}
+	if s.hosts != nil {
+		fields = append(fields, zap.Strings("hosts", s.hosts))
+	}
+	if s.scope.restricted() {
+		fields = append(fields, zap.Strings("token_hosts", s.scope.hosts))
+	}
 	if err == nil {
 		s.rtt.Store(int64(rtt))
 		fields = append(fields, zap.Duration("rtt", rtt))
@@ -281,18 +341,6 @@ func (h *Handler) logConnected(s *session, bodyLen int) {
 		fields = append(fields, zap.NamedError("ping_error", err))
 	}
 	s.pool.log().Info("agent connected", fields...)
-}
-
-// tokenValid compares against every token in constant time; hashing first
-// hides the tokens' lengths too.
-func (h *Handler) tokenValid(given string) bool {
-	g := sha256.Sum256([]byte(given))
-	match := 0
-	for _, tok := range h.tokens {
-		t := sha256.Sum256(tok)
-		match |= subtle.ConstantTimeCompare(g[:], t[:])
-	}
-	return match == 1
 }
 
 // writeTextError answers with a plain-text body the agent can log. It

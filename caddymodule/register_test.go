@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -127,7 +128,7 @@ func TestLockedOutAttemptsLoggedQuietly(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	h := &Handler{
 		Pool: "lockout-log", Connect: testConnect, RetryAfter: 1,
-		tokens:  [][]byte{[]byte(testToken)},
+		tokens:  testScopes(testToken),
 		limiter: newAuthLimiter(2, time.Minute),
 		logger:  zap.New(core),
 	}
@@ -418,7 +419,7 @@ func TestRegistrationFailuresLogged(t *testing.T) {
 			}
 			h := &Handler{
 				Pool: p.name, Connect: testConnect, RetryAfter: 1, MaxRegistrationBody: 10,
-				tokens:    [][]byte{[]byte(testToken)},
+				tokens:    testScopes(testToken),
 				limiter:   newAuthLimiter(1, time.Minute),
 				logger:    zap.New(core),
 				transport: &Transport{pool: p},
@@ -452,11 +453,24 @@ func TestRegistrationFailuresLogged(t *testing.T) {
 	}
 }
 
-func TestTokenValid(t *testing.T) {
-	h := Handler{tokens: [][]byte{[]byte("one"), []byte("two-longer")}}
-	for tok, want := range map[string]bool{"one": true, "two-longer": true, "two": false, "": false, "one ": false} {
-		if got := h.tokenValid(tok); got != want {
-			t.Errorf("tokenValid(%q) = %v, want %v", tok, got, want)
+func TestMatchToken(t *testing.T) {
+	h := Handler{tokens: testScopes("one", "two-longer", "three")}
+	for tok, want := range map[string]int{"one": 1, "two-longer": 2, "three": 3, "two": 0, "": 0, "one ": 0} {
+		got := 0
+		if s := h.matchToken(tok); s != nil {
+			got = s.n
+		}
+		if got != want {
+			t.Errorf("matchToken(%q) = token %d, want %d", tok, got, want)
 		}
 	}
+}
+
+// testScopes are tokens without hosts, as Provision resolves them.
+func testScopes(secrets ...string) []*tokenScope {
+	var out []*tokenScope
+	for i, s := range secrets {
+		out = append(out, &tokenScope{n: i + 1, secret: sha256.Sum256([]byte(s))})
+	}
+	return out
 }

@@ -192,7 +192,7 @@ func registrationHandler(scope routeScope, path string, hdr http.Header) *Handle
 		if first == nil {
 			first = h
 		}
-		if tok, ok := handshake.BearerToken(hdr); ok && h.tokenValid(tok) {
+		if tok, ok := handshake.BearerToken(hdr); ok && h.matchToken(tok) != nil {
 			return h
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/spdy-origin/spdy-origin/internal/hosts"
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
@@ -26,12 +27,19 @@ const DefaultPool = "default"
 // Handlers answer 503 Service Unavailable with Retry-After.
 var ErrNoSession = errors.New("spdy_origin: no agent connected to this pool")
 
+// ErrNoSessionForHost means the pool has agent sessions, but none whose
+// agent announced the request's host (or whose token allows it). Handlers
+// answer 503 with Retry-After and a body naming the host.
+var ErrNoSessionForHost = errors.New("spdy_origin: no agent of this pool serves this host")
+
 // ErrPoolBusy means every stream slot of the pool's sessions stayed in use
 // for stream_queue_timeout. Handlers answer 503 with Retry-After.
 var ErrPoolBusy = errors.New("spdy_origin: every agent session of this pool is at its stream limit")
 
 // Transport is a reverse_proxy transport that sends each request as a new
-// SPDY stream on the agent session of a pool with the fewest open streams.
+// SPDY stream on the agent session of a pool with the fewest open streams,
+// among the sessions whose agent announced the request's Host (agents that
+// announce nothing serve every host).
 // The upstream address chosen by reverse_proxy is ignored: the pool is the
 // backend. With `reverse_proxy`, use it as
 //
@@ -124,21 +132,23 @@ func (e timeoutError) Temporary() bool { return true }
 
 var errHeaderTimeout = errors.New("response header timeout")
 
-// RoundTrip sends req on the least busy session of the pool. A request the
-// agent provably did not process (spdy.IsRetryable) is sent once more on
-// another session, provided none of its body was read.
+// RoundTrip sends req on the least busy session of the pool that serves
+// its Host. A request the agent provably did not process
+// (spdy.IsRetryable) is sent once more on another session serving that
+// host, provided none of its body was read.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.pool == nil {
 		return nil, errors.New("spdy_origin transport is not provisioned")
 	}
-	s, err := t.session(req)
+	host := hosts.Canonical(req.Host)
+	s, err := t.session(req, host)
 	if err != nil {
 		return nil, err
 	}
 	pr := t.prepare(req, s)
 	resp, err := s.roundTrip(pr.out)
 	if pr.unprocessed(err) && pr.body.takeBack() {
-		s2 := t.pool.pick(s)
+		s2 := t.pool.pick(host, s)
 		if s2 == nil {
 			// Nothing processed it and nothing else can take it.
 			pr.stopTimer()
@@ -155,15 +165,15 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return pr.finish(resp, err)
 }
 
-// session returns the pool's least busy session, waiting up to
-// dial_timeout for an agent when it has none. Without one, the request
-// gets 503.
-func (t *Transport) session(req *http.Request) (*session, error) {
+// session returns the pool's least busy session for the canonical host,
+// waiting up to dial_timeout for an agent that serves it when there is
+// none. Without one, the request gets 503.
+func (t *Transport) session(req *http.Request, host string) (*session, error) {
 	p := t.pool
-	s := p.pick(nil)
+	s := p.pick(host, nil)
 	if s == nil && t.DialTimeout > 0 {
 		wctx, cancel := context.WithTimeout(req.Context(), time.Duration(t.DialTimeout))
-		s = p.waitForSession(wctx)
+		s = p.waitForSession(wctx, host)
 		cancel()
 	}
 	if s != nil {
@@ -173,10 +183,24 @@ func (t *Transport) session(req *http.Request) (*session, error) {
 	if err := req.Context().Err(); err != nil {
 		return nil, err
 	}
-	t.logUnavailable("no agent connected to pool; answering 503 (is the agent running and using the right token and pool?)")
 	countRequest(p.name, http.StatusServiceUnavailable)
+	if p.usable() {
+		t.logUnavailable("no agent of the pool serves this host; answering 503 (add a route for it to an agent, e.g. --to HOST=URL, "+
+			"or check the token's hosts)", zap.String("host", host), zap.Strings("announced", p.hostIndex().announced))
+		return nil, caddyhttp.Error(http.StatusServiceUnavailable, &hostError{pool: p.name, host: host})
+	}
+	t.logUnavailable("no agent connected to pool; answering 503 (is the agent running and using the right token and pool?)")
 	return nil, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("%w (pool %q)", ErrNoSession, p.name))
 }
+
+// hostError is ErrNoSessionForHost for one host.
+type hostError struct{ pool, host string }
+
+func (e *hostError) Error() string {
+	return fmt.Sprintf("%v: no agent of pool %q serves host %q", ErrNoSessionForHost, e.pool, e.host)
+}
+
+func (e *hostError) Unwrap() error { return ErrNoSessionForHost }
 
 // proxiedRequest is one request on its way to an agent.
 type proxiedRequest struct {

@@ -103,6 +103,19 @@ func loadCaddyfile(t *testing.T, sites string) {
 // e2eConfig is a Caddy JSON config: the spdy_origin handler for pool on
 // https://localhost:<https>, with extra handler fields and extra server fields.
 func e2eConfig(p e2ePorts, pool string, handler, server map[string]any) string {
+	return mustJSON(e2eConfigMap(p, pool, handler, server))
+}
+
+func mustJSON(v any) string {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(raw)
+}
+
+// e2eConfigMap is e2eConfig before it is encoded, for tests that change more.
+func e2eConfigMap(p e2ePorts, pool string, handler, server map[string]any) map[string]any {
 	h := map[string]any{"handler": "spdy_origin", "pool": pool, "token": []string{e2eToken}}
 	for k, v := range handler {
 		h[k] = v
@@ -138,11 +151,7 @@ func e2eConfig(p e2ePorts, pool string, handler, server map[string]any) string {
 			},
 		},
 	}
-	raw, err := json.Marshal(cfg)
-	if err != nil {
-		panic(err)
-	}
-	return string(raw)
+	return cfg
 }
 
 // loadCaddy (re)loads the in-process Caddy with the given config and waits for TLS.
@@ -225,8 +234,9 @@ type poolView struct {
 		Agent struct {
 			Name string `json:"name"`
 		} `json:"agent"`
-		OpenStreams     int `json:"open_streams"`
-		UpgradedStreams int `json:"upgraded_streams"`
+		OpenStreams     int      `json:"open_streams"`
+		UpgradedStreams int      `json:"upgraded_streams"`
+		Hosts           []string `json:"hosts"`
 	} `json:"sessions"`
 }
 

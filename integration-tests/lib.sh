@@ -71,6 +71,22 @@ wait_until() {
 	done
 }
 
+# ms_until_200 T0 LIMIT_MS WHAT STATUS_CMD... : run STATUS_CMD (it prints an
+# HTTP status) every 50 ms until it prints 200, then print the milliseconds
+# since T0 (a now_ms value); fail naming WHAT once LIMIT_MS have passed.
+ms_until_200() {
+	local t0=$1 limit=$2 what=$3 code took
+	shift 3
+	while :; do
+		code=$("$@" 2>/dev/null)
+		took=$(($(now_ms) - t0))
+		[ "$code" = 200 ] && break
+		((took < limit)) || fail "$what not served within $limit ms (last status $code)"
+		sleep 0.05
+	done
+	echo "$took"
+}
+
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ---- HTTP ------------------------------------------------------------------

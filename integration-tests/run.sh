@@ -5,7 +5,8 @@
 # Usage: integration-tests/run.sh            (after `make build`; `make test` does both)
 # Env:   ITEST_RUN=regex      run only the tests whose names match
 #        ITEST_PORT_BASE=N    ports N+19 (admin), N+80 (http), N+43..N+45 (sites), N+101..N+108
-#                             (the HA tests' two Caddy instances and agents, ha.sh); default 18400
+#                             (the HA tests' two Caddy instances and agents, ha.sh), N+111..N+113
+#                             (the many-hostnames Caddy, hosts.sh); default 18400
 #        ITEST_KEEP=1         keep the work dir (it is kept anyway when a test fails)
 #        ITEST_VERBOSE=1      show each test's output, not only a failing one's
 #        ITEST_BIG=1G         size of the big download/upload
@@ -505,6 +506,8 @@ t_no_agent_503() {
 
 # shellcheck source=integration-tests/ha.sh
 . integration-tests/ha.sh
+# shellcheck source=integration-tests/hosts.sh
+. integration-tests/hosts.sh
 
 t_demo_script() {
 	# README's first command, non-interactively: start, fetch with --cacert, stop.
@@ -534,6 +537,9 @@ run_test no_agent_503 t_no_agent_503
 run_test demo_script t_demo_script
 run_test ha_two_caddies_one_agent t_ha_two_caddies_one_agent
 run_test agent_upgrade_zero_downtime t_agent_upgrade_zero_downtime
+run_test hosts_many_services t_hosts_many_services
+run_test hosts_config_file_on_demand t_hosts_config_file_on_demand
+run_test hosts_token_limited_403 t_hosts_token_limited_403
 
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -241,6 +241,13 @@ func (s *Session) writeLoop() {
 			err = s.bw.Flush()
 			busy = time.Since(start) > writeBlocked
 		}
+		if r.done != nil && s.lowerOpen(r.data.pri) {
+			// The stream just written waits on r.done to queue its next
+			// frame, usually at once (its source has the bytes). Let it,
+			// before choosing: otherwise a stream of lower priority that
+			// has a frame queued gets one between each two of this one's.
+			runtime.Gosched()
+		}
 	}
 	// Close writerDone before closeWith, which would otherwise wait for us
 	// to write its GOAWAY.
@@ -317,6 +324,16 @@ func (s *Session) writeData(d *dataFrame) error {
 // writeBlocked is how long a write to the connection takes when the link,
 // not the CPU, sets the pace: the kernel made it wait for room.
 const writeBlocked = time.Millisecond
+
+// lowerOpen reports whether a stream of lower priority than p is open.
+func (s *Session) lowerOpen(p uint8) bool {
+	for i := p + 1; i < Priorities; i++ {
+		if s.openByPri[i].Load() > 0 {
+			return true
+		}
+	}
+	return false
+}
 
 // higherOpen reports whether a stream of higher priority than p is open.
 func (s *Session) higherOpen(p uint8) bool {

@@ -36,6 +36,9 @@ type Request struct {
 	Identity Identity
 	// Capabilities are announced in HeaderCapabilities (none: no header).
 	Capabilities Capabilities
+	// Hosts are the host patterns the agent routes, announced in
+	// HeaderHosts (none: no header, meaning every host).
+	Hosts []string
 }
 
 // Result is an accepted registration.
@@ -69,6 +72,8 @@ func (e *StatusError) Error() string {
 	switch {
 	case e.TokenRejected():
 		b.WriteString(ErrTokenRejected.Error())
+	case e.RefusedHost() != "":
+		fmt.Fprintf(&b, "%s: the token may not serve %s", ErrHostRefused, e.RefusedHost())
 	case e.Blocked():
 		b.WriteString(ErrBlocked.Error())
 	default:
@@ -89,13 +94,16 @@ func (e *StatusError) Error() string {
 	return b.String()
 }
 
-// Unwrap makes spdy_origin's token refusal match ErrTokenRejected, and a
-// refusal by anything in front of it (any other 401, a 403, a 407) match
+// Unwrap makes spdy_origin's token refusal match ErrTokenRejected, its
+// refusal of an announced host ErrHostRefused, and a refusal by anything in
+// front of it (any other 401, a 403 without HeaderRefusedHost, a 407)
 // ErrBlocked.
 func (e *StatusError) Unwrap() error {
 	switch {
 	case e.TokenRejected():
 		return ErrTokenRejected
+	case e.RefusedHost() != "":
+		return ErrHostRefused
 	case e.Blocked():
 		return ErrBlocked
 	}
@@ -172,6 +180,9 @@ func (r Request) httpRequest() (*http.Request, error) {
 	id.setHeaders(req.Header)
 	if len(r.Capabilities) > 0 {
 		req.Header.Set(HeaderCapabilities, strings.Join(r.Capabilities, ", "))
+	}
+	if len(r.Hosts) > 0 {
+		req.Header.Set(HeaderHosts, strings.Join(r.Hosts, ", "))
 	}
 	return req, nil
 }

@@ -13,6 +13,8 @@
 //	                Spdy-Origin-Agent-Instance: <random id, one per process>
 //	                Spdy-Origin-Agent-Name: <agent name>
 //	                Spdy-Origin-Agent-Version: <version>
+//	                Spdy-Origin-Capabilities: trailers
+//	                Spdy-Origin-Hosts: <host patterns it routes, e.g. a.example.com, *.example.com>
 //
 //	                spdy-origin-agent <version> name=<name> instance=<id>
 //
@@ -29,7 +31,9 @@
 // closes the connection. The proxy's 401 carries its own challenge,
 // `Bearer realm="spdy-origin"` (TokenChallenge), so that the agent can tell a
 // refused token from a 401 that something in front of the registration
-// route sent (refusal.go).
+// route sent (refusal.go). Its 403 to an announced host the token may not
+// serve names that host in Spdy-Origin-Refused-Host (hosts.go); no other
+// 403 is its own.
 //
 // The 200's body must be delimited (Content-Length, or chunked), or the agent
 // could not tell where SPDY starts. The proxy may send its first SPDY frames

@@ -5,14 +5,18 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spdy-origin/spdy-origin/internal/hosts"
 )
 
 // testRequest is a registration as the agent sends it.
@@ -385,4 +389,110 @@ func TestReadCapabilities(t *testing.T) {
 	if ReadCapabilities(http.Header{}) != nil {
 		t.Fatal("capabilities from nothing")
 	}
+}
+
+// The hosts an agent announces reach the proxy's ReadHosts as canonical
+// patterns; no hosts, no header.
+func TestHostsOnTheWire(t *testing.T) {
+	for _, tc := range []struct {
+		hosts []string
+		want  []string
+	}{
+		{hosts: []string{"A.test", "*.Example.com", "*"}, want: []string{"a.test", "*.example.com", "*"}},
+		{hosts: nil, want: nil},
+	} {
+		agent, proxy := net.Pipe()
+		seen := make(chan []string, 1)
+		go func() {
+			req, err := http.ReadRequest(bufio.NewReader(proxy))
+			if err != nil {
+				t.Error(err)
+				seen <- nil
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			got, err := ReadHosts(req.Header)
+			if err != nil {
+				t.Error(err)
+			}
+			seen <- got
+			_ = Accept(proxy, "ok\n", nil)
+			proxy.Close()
+		}()
+		r := testRequest
+		r.Hosts = tc.hosts
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := Register(ctx, agent, r)
+		cancel()
+		agent.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := <-seen; !slices.Equal(got, tc.want) {
+			t.Fatalf("announced %q, the proxy read %q; want %q", tc.hosts, got, tc.want)
+		}
+	}
+}
+
+func TestReadHosts(t *testing.T) {
+	many := make([]string, MaxHosts+1)
+	for i := range many {
+		many[i] = fmt.Sprintf("h%d.test", i)
+	}
+	tests := []struct {
+		name   string
+		values []string // nil: no header
+		want   []string
+		err    string
+	}{
+		{name: "absent", values: nil, want: nil},
+		{name: "several headers, duplicates", values: []string{"a.test, B.test", "a.test,,*.c.test"}, want: []string{"a.test", "b.test", "*.c.test"}},
+		{name: "catch-all", values: []string{"*"}, want: []string{"*"}},
+		{name: "exactly the maximum", values: []string{strings.Join(many[:MaxHosts], ",")}, want: many[:MaxHosts]},
+		{name: "one too many", values: []string{strings.Join(many, ",")}, err: "more than 100"},
+		{name: "empty", values: []string{" , "}, err: "is empty"},
+		{name: "port", values: []string{"a.test:443"}, err: "no port"},
+		{name: "too long", values: []string{strings.Repeat("a.", 130) + "test"}, err: "longer than 253"},
+		{name: "bad wildcard", values: []string{"a.*.test"}, err: "whole first label"},
+	}
+	for _, tt := range tests {
+		h := http.Header{}
+		if tt.values != nil {
+			h[HeaderHosts] = tt.values
+		}
+		got, err := ReadHosts(h)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%s: ReadHosts = %q, %v; want error %q", tt.name, got, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("%s: ReadHosts = %q, %v; want %q", tt.name, got, err, tt.want)
+		}
+	}
+}
+
+// FuzzReadHosts: whatever ReadHosts accepts is at most MaxHosts canonical
+// patterns without duplicates.
+func FuzzReadHosts(f *testing.F) {
+	for _, s := range []string{"a.test, *.b.test", "*", "", ",,", "A.TEST,a.test", "x:1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		got, err := ReadHosts(http.Header{HeaderHosts: {v}})
+		if err != nil {
+			return
+		}
+		if len(got) == 0 || len(got) > MaxHosts {
+			t.Fatalf("ReadHosts(%q) = %d patterns", v, len(got))
+		}
+		seen := map[string]bool{}
+		for _, p := range got {
+			if c, err := hosts.ParsePattern(p); err != nil || c != p || seen[p] {
+				t.Fatalf("ReadHosts(%q) gave %q (canonical %q, %v, duplicate %v)", v, p, c, err, seen[p])
+			}
+			seen[p] = true
+		}
+	})
 }

@@ -31,8 +31,8 @@ func TokenChallenge(errorCode string) string {
 
 // ErrBlocked is what a *StatusError unwraps to when the registration was
 // refused by something other than spdy_origin's registration route: a 401
-// without spdy_origin's challenge, a 403 (spdy_origin never sends one) or a
-// 407. The token was not checked.
+// without spdy_origin's challenge, a 403 without HeaderRefusedHost (the
+// only 403 spdy_origin sends) or a 407. The token was not checked.
 var ErrBlocked = errors.New("registration blocked before it reached spdy_origin")
 
 // TokenRejected reports whether the answer is spdy_origin's token refusal:
@@ -47,7 +47,9 @@ func (e *StatusError) Blocked() bool {
 	switch e.StatusCode {
 	case http.StatusUnauthorized:
 		return !e.TokenRejected()
-	case http.StatusForbidden, http.StatusProxyAuthRequired:
+	case http.StatusForbidden:
+		return e.RefusedHost() == ""
+	case http.StatusProxyAuthRequired:
 		return true
 	}
 	return false

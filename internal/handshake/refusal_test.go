@@ -17,6 +17,7 @@ func TestRefusalKinds(t *testing.T) {
 	const (
 		token = iota
 		blocked
+		host
 		other
 	)
 	cases := []struct {
@@ -54,6 +55,9 @@ func TestRefusalKinds(t *testing.T) {
 		{name: "403 from an IP rule or a CDN", kind: blocked,
 			answer: "HTTP/1.1 403 Forbidden\r\nContent-Length: 9\r\n\r\nForbidden",
 			says:   []string{"blocked before it reached spdy_origin", "403 Forbidden", "Forbidden"}},
+		{name: "spdy_origin, a host the token may not serve", kind: host,
+			answer: "HTTP/1.1 403 Forbidden\r\n" + HeaderRefusedHost + ": a.test\r\nContent-Length: 12\r\n\r\nnot for you\n",
+			says:   []string{"proxy refused a host this agent announced: the token may not serve a.test", "403", "not for you"}},
 		{name: "407 from a proxy on the way", kind: blocked,
 			answer: "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"corp\"",
 			says:   []string{"blocked", "407", `Proxy-Authenticate: Basic realm="corp"`}},
@@ -83,6 +87,9 @@ func TestRefusalKinds(t *testing.T) {
 			}
 			if got := errors.Is(err, ErrBlocked); got != (tc.kind == blocked) || se.Blocked() != got {
 				t.Errorf("errors.Is(err, ErrBlocked) = %v, Blocked() = %v; want %v", got, se.Blocked(), tc.kind == blocked)
+			}
+			if got := errors.Is(err, ErrHostRefused); got != (tc.kind == host) || (se.RefusedHost() != "") != got {
+				t.Errorf("errors.Is(err, ErrHostRefused) = %v, RefusedHost() = %q; want %v", got, se.RefusedHost(), tc.kind == host)
 			}
 			for _, s := range tc.says {
 				if !strings.Contains(err.Error(), s) {

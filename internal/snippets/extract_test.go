@@ -42,3 +42,12 @@ make agent
 		t.Fatalf("Commands:\n%s\nwant\n%s", got, want)
 	}
 }
+
+func TestCommentedVariants(t *testing.T) {
+	text := "site {\n}\n# a comment\n# ---8<--- one\n# {\n# \tdebug\n# }\n#\n# # kept as a comment\n# --->8---\n# after\n"
+	got := CommentedVariants(text)
+	want := []string{"{\n\tdebug\n}\n\n# kept as a comment\n"}
+	if len(got) != 1 || got[0] != want[0] {
+		t.Fatalf("CommentedVariants = %q, want %q", got, want)
+	}
+}

@@ -11,6 +11,11 @@
 //	json config          a whole Caddy JSON config
 //	json output          not a config (an API's answer): not tested
 //	sh                   shell: lines that run spdy-origin-agent are tested
+//	toml agent-config    an agent's --config file: tested with the agent
+//
+// A Caddyfile may also carry a commented variant of itself between the lines
+// "# ---8<--- <name>" and "# --->8---": with the leading "# " of each line
+// removed, it is tested as a whole Caddyfile (CommentedVariants).
 package snippets
 
 import (
@@ -131,4 +136,29 @@ func unquote(s string) string {
 		return s[1 : len(s)-1]
 	}
 	return s
+}
+
+// CommentedVariants returns the commented Caddyfiles between "# ---8<---"
+// and "# --->8---" lines in text, each with its lines' leading "# " (or a
+// lone "#") removed.
+func CommentedVariants(text string) []string {
+	var out []string
+	var cur *strings.Builder
+	for _, line := range strings.Split(text, "\n") {
+		switch {
+		case strings.HasPrefix(line, "# ---8<---"):
+			cur = &strings.Builder{}
+		case cur != nil && strings.HasPrefix(line, "# --->8---"):
+			out = append(out, cur.String())
+			cur = nil
+		case cur != nil:
+			if rest, ok := strings.CutPrefix(line, "# "); ok {
+				line = rest
+			} else {
+				line = strings.TrimPrefix(line, "#")
+			}
+			cur.WriteString(line + "\n")
+		}
+	}
+	return out
 }

@@ -46,12 +46,13 @@ func read(t *testing.T, name string) string {
 }
 
 // envRef finds {env.NAME} and {$NAME} in a snippet: each is set to a strong
-// dummy value, as a user's environment would be.
+// dummy value of its own, as a user's environment would be (two tokens are
+// two secrets).
 var envRef = regexp.MustCompile(`\{(?:env\.|\$)([A-Za-z_][A-Za-z0-9_]*)\}`)
 
 func setEnv(t *testing.T, text string) {
 	for _, m := range envRef.FindAllStringSubmatch(text, -1) {
-		t.Setenv(m[1], "a-strong-test-value-0123456789abcdef")
+		t.Setenv(m[1], "a-strong-test-value-0123456789abcdef-"+m[1])
 	}
 }
 
@@ -97,7 +98,11 @@ func TestCaddyfileSnippets(t *testing.T) {
 			all = append(all, snippet{fmt.Sprintf("%s:%d", doc, b.Line), text})
 		}
 	}
-	all = append(all, snippet{"Caddyfile.example", read(t, "Caddyfile.example")})
+	example := read(t, "Caddyfile.example")
+	all = append(all, snippet{"Caddyfile.example", example})
+	for i, v := range snippets.CommentedVariants(example) {
+		all = append(all, snippet{fmt.Sprintf("Caddyfile.example variant %d", i+1), v})
+	}
 	for _, s := range all {
 		t.Run(s.where, func(t *testing.T) {
 			setEnv(t, s.text)
