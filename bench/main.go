@@ -713,7 +713,9 @@ func (b *bench) runStreams(ctx context.Context, nofile uint64) error {
 		if err != nil {
 			return err
 		}
-		body := "spdy_origin {\n\ttoken " + b.token + "\n}"
+		// One session carries every stream (the agent runs with
+		// --connections 1): Caddy's cap on it must not queue them.
+		body := fmt.Sprintf("spdy_origin {\n\ttoken %s\n\tmax_concurrent_streams %d\n}", b.token, max(n, 1000)+100)
 		if path == pRP {
 			body = "reverse_proxy " + b.originPlain
 		}

@@ -157,9 +157,17 @@ func (p *profiler) heaps(ctx context.Context, name string, agent bool) {
 	for proc, addr := range procs {
 		for _, kind := range []string{"heap", "goroutine"} {
 			file := filepath.Join(p.dir, fmt.Sprintf("%s-%s.%s.pprof", name, proc, kind))
-			if err := fetchProfile(ctx, fmt.Sprintf("http://%s/debug/pprof/%s", addr, kind), file); err != nil {
+			// gc=1: the heap as it is now, not at the last collection,
+			// which may predate the last streams (the RSS is read already).
+			if err := fetchProfile(ctx, fmt.Sprintf("http://%s/debug/pprof/%s?gc=1", addr, kind), file); err != nil {
 				step("profile: %v", err)
 			}
+		}
+		// The text form ends with runtime.MemStats: stacks (StackInuse)
+		// are in RSS but not in the heap profile.
+		file := filepath.Join(p.dir, fmt.Sprintf("%s-%s.heap.txt", name, proc))
+		if err := fetchProfile(ctx, fmt.Sprintf("http://%s/debug/pprof/heap?debug=1&gc=1", addr), file); err != nil {
+			step("profile: %v", err)
 		}
 	}
 }
