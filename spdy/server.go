@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -100,11 +101,11 @@ func (s *Session) newServerRequest(st *stream, block http.Header, fin bool) (*ht
 type requestBody struct {
 	st     *stream
 	req    *http.Request // its Trailer is filled at EOF
-	closed bool
+	closed atomic.Bool   // a transport may close it from its own goroutine
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
-	if b.closed {
+	if b.closed.Load() {
 		return 0, http.ErrBodyReadAfterClose
 	}
 	n, err := b.st.read(p)
@@ -115,8 +116,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 }
 
 func (b *requestBody) Close() error {
-	if !b.closed {
-		b.closed = true
+	if b.closed.CompareAndSwap(false, true) {
 		b.st.closeRead()
 	}
 	return nil
