@@ -41,6 +41,7 @@ type Options struct {
 	MaxStreams         uint32        // --max-streams: concurrent streams the proxy may open per session; 0: spdy's default
 	MaxUpgrades        int           // --max-upgrades: upgraded streams (WebSockets) per session; 0: spdy's default
 	MetricsAddr        string        // --metrics-addr: serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9464; "": off
+	DebugAddr          string        // --debug-addr: serve net/http/pprof here (debug.go); "": off
 	// NotSentLowat is --tcp-notsent-lowat (advanced, not in -h): spdy.Config.NotSentLowat
 	// for the agent's sessions; 0: spdy's default (32 KiB); negative: the kernel's setting.
 	NotSentLowat int
@@ -319,6 +320,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer stopEndpoints()
+	stopDebug, err := a.startDebug()
+	if err != nil {
+		return err
+	}
+	defer stopDebug()
 	context.AfterFunc(ctx, a.sessions.setStopping)
 	a.log.Info("agent starting",
 		zap.String("version", agentVersion()),

@@ -162,6 +162,7 @@ type cliFlags struct {
 	token, caFile, name   string
 	upstreamCAFile        string
 	metricsAddr           string
+	debugAddr             string
 	config                string
 	insecure, showVersion bool
 	checkConfig           bool
@@ -196,6 +197,7 @@ func (f *cliFlags) define(fs *flag.FlagSet) {
 	fs.UintVar(&f.maxStreams, "max-streams", spdy.DefaultMaxConcurrentStreams, "concurrent requests the proxy may send over one session (SPDY MAX_CONCURRENT_STREAMS)")
 	fs.IntVar(&f.maxUpgrades, "max-upgrades", spdy.DefaultMaxUpgradedStreams, "WebSockets (and other upgraded streams) at once per session; more get 503")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this `host:port`, e.g. 127.0.0.1:9464 (default: off; no authentication, keep it local)")
+	fs.StringVar(&f.debugAddr, "debug-addr", "", "serve Go's pprof profiles on this `host:port` (default: off; \":6060\" is 127.0.0.1:6060; no authentication)")
 	fs.BoolVar(&f.showVersion, "version", false, "print the version (and commit) and exit")
 	fs.BoolVar(&f.checkConfig, "check-config", false, "check the flags, environment and --config file as a start would (routes, directories, CA files, limits), "+
 		"print the resulting configuration and exit: 0 if it is fine, 2 if not; nothing is dialled")
@@ -357,6 +359,9 @@ func (f *cliFlags) check() (*cliConfig, error) {
 			return nil, usageErrorf("--metrics-addr %q: want host:port, e.g. 127.0.0.1:9464", f.metricsAddr)
 		}
 		c.opts.MetricsAddr = f.metricsAddr
+	}
+	if c.opts.DebugAddr, err = debugListenAddr(f.debugAddr); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/textproto"
 	"net/url"
 	"strings"
@@ -18,20 +17,18 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
-// upstreamHandler serves SPDY streams from the --to upstream: ordinary requests through
-// httputil.ReverseProxy (pooled keep-alive connections, bodies streamed and flushed at
-// once), upgrade requests (WebSocket and others) by piping bytes between a dedicated
+// upstreamHandler serves SPDY streams from the --to upstream: ordinary requests as
+// httputil.ReverseProxy would (proxy.go: pooled keep-alive connections, bodies streamed
+// and flushed at once), upgrade requests (WebSocket and others) by piping bytes between a dedicated
 // upstream connection and the hijacked SPDY stream.
 type upstreamHandler struct {
 	target    *url.URL
 	tlsConf   *tls.Config // for https targets: the roots that verify them
-	rp        *httputil.ReverseProxy
 	transport *http.Transport
 	dialer    *net.Dialer
 	tun       tuning
@@ -84,54 +81,7 @@ func newUpstreamHandler(target *url.URL, roots *x509.CertPool, tun tuning, log *
 		p.SetUnencryptedHTTP2(true)
 		h.transport.Protocols = &p
 	}
-	// ReverseProxy's own messages duplicate what proxyError logs; keep them at debug.
-	stdLog, _ := zap.NewStdLogAt(h.log, zapcore.DebugLevel)
-	h.rp = &httputil.ReverseProxy{
-		Rewrite:       h.rewrite,
-		Transport:     h.transport,
-		FlushInterval: -1, // flush every write: streaming responses, SSE, long polls
-		ErrorHandler:  h.proxyError,
-		ErrorLog:      stdLog,
-		BufferPool:    copyBuffers,
-	}
 	return h, nil
-}
-
-// rewrite points the request at the upstream. The Host header and the X-Forwarded-*
-// headers Caddy set describe the original client request; they are passed through
-// unchanged (ReverseProxy's Rewrite mode strips X-Forwarded-* by default).
-func (h *upstreamHandler) rewrite(pr *httputil.ProxyRequest) {
-	pr.SetURL(h.target)
-	pr.Out.Host = pr.In.Host
-	for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
-		if v, ok := pr.In.Header[k]; ok {
-			pr.Out.Header[k] = v
-		}
-	}
-	if pr.Out.Body != nil && len(pr.In.Trailer) > 0 {
-		pr.Out.Body = &trailingBody{ReadCloser: pr.Out.Body, in: pr.In, out: pr.Out.Trailer}
-	}
-}
-
-// trailingBody carries a request's trailers to the upstream. ReverseProxy's
-// outgoing request has a copy of the Trailer map, made before the body was
-// read, while the spdy layer fills the incoming request's map at the body's
-// EOF; so the values are copied over at EOF, before the transport, which
-// sends out.Trailer after the body, looks at them.
-type trailingBody struct {
-	io.ReadCloser
-	in  *http.Request
-	out http.Header
-}
-
-func (b *trailingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF {
-		for k, vv := range b.in.Trailer {
-			b.out[k] = vv
-		}
-	}
-	return n, err
 }
 
 func (h *upstreamHandler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
@@ -180,13 +130,6 @@ func (h *upstreamHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.serveUpgrade(w, r, up)
 		return
 	}
-	if r.Context().Value(http.ServerContextKey) == nil {
-		// ReverseProxy aborts a response whose upstream body fails midway by panicking
-		// with http.ErrAbortHandler (the spdy server then resets the stream), but only
-		// when it believes it runs under an http.Server; otherwise it ends the response
-		// normally and the client would get a silently truncated body.
-		r = r.WithContext(context.WithValue(r.Context(), http.ServerContextKey, abortMarker))
-	}
 	defer func() {
 		if v := recover(); v != nil {
 			// The response body failed midway. Unless the client left (then
@@ -197,11 +140,8 @@ func (h *upstreamHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			panic(v)
 		}
 	}()
-	h.rp.ServeHTTP(w, r)
+	h.serveProxy(w, r)
 }
-
-// abortMarker stands in for the *http.Server in request contexts (see ServeHTTP).
-var abortMarker = &http.Server{}
 
 // upgradeType returns the protocol a request or response asks to switch to, or "".
 // The spdy layer hands upgrade requests to us with Upgrade and Connection: Upgrade set.
@@ -261,15 +201,7 @@ func (h *upstreamHandler) serveUpgrade(w http.ResponseWriter, r *http.Request, u
 // headers without hop-by-hop ones, and the upgrade asked for again.
 func (h *upstreamHandler) upgradeRequest(r *http.Request, upType string) *http.Request {
 	out := r.Clone(r.Context())
-	out.URL.Scheme, out.URL.Host = h.target.Scheme, h.target.Host
-	out.URL.Path, out.URL.RawPath = joinURLPath(h.target, r.URL)
-	if h.target.RawQuery != "" {
-		if out.URL.RawQuery == "" {
-			out.URL.RawQuery = h.target.RawQuery
-		} else {
-			out.URL.RawQuery = h.target.RawQuery + "&" + out.URL.RawQuery
-		}
-	}
+	h.pointAtTarget(out.URL)
 	out.RequestURI = ""
 	out.Host = r.Host
 	out.Header = r.Header.Clone()
@@ -454,6 +386,20 @@ func pipe(client net.Conn, clientR io.Reader, up net.Conn, upR io.Reader, linger
 	return toUp, toClient, nil
 }
 
+// pointAtTarget makes u, a request's URL, the upstream's: the target's
+// scheme and host, its path before u's and its query before u's.
+func (h *upstreamHandler) pointAtTarget(u *url.URL) {
+	u.Scheme, u.Host = h.target.Scheme, h.target.Host
+	u.Path, u.RawPath = joinURLPath(h.target, u) // reads u's paths before setting them
+	if q := h.target.RawQuery; q != "" {
+		if u.RawQuery == "" {
+			u.RawQuery = q
+		} else {
+			u.RawQuery = q + "&" + u.RawQuery
+		}
+	}
+}
+
 // joinURLPath joins the target's base path and the request path like ReverseProxy does.
 func joinURLPath(a, b *url.URL) (path, rawpath string) {
 	if a.RawPath == "" && b.RawPath == "" {
@@ -479,17 +425,4 @@ func singleJoiningSlash(a, b string) string {
 		return a + "/" + b
 	}
 	return a + b
-}
-
-// copyBuffers recycles ReverseProxy's body copy buffers across requests.
-var copyBuffers = &bufferPool{pool: sync.Pool{New: func() any { return new([32 << 10]byte) }}}
-
-type bufferPool struct{ pool sync.Pool }
-
-func (p *bufferPool) Get() []byte { return p.pool.Get().(*[32 << 10]byte)[:] }
-
-func (p *bufferPool) Put(b []byte) {
-	if cap(b) == 32<<10 {
-		p.pool.Put((*[32 << 10]byte)(b[:32<<10]))
-	}
 }

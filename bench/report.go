@@ -15,10 +15,14 @@ import (
 const (
 	pTunnel = "tunnel"
 	pRP     = "reverse_proxy"
+	// pRPTLS is the yardstick for what the tunnel cannot avoid: the same
+	// Caddy's reverse_proxy to the origin over HTTPS (HTTP/1.1), so that
+	// every byte is encrypted and decrypted twice, as in the tunnel.
+	pRPTLS  = "rp_https"
 	pDirect = "direct"
 )
 
-var pathNames = []string{pTunnel, pRP, pDirect}
+var pathNames = []string{pTunnel, pRP, pRPTLS, pDirect}
 
 // row is one line of the table. vals holds the figure for each path that has one.
 type row struct {
@@ -27,10 +31,34 @@ type row struct {
 	prec   int
 	vals   map[string]float64
 	note   string // shown instead of figures when vals is empty, or after them
-	// target, if set, is a goal on the ratio tunnel÷reverse_proxy (ratio) or on the
-	// tunnel figure itself (abs): met when the value is >= min (or <= max).
+	// target, if set, states a goal (on a ratio, or on the tunnel figure
+	// itself); targetMet says whether this run meets it (nil: not judged).
 	target    string
 	targetMet *bool
+}
+
+// judge sets the row's target to text and judges it: every check must hold
+// (a ratio missing, because a path was not measured, leaves it unjudged).
+func (r *row) judge(text string, checks ...check) {
+	r.target = text
+	met := true
+	for _, c := range checks {
+		v, ok := r.ratio(c.to)
+		if !ok {
+			r.targetMet = nil
+			return
+		}
+		if c.max > 0 && v > c.max || c.min > 0 && v < c.min {
+			met = false
+		}
+	}
+	r.targetMet = boolp(met)
+}
+
+// check is one bound on tunnel÷to: at least min, at most max (0: none).
+type check struct {
+	to       string
+	min, max float64
 }
 
 func (r *row) ratio(to string) (float64, bool) {
@@ -79,7 +107,7 @@ func (r *row) cells() []string {
 			c = append(c, "—")
 		}
 	}
-	for _, p := range []string{pRP, pDirect} {
+	for _, p := range ratioPaths {
 		if v, ok := r.ratio(p); ok {
 			c = append(c, fmt.Sprintf("%.2f×", v))
 		} else {
@@ -98,7 +126,10 @@ func (r *row) cells() []string {
 	return c
 }
 
-var header = []string{"measurement", pTunnel, pRP, pDirect, "tunnel÷rp", "tunnel÷direct", "target"}
+// ratioPaths are the paths each tunnel figure is divided by, in header's order.
+var ratioPaths = []string{pRP, pRPTLS, pDirect}
+
+var header = []string{"measurement", pTunnel, pRP, pRPTLS, pDirect, "tunnel÷rp", "tunnel÷rp_https", "tunnel÷direct", "target"}
 
 // grid is a table of its own shape, printed after the paths table: the priority
 // section's, whose columns are configurations of the tunnel rather than paths.
@@ -203,7 +234,7 @@ func (rep *report) markdown() string {
 	if len(rep.rows) > 0 {
 		fmt.Fprintf(&b, "**Tunnel vs Caddy reverse_proxy vs direct**, `%s`, %s.\n\n", cmd, rep.started.UTC().Format("2006-01-02 15:04 UTC"))
 		b.WriteString("| " + strings.Join(header, " | ") + " |\n")
-		b.WriteString("|---|--:|--:|--:|--:|--:|---|\n")
+		b.WriteString("|---|" + strings.Repeat("--:|", len(header)-2) + "---|\n")
 		for _, r := range rep.rows {
 			c := r.cells()
 			for i := range c {

@@ -41,7 +41,8 @@ type streamsResult struct {
 // each answered by the origin's /hold (headers and one byte, then nothing), and reads
 // VmRSS of procs before and while they are held. Then it cancels the client requests
 // and checks that the cancellation reaches the origin.
-func holdStreams(ctx context.Context, t *target, o *origin, n int, procs map[string]*proc) (*streamsResult, error) {
+// whileHeld, if not nil, runs once the RSS is read, before the streams end.
+func holdStreams(ctx context.Context, t *target, o *origin, n int, procs map[string]*proc, whileHeld func()) (*streamsResult, error) {
 	res := &streamsResult{requested: n, rss: map[string]rssPair{}}
 	time.Sleep(time.Second) // let start-up garbage settle
 	for name, p := range procs {
@@ -153,6 +154,9 @@ func holdStreams(ctx context.Context, t *target, o *origin, n int, procs map[str
 		r := res.rss[name]
 		r.during = kb
 		res.rss[name] = r
+	}
+	if whileHeld != nil {
+		whileHeld()
 	}
 
 	// Cancel every client request; the cancellation must travel to the origin.

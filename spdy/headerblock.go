@@ -262,68 +262,121 @@ func (z *inflater) remember(p []byte) {
 // as they are). The block is checked whole before anything is allocated,
 // so a refused block costs nothing. A malformed block is a *refusal.
 func parseHeaderBlock(b []byte, maxValues int) (http.Header, error) {
-	count, err := checkHeaderBlock(b, maxValues)
+	count, values, err := checkHeaderBlock(b, maxValues)
 	if err != nil {
 		return nil, err
 	}
+	// One string holds every name and value, and one slice every value, so
+	// that a block costs a handful of allocations, not several per header
+	// (names of common headers are constants: lookupCanonical).
+	all := string(b)
+	vals := make([]string, values)
 	h := make(http.Header, count)
-	b = b[4:]
+	off := 4
 	for range count {
-		name, rest, _ := lengthPrefixed(b)
-		value, rest, _ := lengthPrefixed(rest)
-		b = rest
-		key := string(name)
+		name, rest, _ := lengthPrefixed(b[off:])
+		nameAt := off + 4
+		value, _, _ := lengthPrefixed(rest)
+		valueAt := nameAt + len(name) + 4
+		off = valueAt + len(value)
+		key := all[nameAt : nameAt+len(name)]
 		if key[0] != ':' {
-			key = textproto.CanonicalMIMEHeaderKey(key)
+			key = lookupCanonical(name, key)
 		}
 		if _, dup := h[key]; dup {
 			return nil, &refusal{Status: StatusProtocolError, Reason: fmt.Sprintf("header %q appears twice", name)}
 		}
-		h[key] = strings.Split(string(value), "\x00")
+		v, n := all[valueAt:off], 0
+		for {
+			i := strings.IndexByte(v, 0)
+			if i < 0 {
+				vals[n] = v
+				n++
+				break
+			}
+			vals[n] = v[:i]
+			n++
+			v = v[i+1:]
+		}
+		h[key] = vals[:n:n]
+		vals = vals[n:]
 	}
 	return h, nil
 }
 
+// lookupCanonical returns the canonical form of the lowercase header name
+// (whose string is s): a constant for common headers, else a new string.
+func lookupCanonical(name []byte, s string) string {
+	if c, ok := commonCanonical[string(name)]; ok {
+		return c
+	}
+	return textproto.CanonicalMIMEHeaderKey(s)
+}
+
+// commonCanonical maps lowercase names of headers seen on most requests
+// and responses to their canonical forms.
+var commonCanonical = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{
+		"accept", "accept-charset", "accept-encoding", "accept-language", "accept-ranges",
+		"access-control-allow-origin", "age", "alt-svc", "authorization", "cache-control",
+		"connection", "content-disposition", "content-encoding", "content-language",
+		"content-length", "content-location", "content-range", "content-type", "cookie",
+		"date", "etag", "expect", "expires", "forwarded", "from", "host", "if-match",
+		"if-modified-since", "if-none-match", "if-range", "if-unmodified-since", "keep-alive",
+		"last-modified", "link", "location", "max-forwards", "origin", "pragma", "priority",
+		"proxy-authorization", "proxy-connection", "range", "referer", "retry-after",
+		"sec-fetch-dest", "sec-fetch-mode", "sec-fetch-site", "sec-fetch-user",
+		"sec-websocket-accept", "sec-websocket-extensions", "sec-websocket-key",
+		"sec-websocket-protocol", "sec-websocket-version", "server", "set-cookie",
+		"strict-transport-security", "te", "trailer", "transfer-encoding", "upgrade",
+		"user-agent", "vary", "via", "www-authenticate", "x-content-type-options",
+		"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip", "x-request-id",
+	} {
+		m[k] = textproto.CanonicalMIMEHeaderKey(k)
+	}
+	return m
+}()
+
 // checkHeaderBlock checks a block's structure, names and value count, and
-// returns its header count.
-func checkHeaderBlock(b []byte, maxValues int) (uint32, error) {
+// returns its header and value counts.
+func checkHeaderBlock(b []byte, maxValues int) (count uint32, values int, err error) {
 	bad := func(format string, a ...any) error {
 		return &refusal{Status: StatusProtocolError, Reason: fmt.Sprintf(format, a...)}
 	}
 	if len(b) < 4 {
-		return 0, bad("no header count")
+		return 0, 0, bad("no header count")
 	}
-	count := binary.BigEndian.Uint32(b)
+	count = binary.BigEndian.Uint32(b)
 	b = b[4:]
 	if uint64(count) > uint64(len(b)/8) {
-		return 0, bad("header count %d does not fit in %d bytes", count, len(b))
+		return 0, 0, bad("header count %d does not fit in %d bytes", count, len(b))
 	}
-	values := 0
 	for range count {
 		name, rest, ok := lengthPrefixed(b)
 		if !ok {
-			return 0, bad("truncated header name")
+			return 0, 0, bad("truncated header name")
 		}
 		value, rest, ok := lengthPrefixed(rest)
 		if !ok {
-			return 0, bad("truncated value of %q", name)
+			return 0, 0, bad("truncated value of %q", name)
 		}
 		b = rest
 		if len(name) == 0 {
-			return 0, bad("empty header name")
+			return 0, 0, bad("empty header name")
 		}
 		if hasUpper(name) {
-			return 0, bad("header name %q is not lowercase", name)
+			return 0, 0, bad("header name %q is not lowercase", name)
 		}
 		values += 1 + bytes.Count(value, []byte{0})
 		if values > maxValues {
-			return 0, &refusal{Status: StatusFrameTooLarge, Reason: fmt.Sprintf("more than %d header values", maxValues)}
+			return 0, 0, &refusal{Status: StatusFrameTooLarge, Reason: fmt.Sprintf("more than %d header values", maxValues)}
 		}
 	}
 	if len(b) != 0 {
-		return 0, bad("%d bytes after the last header", len(b))
+		return 0, 0, bad("%d bytes after the last header", len(b))
 	}
-	return count, nil
+	return count, values, nil
 }
 
 func lengthPrefixed(b []byte) (field, rest []byte, ok bool) {

@@ -41,6 +41,27 @@ func (s *Session) readLoop() {
 	}
 }
 
+// readPayload fills p with the connection's next bytes: what the read
+// buffer holds, then the rest straight from the connection into p. A DATA
+// payload is so copied once, not into the buffer and out again (bufio
+// reads around its buffer only for reads at least as large as it).
+func (s *Session) readPayload(p []byte) error {
+	n := 0
+	if b := s.br.Buffered(); b > 0 {
+		n, _ = s.br.Read(p[:min(len(p), b)]) // from the buffer only
+	}
+	if n == len(p) {
+		return nil
+	}
+	if _, err := io.ReadFull(s.conn, p[n:]); err != nil {
+		if n > 0 && err == io.EOF {
+			err = io.ErrUnexpectedEOF // the frame was cut
+		}
+		return err
+	}
+	return nil
+}
+
 // readFrame reads and handles one frame.
 func (s *Session) readFrame() error {
 	b, err := s.br.Peek(frameHeaderLen)
@@ -485,7 +506,7 @@ func (s *Session) readDataPayload(id uint32, fin bool, length int) error {
 		if owned {
 			buf = recvBufPool.Get().(*[recvBufferSize]byte)[:k]
 		}
-		if _, err := io.ReadFull(s.br, buf); err != nil {
+		if err := s.readPayload(buf); err != nil {
 			if owned {
 				releaseChunk(buf)
 			}

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -100,11 +101,11 @@ func (s *Session) newServerRequest(st *stream, block http.Header, fin bool) (*ht
 type requestBody struct {
 	st     *stream
 	req    *http.Request // its Trailer is filled at EOF
-	closed bool
+	closed atomic.Bool   // a transport may close it from its own goroutine
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
-	if b.closed {
+	if b.closed.Load() {
 		return 0, http.ErrBodyReadAfterClose
 	}
 	n, err := b.st.read(p)
@@ -115,8 +116,7 @@ func (b *requestBody) Read(p []byte) (int, error) {
 }
 
 func (b *requestBody) Close() error {
-	if !b.closed {
-		b.closed = true
+	if b.closed.CompareAndSwap(false, true) {
 		b.st.closeRead()
 	}
 	return nil
@@ -129,6 +129,8 @@ var responseBufPool = sync.Pool{New: func() any { b := make([]byte, 0, responseB
 // responseWriter maps an http.ResponseWriter onto a stream. The reply
 // (SYN_REPLY) goes out with the first body bytes or flush; small responses
 // are sent whole at the end as SYN_REPLY plus one DATA frame with FIN.
+// Small writes are gathered in a pooled buffer, held only from a write to
+// the next flush.
 type responseWriter struct {
 	st          *stream
 	req         *http.Request
@@ -204,16 +206,16 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 	if w.buf == nil {
 		w.buf = responseBufPool.Get().(*[]byte)
 	}
-	b := *w.buf
-	if len(b)+len(p) <= cap(b) {
+	if b := *w.buf; len(b)+len(p) <= cap(b) {
 		*w.buf = append(b, p...)
 		return len(p), nil
 	}
-	if err := w.flush(false); err != nil {
+	if err := w.flush(false); err != nil { // it gives the buffer back
 		return 0, err
 	}
-	if len(p) < cap(b)/2 {
-		*w.buf = append((*w.buf)[:0], p...)
+	if len(p) < responseBufferSize/2 {
+		w.buf = responseBufPool.Get().(*[]byte)
+		*w.buf = append(*w.buf, p...)
 		return len(p), nil
 	}
 	if _, err := w.st.write(p, false); err != nil {
@@ -270,12 +272,13 @@ func (w *responseWriter) flush(fin bool) error {
 		}
 	}
 	if len(pending) == 0 && !fin {
+		w.release()
 		return nil
 	}
 	_, err := w.st.write(pending, fin)
-	if w.buf != nil {
-		*w.buf = (*w.buf)[:0]
-	}
+	// The buffer goes back to the pool until the next write: a stream
+	// that waits for its handler (a long poll, an event stream) holds none.
+	w.release()
 	if err != nil {
 		w.err = err
 	}

@@ -115,25 +115,26 @@ type Session struct {
 	wdone   bool // the writer stopped: enqueue refuses requests
 
 	// Ping state.
-	pingMu     sync.Mutex
-	nextPingID uint32
-	pings      map[uint32]chan struct{}
-	lastRecv   atomic.Int64 // unix nanos of the last frame read
-	rtt        atomic.Int64
-	streamsTot atomic.Uint64
-	bytesIn    atomic.Uint64
-	bytesOut   atomic.Uint64
-	closeOnce  sync.Once
-	closed     chan struct{} // closed when the session is closed
-	err        error         // cause of close; set before closed is closed
-	writerDone chan struct{}
-	readerDone chan struct{}
-	handlersWG sync.WaitGroup
-	localAddr  net.Addr
-	remoteAddr net.Addr
-	tlsState   func() *tlsState
-	frameHd    [18]byte // writer-only scratch: a frame's header and fixed part
-	rbuf       []byte   // reader-only scratch for DATA payloads
+	pingMu      sync.Mutex
+	nextPingID  uint32
+	pings       map[uint32]chan struct{}
+	lastRecv    atomic.Int64 // unix nanos of the last frame read
+	rtt         atomic.Int64
+	streamsTot  atomic.Uint64
+	bytesIn     atomic.Uint64
+	bytesOut    atomic.Uint64
+	closeOnce   sync.Once
+	closed      chan struct{} // closed when the session is closed
+	err         error         // cause of close; set before closed is closed
+	writerDone  chan struct{}
+	readerDone  chan struct{}
+	handlersWG  sync.WaitGroup
+	localAddr   net.Addr
+	remoteAddr  net.Addr
+	tlsState    func() *tlsState
+	frameHd     [18]byte // writer-only scratch: a frame's header and fixed part
+	ctrlScratch [28]byte // writer-only scratch: an encoded control frame (writeOne)
+	rbuf        []byte   // reader-only scratch for DATA payloads
 }
 
 // NewClient starts a session on conn in which we are the SPDY client: we

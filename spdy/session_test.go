@@ -93,3 +93,50 @@ func (p pattern) Read(b []byte) (int, error) {
 	*p.off += int64(len(b))
 	return len(b), nil
 }
+
+// A response that waits between writes (a long poll, an event stream) holds
+// no write buffer while it waits; small responses still go out whole, with
+// their Content-Length.
+func TestResponseBufferHeldOnlyUntilFlush(t *testing.T) {
+	held := make(chan bool, 2)
+	next := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rw := w.(*responseWriter)
+		if r.URL.Path == "/small" {
+			io.WriteString(w, strings.Repeat("s", 5000)) // more than half the buffer
+			return
+		}
+		io.WriteString(w, "event 1\n")
+		held <- rw.buf != nil
+		w.(http.Flusher).Flush()
+		held <- rw.buf != nil
+		<-next
+		io.WriteString(w, "event 2\n")
+	})
+	cs, _ := pair(t, h, nil, nil)
+	resp, err := cs.RoundTrip(newReq(t, "GET", "https://example.com/small", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if len(b) != 5000 || resp.ContentLength != 5000 {
+		t.Fatalf("small response: %d bytes, ContentLength %d; want 5000 of 5000", len(b), resp.ContentLength)
+	}
+	resp, err = cs.RoundTrip(newReq(t, "GET", "https://example.com/events", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if before, after := <-held, <-held; !before || after {
+		t.Fatalf("buffer held before flush %v, after %v; want true, false", before, after)
+	}
+	buf := make([]byte, 8)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "event 1\n" {
+		t.Fatalf("first event %q, %v", buf, err)
+	}
+	close(next)
+	if rest, err := io.ReadAll(resp.Body); err != nil || string(rest) != "event 2\n" {
+		t.Fatalf("rest %q, %v", rest, err)
+	}
+}

@@ -61,19 +61,29 @@ func (s *Session) queueControl(enc func([]byte) []byte) {
 }
 
 func (s *Session) queueRst(id uint32, status RSTStatus) {
-	s.queueControl(func(b []byte) []byte { return appendRst(b, id, status) })
+	var c ctrlFrame
+	c.n = uint8(len(appendRst(c.b[:0], id, status)))
+	s.enqueue(writeReq{ctrl: c}, true)
 }
 
+// queueWindowUpdate, like the others here, encodes with a known function
+// (not through queueControl's func), so that its writeReq stays off the heap.
 func (s *Session) queueWindowUpdate(id, delta uint32) {
-	s.queueControl(func(b []byte) []byte { return appendWindowUpdate(b, id, delta) })
+	var c ctrlFrame
+	c.n = uint8(len(appendWindowUpdate(c.b[:0], id, delta)))
+	s.enqueue(writeReq{ctrl: c}, true)
 }
 
 func (s *Session) queuePing(id uint32) {
-	s.queueControl(func(b []byte) []byte { return appendPing(b, id) })
+	var c ctrlFrame
+	c.n = uint8(len(appendPing(c.b[:0], id)))
+	s.enqueue(writeReq{ctrl: c}, true)
 }
 
 func (s *Session) queueGoAway(lastGood, status uint32) {
-	s.queueControl(func(b []byte) []byte { return appendGoAway(b, lastGood, status) })
+	var c ctrlFrame
+	c.n = uint8(len(appendGoAway(c.b[:0], lastGood, status)))
+	s.enqueue(writeReq{ctrl: c}, true)
 }
 
 // GOAWAY status codes (SPDY/3.1 section 2.6.6).
@@ -266,7 +276,11 @@ func (s *Session) writeOne(r writeReq) error {
 	case r.hdr.block != nil:
 		err = s.writeHeaderFrame(&r.hdr)
 	case r.ctrl.n > 0:
-		_, err = s.bw.Write(r.ctrl.b[:r.ctrl.n])
+		// Through the session's scratch: r's own bytes handed to the
+		// buffered writer (which may pass them on to the connection)
+		// would move every writeReq to the heap.
+		n := copy(s.ctrlScratch[:], r.ctrl.b[:r.ctrl.n])
+		_, err = s.bw.Write(s.ctrlScratch[:n])
 	}
 	if err == nil && r.flush {
 		err = s.bw.Flush()

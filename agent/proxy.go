@@ -1,0 +1,294 @@
+package agent
+
+// Ordinary (not upgrade) requests to the --to upstream. This is what
+// httputil.ReverseProxy does in its Rewrite mode, with the same header
+// rules, but with two differences that its API does not allow:
+//
+//   - The response body is copied through a buffer sized to what flows
+//     (copyBody): ReverseProxy holds one 32 KiB buffer for the whole
+//     response, also while a long poll, an event stream or a slow origin
+//     sends nothing, and that buffer was most of the agent's memory per open
+//     stream (make bench's streams section: 44 KiB per stream).
+//   - The incoming request is not cloned: the spdy layer built it for this
+//     handler alone, so its header map is rewritten in place and its
+//     trailers map, which the spdy layer fills at the body's EOF, is the
+//     one the transport sends.
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
+)
+
+// serveProxy forwards r to the upstream and relays the response. A body
+// that fails midway, from the upstream or towards the client, panics with
+// http.ErrAbortHandler: the spdy server then resets the stream, so the
+// client never takes a cut body for a whole one.
+func (h *upstreamHandler) serveProxy(w http.ResponseWriter, r *http.Request) {
+	// Informational responses (103 Early Hints and the like) go to the
+	// client as they come, until the final response is in.
+	var (
+		mu   sync.Mutex
+		done bool
+	)
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, hdr textproto.MIMEHeader) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if done {
+			return nil
+		}
+		dst := w.Header()
+		for k, vv := range hdr {
+			dst[k] = append(dst[k], vv...)
+		}
+		w.WriteHeader(code)
+		clear(dst) // WriteHeader does not clear them for a 1xx
+		return nil
+	}}
+	out := h.outRequest(httptrace.WithClientTrace(r.Context(), trace), r)
+	res, err := h.transport.RoundTrip(out)
+	mu.Lock()
+	done = true
+	mu.Unlock()
+	if err != nil {
+		h.proxyError(w, r, err)
+		return
+	}
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		_ = res.Body.Close()
+		h.proxyError(w, r, errSwitchWithoutUpgrade)
+		return
+	}
+	removeHopHeaders(res.Header)
+	dst := w.Header()
+	for k, vv := range res.Header {
+		dst[k] = append(dst[k], vv...)
+	}
+	announced := len(res.Trailer)
+	if announced > 0 {
+		// The transport keeps the announcement in res.Trailer only.
+		keys := make([]string, 0, announced)
+		for k := range res.Trailer {
+			keys = append(keys, k)
+		}
+		dst.Add("Trailer", strings.Join(keys, ", "))
+	}
+	w.WriteHeader(res.StatusCode)
+	if err := copyBody(w, res.Body, res.ContentLength); err != nil {
+		_ = res.Body.Close()
+		h.log.Debug("response body failed midway; resetting the stream", zap.String("uri", r.RequestURI), zap.Error(err))
+		panic(http.ErrAbortHandler)
+	}
+	_ = res.Body.Close() // now, not deferred: it fills res.Trailer
+	if len(res.Trailer) == 0 {
+		return
+	}
+	_ = flusher(w)() // the headers go out now, without a Content-Length
+	if len(res.Trailer) == announced {
+		for k, vv := range res.Trailer {
+			dst[k] = append(dst[k], vv...)
+		}
+		return
+	}
+	for k, vv := range res.Trailer {
+		k = http.TrailerPrefix + k
+		for _, v := range vv {
+			dst.Add(k, v)
+		}
+	}
+}
+
+var errSwitchWithoutUpgrade = errorString("the upstream switched protocols (101) for a request that did not ask to upgrade")
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+// outRequest is r as it goes to the upstream: the target's URL, the
+// client's Host, hop-by-hop headers removed (RFC 9110 section 7.6.1;
+// "TE: trailers" kept), the X-Forwarded-* and Forwarded headers Caddy set
+// passed through as they are, and no User-Agent added by Go.
+func (h *upstreamHandler) outRequest(ctx context.Context, r *http.Request) *http.Request {
+	out := r.WithContext(ctx) // a shallow copy
+	u := *r.URL
+	out.URL = &u
+	hdr := r.Header
+	if hdr == nil {
+		hdr = make(http.Header)
+		out.Header = hdr
+	}
+	te := httpguts.HeaderValuesContainsToken(hdr["Te"], "trailers")
+	var fwd [len(forwardedHeaders)][]string
+	for i, k := range forwardedHeaders {
+		fwd[i] = hdr[k] // a Connection header must not remove them
+	}
+	removeHopHeaders(hdr)
+	if te {
+		hdr["Te"] = []string{"trailers"}
+	}
+	for i, k := range forwardedHeaders {
+		if fwd[i] != nil {
+			hdr[k] = fwd[i]
+		}
+	}
+	if _, ok := hdr["User-Agent"]; !ok {
+		hdr["User-Agent"] = []string{""} // an empty value: net/http then sends none
+	}
+	u.RawQuery = cleanQuery(u.RawQuery)
+	h.pointAtTarget(&u)
+	out.Host = r.Host
+	out.RequestURI = ""
+	out.Close = false
+	if r.ContentLength == 0 {
+		out.Body = nil // the transport may then retry the request on a new connection
+	}
+	return out
+}
+
+var forwardedHeaders = [...]string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"}
+
+// cleanQuery re-encodes a query that servers could split differently from
+// how Caddy saw it: one with a semicolon or a malformed escape
+// (ReverseProxy does the same, against parameter smuggling).
+func cleanQuery(q string) string {
+	for i := 0; i < len(q); i++ {
+		switch q[i] {
+		case ';':
+			return reencodeQuery(q)
+		case '%':
+			if i+2 >= len(q) || !isHex(q[i+1]) || !isHex(q[i+2]) {
+				return reencodeQuery(q)
+			}
+			i += 2
+		}
+	}
+	return q
+}
+
+func reencodeQuery(q string) string {
+	v, _ := url.ParseQuery(q)
+	return v.Encode()
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// The response body copy keeps a small buffer while the upstream sends
+// little or nothing, and a large one only while data flows: an open but
+// quiet stream (a long poll, an event stream) holds 2 KiB, not 32; a
+// download reads and sends 64 KiB at a time, the largest DATA frame, which
+// Caddy's side reads into its stream buffer without a copy.
+const (
+	quietCopyBuffer = 2 << 10
+	bulkCopyBuffer  = 64 << 10
+	// headerFlushDelay is how long the response headers wait for the
+	// body's first bytes to go out with them (one frame fewer).
+	headerFlushDelay = time.Millisecond
+)
+
+var (
+	quietBufs = sync.Pool{New: func() any { return new([quietCopyBuffer]byte) }}
+	bulkBufs  = sync.Pool{New: func() any { return new([bulkCopyBuffer]byte) }}
+)
+
+// copyBody copies body (length bytes, -1 unknown) to w, flushing each piece
+// at once (streaming responses, events, long polls), except the last piece
+// of a body of known length, which the response's end sends with FIN.
+func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
+	flush := flusher(w)
+	// The headers go out with the first body bytes or, when those do not
+	// follow within headerFlushDelay (a long poll, an event stream, an
+	// upstream that waits for more of the request body), on their own.
+	var (
+		mu      sync.Mutex
+		waiting = true // for the first body bytes; guarded by mu
+	)
+	headers := time.AfterFunc(headerFlushDelay, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if waiting {
+			_ = flush() // a failure shows in the next write
+		}
+	})
+	var (
+		quiet *[quietCopyBuffer]byte
+		bulk  *[bulkCopyBuffer]byte
+	)
+	defer func() {
+		if quiet != nil {
+			quietBufs.Put(quiet)
+		}
+		if bulk != nil {
+			bulkBufs.Put(bulk)
+		}
+	}()
+	if length > quietCopyBuffer {
+		bulk = bulkBufs.Get().(*[bulkCopyBuffer]byte) // the data usually follows the headers
+	} else {
+		quiet = quietBufs.Get().(*[quietCopyBuffer]byte)
+	}
+	var written int64
+	for {
+		var buf []byte
+		if bulk != nil {
+			buf = bulk[:]
+		} else {
+			buf = quiet[:]
+		}
+		n, rerr := body.Read(buf)
+		if waiting {
+			headers.Stop()
+			mu.Lock()
+			waiting = false
+			mu.Unlock()
+		}
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return err
+			}
+			written += int64(n)
+			if length < 0 || written < length {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+		switch {
+		case bulk == nil && n == len(buf): // data flows
+			quietBufs.Put(quiet)
+			quiet = nil
+			bulk = bulkBufs.Get().(*[bulkCopyBuffer]byte)
+		case bulk != nil && n < quietCopyBuffer: // a trickle, or the upstream waits
+			bulkBufs.Put(bulk)
+			bulk = nil
+			quiet = quietBufs.Get().(*[quietCopyBuffer]byte)
+		}
+	}
+}
+
+// flusher returns w's flush, reporting failure where w can.
+func flusher(w http.ResponseWriter) func() error {
+	switch f := w.(type) {
+	case interface{ FlushError() error }:
+		return f.FlushError
+	case http.Flusher:
+		return func() error { f.Flush(); return nil }
+	}
+	return http.NewResponseController(w).Flush
+}
