@@ -58,6 +58,9 @@ func (c *cliConfig) writeSummary(w io.Writer, a *Agent) {
 		metrics = "off"
 	}
 	row("metrics-addr", metrics, "metrics-addr")
+	if o.DebugAddr != "" {
+		row("debug-addr", o.DebugAddr+" (pprof, no authentication)", "debug-addr")
+	}
 	if o.NotSentLowat != 0 {
 		row("tcp-notsent-lowat", strconv.Itoa(o.NotSentLowat), "tcp-notsent-lowat")
 	}

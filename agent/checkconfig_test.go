@@ -65,7 +65,7 @@ root = ["www.example.com=`+www+`"]
 upstream-ca-file = "`+ca+`"
 `, 0o600)
 	code, out, errOut := checkConfig(
-		[]string{"--config", file, "--connections", "3", "--ca-file", ca},
+		[]string{"--config", file, "--connections", "3", "--ca-file", ca, "--debug-addr", ":6060"},
 		map[string]string{"SPDY_ORIGIN_TOKEN": "s3cret-token-value", "SPDY_ORIGIN_METRICS_ADDR": "127.0.0.1:9464"})
 	if code != 0 {
 		t.Fatalf("exit %d, stderr:\n%s", code, errOut)
@@ -83,6 +83,7 @@ upstream-ca-file = "`+ca+`"
 		"ca-file", "upstream-ca-file",
 		"connections", "3 per proxy",
 		"metrics-addr", "127.0.0.1:9464", "(env SPDY_ORIGIN_METRICS_ADDR)",
+		"debug-addr", "127.0.0.1:6060",
 		"drain-timeout", "30s", "(default)",
 	} {
 		if !strings.Contains(out, want) {
@@ -179,6 +180,8 @@ func TestCheckConfigErrors(t *testing.T) {
 		{name: "max-upgrades", args: withTo("--max-upgrades", "0"), want: "--max-upgrades 0: want at least 1"},
 		{name: "metrics-addr without port", args: withTo("--metrics-addr", "9464"), want: `--metrics-addr "9464": want host:port`},
 		{name: "metrics-addr port out of range", args: withTo("--metrics-addr", "127.0.0.1:70000"), want: `--metrics-addr "127.0.0.1:70000"`},
+		{name: "debug-addr port out of range", args: withTo("--debug-addr", "127.0.0.1:70000"), want: `--debug-addr "127.0.0.1:70000": want host:port`},
+		{name: "debug-addr port not a number", args: withTo("--debug-addr", ":pprof"), want: `--debug-addr ":pprof": want host:port`},
 		{name: "log-level", args: withTo("--log-level", "loud"), want: `--log-level "loud"`},
 		{name: "bad environment value", args: withTo(), env: map[string]string{"SPDY_ORIGIN_CONNECTIONS": "many"}, want: `SPDY_ORIGIN_CONNECTIONS="many"`},
 		{name: "bad route in the environment", args: base(), env: map[string]string{"SPDY_ORIGIN_TO": "a..example.com=http://127.0.0.1:1"}, want: "--to (from SPDY_ORIGIN_TO)"},

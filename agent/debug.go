@@ -26,7 +26,7 @@ func debugListenAddr(s string) (string, error) {
 		return "", nil
 	}
 	host, port, err := net.SplitHostPort(s)
-	if err != nil || port == "" {
+	if err != nil || !isHostPort(s) {
 		return "", usageErrorf("--debug-addr %q: want host:port, e.g. 127.0.0.1:6060", s)
 	}
 	if host == "" {
