@@ -203,7 +203,9 @@ var (
 
 // copyBody copies body (length bytes, -1 unknown) to w, flushing each piece
 // at once (streaming responses, events, long polls), except the last piece
-// of a body of known length, which the response's end sends with FIN.
+// of a body of known length, which the response's end sends with FIN when
+// the body's EOF follows at once (HTTP/1.1), and which is flushed when EOF
+// is slow to come (an HTTP/2 upstream that keeps its stream open).
 func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 	flush := flusher(w)
 	// The headers go out with the first body bytes or, when those do not
@@ -211,9 +213,9 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 	// upstream that waits for more of the request body), on their own.
 	var (
 		mu      sync.Mutex
-		waiting = true // for the first body bytes; guarded by mu
+		waiting = true // for the first body bytes or EOF; guarded by mu
 	)
-	headers := time.AfterFunc(headerFlushDelay, func() {
+	pending := time.AfterFunc(headerFlushDelay, func() {
 		mu.Lock()
 		defer mu.Unlock()
 		if waiting {
@@ -247,7 +249,7 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 		}
 		n, rerr := body.Read(buf)
 		if waiting {
-			headers.Stop()
+			pending.Stop()
 			mu.Lock()
 			waiting = false
 			mu.Unlock()
@@ -261,6 +263,13 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 				if err := flush(); err != nil {
 					return err
 				}
+			} else if rerr == nil {
+				// The last piece waits for EOF, to go out with FIN, but
+				// only as long as the headers wait for the first bytes.
+				mu.Lock()
+				waiting = true
+				mu.Unlock()
+				pending.Reset(headerFlushDelay)
 			}
 		}
 		if rerr == io.EOF {

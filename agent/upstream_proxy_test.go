@@ -357,3 +357,59 @@ func TestProxyTargetPathAndQuery(t *testing.T) {
 		}
 	}
 }
+
+// An HTTP/2 upstream may flush the last bytes of a body of known length
+// and end its stream only later: those bytes reach the client at once, not
+// when the stream ends (HTTP/1.1 upstreams give EOF with them).
+func TestProxyFlushesLastPieceFromH2Upstream(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "30")
+		io.WriteString(w, "data: event 0\n\n")
+		w.(http.Flusher).Flush()
+		time.Sleep(20 * time.Millisecond)
+		io.WriteString(w, "data: event 1\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	srv.Config.Protocols = &p
+	srv.Start()
+	t.Cleanup(srv.Close)
+	defer close(release)
+	to, _ := url.Parse(strings.Replace(srv.URL, "http://", "h2c://", 1))
+	for _, fe := range fronts {
+		t.Run(fe.name, func(t *testing.T) {
+			fr := fe.fn(t, to, "")
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "GET", fr.base+"/", nil)
+			resp, err := fr.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan string, 1)
+			go func() {
+				b := make([]byte, 30)
+				n, _ := io.ReadFull(resp.Body, b)
+				got <- string(b[:n])
+			}()
+			select {
+			case b := <-got:
+				resp.Body.Close()
+				if b != "data: event 0\n\ndata: event 1\n\n" {
+					t.Fatalf("%q", b)
+				}
+			case <-time.After(2 * time.Second):
+				cancel()
+				<-got
+				resp.Body.Close()
+				t.Fatal("the last flushed piece of a known-length body was held back")
+			}
+		})
+	}
+}
