@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -335,11 +336,11 @@ type responseBody struct {
 	st     *stream
 	stop   func() bool
 	resp   *http.Response // its Trailer is filled at EOF
-	closed bool
+	closed atomic.Bool    // Close may come from another goroutine than Read's
 }
 
 func (b *responseBody) Read(p []byte) (int, error) {
-	if b.closed {
+	if b.closed.Load() {
 		return 0, errReadClosed
 	}
 	n, err := b.st.read(p)
@@ -354,10 +355,9 @@ func (b *responseBody) Read(p []byte) (int, error) {
 
 // Close ends the stream; before EOF that is RST_STREAM CANCEL.
 func (b *responseBody) Close() error {
-	if b.closed {
+	if !b.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	b.closed = true
 	b.stop()
 	if !b.st.bodyComplete() || !b.st.sendComplete() {
 		// Before EOF, or while our request body is still going out to a

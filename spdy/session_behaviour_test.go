@@ -897,3 +897,37 @@ func TestIsRetryable(t *testing.T) {
 		}
 	}
 }
+
+// A response body may be closed from another goroutine while a Read waits
+// on it (as net/http's bodies may, and as a proxy does when its client
+// leaves): the Read ends with an error, and nothing races.
+func TestResponseBodyCloseDuringRead(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	cs, _ := pair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-release
+	}), nil, nil)
+	resp, err := cs.RoundTrip(newReq(t, "GET", "https://example.com/quiet", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan error, 1)
+	go func() {
+		_, err := resp.Body.Read(make([]byte, 10))
+		read <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // let the Read block
+	if err := resp.Body.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case err := <-read:
+		if err == nil {
+			t.Fatal("Read after a concurrent Close returned no error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Read still blocked 5s after Close")
+	}
+}
