@@ -348,3 +348,35 @@ func TestSeenStatusIsCached(t *testing.T) {
 		t.Error("counter(201) is not one counter")
 	}
 }
+
+// A client that leaves in the middle of a body (Caddy resets the stream) is
+// not an upstream failure: upstream_errors_total{reason="body"} stays 0.
+func TestClientLeavingIsNotAnUpstreamError(t *testing.T) {
+	p := newTestProxy(t)
+	o := baseOpts(p)
+	o.To = upstreamMux(t)
+	o.MetricsAddr = "127.0.0.1:0"
+	ta := newTestAgent(t, o, nil)
+	ta.start(t)
+	ps := p.next(t)
+	proxy := p.url.Redacted()
+
+	for range 5 {
+		req, _ := http.NewRequest("GET", "http://agent.test/bytes?n=50000000", nil)
+		resp, err := ps.sess.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(resp.Body, make([]byte, 100000)); err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close() // RST_STREAM CANCEL mid-body
+	}
+	waitFor(t, func() bool {
+		v, _ := scrape(t, ta, "spdy_origin_agent_open_streams", "proxy", proxy)
+		return v == 0
+	})
+	if v, _ := scrape(t, ta, "spdy_origin_agent_upstream_errors_total", "reason", upstreamBody); v != 0 {
+		t.Errorf("upstream_errors_total{reason=body} = %v after clients left mid-body; want 0", v)
+	}
+}

@@ -16,6 +16,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptrace"
@@ -85,6 +86,11 @@ func (h *upstreamHandler) serveProxy(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(res.StatusCode)
 	if err := copyBody(w, res.Body, res.ContentLength); err != nil {
 		_ = res.Body.Close()
+		var client towardsClient
+		if !errors.As(err, &client) && r.Context().Err() == nil {
+			// The upstream's doing, not a client (or Caddy) that left.
+			h.countFailure(upstreamBody)
+		}
 		h.log.Debug("response body failed midway; resetting the stream", zap.String("uri", r.RequestURI), zap.Error(err))
 		panic(http.ErrAbortHandler)
 	}
@@ -106,6 +112,13 @@ func (h *upstreamHandler) serveProxy(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 }
+
+// towardsClient marks a copyBody error on the client's side of the copy
+// (the stream was reset, Caddy's client left), as opposed to the upstream's.
+type towardsClient struct{ err error }
+
+func (e towardsClient) Error() string { return "writing the response to the client: " + e.err.Error() }
+func (e towardsClient) Unwrap() error { return e.err }
 
 var errSwitchWithoutUpgrade = errorString("the upstream switched protocols (101) for a request that did not ask to upgrade")
 
@@ -256,12 +269,12 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 		}
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
-				return err
+				return towardsClient{err}
 			}
 			written += int64(n)
 			if length < 0 || written < length {
 				if err := flush(); err != nil {
-					return err
+					return towardsClient{err}
 				}
 			} else if rerr == nil {
 				// The last piece waits for EOF, to go out with FIN, but

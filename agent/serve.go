@@ -130,16 +130,6 @@ func (h *upstreamHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.serveUpgrade(w, r, up)
 		return
 	}
-	defer func() {
-		if v := recover(); v != nil {
-			// The response body failed midway. Unless the client left (then
-			// the copy failed on its side), that is the upstream's doing.
-			if v == http.ErrAbortHandler && r.Context().Err() == nil {
-				h.countFailure(upstreamBody)
-			}
-			panic(v)
-		}
-	}()
 	h.serveProxy(w, r)
 }
 
