@@ -87,7 +87,8 @@ func TestRoutingByHost(t *testing.T) {
 	}
 
 	// An agent that announces nothing (an Amahi origin, an older agent)
-	// serves every host, as before.
+	// serves every host, as before, as a catch-all: a host another agent
+	// announced stays with that agent (TestMostSpecificClaimWins).
 	startHostsAgent(t, "host-any", anyHostToken, "")
 	waitSessions(t, pool, 3)
 	if got := servedBy(t, c, "c.test"); got != "host-any" {
@@ -97,8 +98,8 @@ func TestRoutingByHost(t *testing.T) {
 	for range 8 {
 		seen[servedBy(t, c, "a.test")] = true
 	}
-	if !seen["host-A"] || !seen["host-any"] || seen["host-B"] {
-		t.Fatalf("a.test served by %v; want host-A and host-any, never host-B", seen)
+	if !seen["host-A"] || len(seen) != 1 {
+		t.Fatalf("a.test served by %v; want host-A only", seen)
 	}
 }
 
@@ -337,4 +338,47 @@ func TestReloadAppliesTokenHosts(t *testing.T) {
 	}
 	const noAgent = "no agent connected now announces it"
 	checkAllowed(t, p, map[string]string{"b.test": noAgent, "x.w.test": noAgent, "a.test": ""})
+}
+
+// Among the sessions that serve a host, the most specific claim wins, as in
+// the agent's own routes: an agent that announced media.test gets every
+// media.test request, not half of them beside an agent that announced "*"
+// (which would answer them from its catch-all route); the broader one
+// takes over when the specific one goes. And a token the config limits to
+// a host outranks a token without hosts that announces it, so a pool's
+// unrestricted agent cannot draw another household's traffic.
+func TestMostSpecificClaimWins(t *testing.T) {
+	pool := freshPool("hosts-specific")
+	c := loadHostsPool(t, pool, nil)
+	all := startHostsAgent(t, "catch-all", anyHostToken, "*")
+	media := startHostsAgent(t, "media", anyHostToken, "media.test")
+	wild := startHostsAgent(t, "wild", anyHostToken, "*.apps.test")
+	deep := startHostsAgent(t, "deep", anyHostToken, "*.x.apps.test")
+	household := startHostsAgent(t, "household", bToken, "*")
+	intruder := startHostsAgent(t, "intruder", anyHostToken, "b.test")
+	waitSessions(t, pool, 6)
+	_, _, _, _ = all, wild, deep, intruder
+
+	for host, want := range map[string]string{
+		"media.test":    "media",
+		"other.test":    "catch-all",
+		"a.apps.test":   "wild",
+		"y.x.apps.test": "deep",
+		"b.test":        "household",
+	} {
+		for range 6 {
+			if got := servedBy(t, c, host); got != want {
+				t.Fatalf("Host %s served by %s, want %s", host, got, want)
+			}
+		}
+	}
+	media.kill()
+	household.kill()
+	waitSessions(t, pool, 4)
+	if got := servedBy(t, c, "media.test"); got != "catch-all" {
+		t.Errorf("media.test after its agent left: served by %s, want catch-all", got)
+	}
+	if got := servedBy(t, c, "b.test"); got != "intruder" {
+		t.Errorf("b.test after its household left: served by %s, want intruder (exact beats catch-all)", got)
+	}
 }

@@ -90,8 +90,38 @@ func announceSet(announced []string) *hosts.Set {
 // host: its agent announced a pattern matching it (or announced nothing),
 // and its token allows it.
 func (s *session) serves(host string) bool {
-	return (s.announce == nil || s.announce.Match(host)) && s.scope.allows(host)
+	return s.claim(host) != hosts.NoMatch
 }
+
+// claim ranks how strongly the session claims the canonical host, for pick
+// (hosts.NoMatch: it does not serve it). A token limited to hosts that
+// covers the host outranks any token without hosts: the config gave that
+// name to it. Then the most specific pattern wins, as in the agent's own
+// routes: an exact announcement beats a wildcard, a longer wildcard a
+// shorter one, and any of them a catch-all ("*" or no announcement), which
+// under a limited token stands for the token's own patterns.
+func (s *session) claim(host string) int {
+	rank := 0 // announced nothing: every host, as a catch-all
+	if s.announce != nil {
+		if rank = s.announce.Specificity(host); rank == hosts.NoMatch {
+			return hosts.NoMatch
+		}
+	}
+	if !s.scope.restricted() {
+		return rank
+	}
+	scoped := s.scope.set.Specificity(host)
+	if scoped == hosts.NoMatch {
+		return hosts.NoMatch
+	}
+	if rank == 0 {
+		rank = scoped
+	}
+	return rank + limitedToken
+}
+
+// limitedToken lifts the claims of a token limited to hosts above all others.
+const limitedToken = 2 * hosts.Exact
 
 func (s *session) logFields() []zap.Field {
 	return append([]zap.Field{
@@ -300,7 +330,8 @@ func (p *pool) watch(s *session) {
 }
 
 // pick returns the usable session for the canonical host with the fewest
-// open streams, skipping exclude, sessions that do not serve host (their
+// open streams among those that claim it most strongly (session.claim),
+// skipping exclude, sessions that do not serve host (their
 // agent did not announce it, or their token does not allow it) and
 // sessions that are going away or already dead. Ties rotate, so sequential
 // requests spread over idle sessions too.
@@ -314,10 +345,14 @@ func (p *pool) pick(host string, exclude *session) *session {
 	start := int(p.rr % uint64(n))
 	p.rr++
 	var best *session
-	bestOpen := 0
+	bestOpen, bestClaim := 0, hosts.NoMatch
 	for i := range n {
 		s := p.order[(start+i)%n]
-		if s == exclude || s.revoked || s.s.GoingAway() || !s.serves(host) {
+		if s == exclude || s.revoked || s.s.GoingAway() {
+			continue
+		}
+		claim := s.claim(host)
+		if claim == hosts.NoMatch || claim < bestClaim {
 			continue
 		}
 		select {
@@ -328,8 +363,8 @@ func (p *pool) pick(host string, exclude *session) *session {
 		// Requests picked but not yet opened count too, or a burst that
 		// arrives at once would all go to the same session.
 		open := s.s.OpenStreams() + int(s.picked.Load())
-		if best == nil || open < bestOpen {
-			best, bestOpen = s, open
+		if best == nil || claim > bestClaim || open < bestOpen {
+			best, bestOpen, bestClaim = s, open, claim
 		}
 	}
 	if best != nil {

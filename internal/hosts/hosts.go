@@ -154,11 +154,26 @@ func (t *Table[T]) Add(p string, v T) bool {
 // Len is the number of patterns in the table.
 func (t *Table[T]) Len() int { return t.n }
 
+// Specificity ranks how closely a pattern matches a host: NoMatch, then
+// the catch-all (0), then wildcards by the length of their suffix (longer
+// is more specific), then an exact name (Exact).
+const (
+	NoMatch = -1
+	Exact   = 1 << 10 // above any wildcard: a name has at most 253 bytes
+)
+
 // Lookup returns the value of the most specific pattern matching host,
 // which must be canonical (Canonical).
 func (t *Table[T]) Lookup(host string) (v T, ok bool) {
+	v, rank := t.lookup(host)
+	return v, rank != NoMatch
+}
+
+// lookup is Lookup that also returns the matching pattern's specificity.
+func (t *Table[T]) lookup(host string) (v T, rank int) {
+	var ok bool
 	if v, ok = t.exact[host]; ok {
-		return v, true
+		return v, Exact
 	}
 	if len(t.wildcard) > 0 {
 		// a.b.example.com: try b.example.com, then example.com, then com,
@@ -170,14 +185,14 @@ func (t *Table[T]) Lookup(host string) (v T, ok bool) {
 			}
 			rest = rest[i+1:]
 			if v, ok = t.wildcard[rest]; ok {
-				return v, true
+				return v, 1 + len(rest)
 			}
 		}
 	}
 	if t.all != nil {
-		return *t.all, true
+		return *t.all, 0
 	}
-	return v, false
+	return v, NoMatch
 }
 
 // Set is a set of patterns that answers whether any matches a host.
@@ -201,6 +216,16 @@ func (s *Set) Match(host string) bool {
 	}
 	_, ok := s.t.Lookup(host)
 	return ok
+}
+
+// Specificity is how closely the most specific pattern of s matches the
+// canonical host (see NoMatch and Exact). A nil Set matches nothing.
+func (s *Set) Specificity(host string) int {
+	if s == nil {
+		return NoMatch
+	}
+	_, rank := s.t.lookup(host)
+	return rank
 }
 
 // Len is the number of patterns in s.

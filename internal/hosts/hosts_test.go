@@ -175,3 +175,32 @@ func FuzzPattern(f *testing.F) {
 		}
 	})
 }
+
+func TestSpecificity(t *testing.T) {
+	s := NewSet("*", "*.example.com", "*.a.example.com", "www.example.com")
+	for host, want := range map[string]int{
+		"www.example.com":   Exact,
+		"b.a.example.com":   1 + len("a.example.com"),
+		"x.example.com":     1 + len("example.com"),
+		"a.example.com":     1 + len("example.com"),
+		"elsewhere.org":     0,
+		"localhost":         0,
+		"x.y.a.example.com": 1 + len("a.example.com"),
+	} {
+		if got := s.Specificity(host); got != want {
+			t.Errorf("Specificity(%q) = %d, want %d", host, got, want)
+		}
+	}
+	if got := NewSet("*.example.com").Specificity("example.org"); got != NoMatch {
+		t.Errorf("no pattern matches: %d, want NoMatch", got)
+	}
+	var none *Set
+	if got := none.Specificity("a"); got != NoMatch {
+		t.Errorf("nil set: %d, want NoMatch", got)
+	}
+	// Any wildcard ranks below an exact name, whatever its length.
+	long := strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 61)
+	if got := NewSet("*." + long).Specificity("x." + long); got >= Exact {
+		t.Errorf("a 253-byte wildcard ranks %d, not below Exact", got)
+	}
+}
