@@ -86,15 +86,10 @@ func announceSet(announced []string) *hosts.Set {
 	return hosts.NewSet(announced...)
 }
 
-// serves reports whether the session may get a request for the canonical
-// host: its agent announced a pattern matching it (or announced nothing),
-// and its token allows it.
-func (s *session) serves(host string) bool {
-	return s.claim(host) != hosts.NoMatch
-}
-
-// claim ranks how strongly the session claims the canonical host, for pick
-// (hosts.NoMatch: it does not serve it). A token limited to hosts that
+// claim ranks how strongly the session claims the canonical host, for pick.
+// It is hosts.NoMatch when the session may not get a request for the host:
+// its agent announced no pattern matching it (announcing nothing is a
+// catch-all), or its token does not allow it. A token limited to hosts that
 // covers the host outranks any token without hosts: the config gave that
 // name to it. Then the most specific pattern wins, as in the agent's own
 // routes: an exact announcement beats a wildcard, a longer wildcard a

@@ -53,9 +53,6 @@ type tokenScope struct {
 // restricted reports whether the token is limited to some hosts.
 func (s *tokenScope) restricted() bool { return s != nil && s.hosts != nil }
 
-// allows reports whether the token's agents may serve the canonical host.
-func (s *tokenScope) allows(host string) bool { return !s.restricted() || s.set.Match(host) }
-
 // hostList is the token's patterns, nil for any host.
 func (s *tokenScope) hostList() []string {
 	if s == nil {
