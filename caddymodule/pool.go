@@ -201,14 +201,19 @@ func (p *pool) Destruct() error {
 	p.log().Info("pool removed from config; sending GOAWAY to agents",
 		zap.String("pool", p.name), zap.Int("sessions", len(list)), zap.Duration("drain_timeout", drain))
 	for _, s := range list {
-		go func(s *session) {
-			ctx, cancel := context.WithTimeout(context.Background(), drain)
-			defer cancel()
-			_ = s.s.Shutdown(ctx)
-			_ = s.s.Close()
-		}(s)
+		go s.goAway(drain)
 	}
 	return nil
+}
+
+// goAway sends GOAWAY, lets open streams finish for up to drain, then
+// closes the session. It returns once the session is closed, at the latest
+// after drain: run it in a goroutine of its own.
+func (s *session) goAway(drain time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	_ = s.s.Shutdown(ctx)
+	_ = s.s.Close()
 }
 
 // reserve takes a max_sessions slot for a registration about to be

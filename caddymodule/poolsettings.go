@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -137,13 +136,7 @@ func (p *pool) dropRevokedLocked() {
 		s.revoked = true
 		p.log().Warn("agent's token was removed from the config or its hosts changed: sending GOAWAY (the agent registers again under the new config)",
 			s.logFields()...)
-		drain := p.drainTimeout()
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), drain)
-			defer cancel()
-			_ = s.s.Shutdown(ctx)
-			_ = s.s.Close()
-		}()
+		go s.goAway(p.drainTimeout())
 	}
 }
 
