@@ -244,7 +244,11 @@ func TestResolveTokens(t *testing.T) {
 	}{
 		{name: "plain and limited", h: Handler{Token: []string{"plain-token-0123456789"},
 			Tokens: []TokenConfig{{Value: "limited-token-0123456", Hosts: []string{"A.test", "*.b.test"}}}},
-			want: "1:[] 2:[a.test *.b.test]"},
+			want: "1:[] 2:[*.b.test a.test]"},
+		{name: "same secret, hosts in another order", h: Handler{Tokens: []TokenConfig{
+			{Value: "dup-token-0123456789ab", Hosts: []string{"a.test", "*.b.test"}},
+			{Value: "dup-token-0123456789ab", Hosts: []string{"*.b.test", "A.test", "a.test"}}}},
+			want: "1:[*.b.test a.test]"},
 		{name: "hosts * is any host", h: Handler{Tokens: []TokenConfig{{Value: "star-token-0123456789", Hosts: []string{"*"}}}},
 			want: "1:[]"},
 		{name: "same secret, same hosts", h: Handler{Token: []string{"dup-token-0123456789ab", "dup-token-0123456789ab"}},
@@ -273,6 +277,31 @@ func TestResolveTokens(t *testing.T) {
 		if err != nil || strings.Join(got, " ") != tc.want {
 			t.Errorf("%s: %v %v, want %s", tc.name, got, err, tc.want)
 		}
+	}
+}
+
+// A reload that only lists a token's hosts in another order (or twice)
+// leaves the token as it was: its agents keep their sessions, rather than
+// all getting GOAWAY and their hosts 503 until they register again.
+func TestTokenHostsOrderIsNotARevocation(t *testing.T) {
+	resolve := func(hosts ...string) []*tokenScope {
+		t.Helper()
+		h := Handler{logger: zap.NewNop(), Tokens: []TokenConfig{{Value: "order-token-0123456789", Hosts: hosts}}}
+		scopes, err := h.resolveTokens()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return scopes
+	}
+	before := resolve("a.test", "*.b.test")[0]
+	p := newPool("token-hosts-order")
+	p.users = []*poolUser{{tokens: resolve("*.b.test", "a.test", "A.test")}}
+	if !p.currentLocked(before) {
+		t.Errorf("token with hosts %v is revoked by a config listing %v", before.hosts, p.users[0].tokens[0].hosts)
+	}
+	p.users = []*poolUser{{tokens: resolve("*.b.test")}}
+	if p.currentLocked(before) {
+		t.Errorf("token with hosts %v is still current under a config giving it only *.b.test", before.hosts)
 	}
 }
 

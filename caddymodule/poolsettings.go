@@ -115,7 +115,7 @@ func (p *pool) currentLocked(scope *tokenScope) bool {
 	}
 	for _, u := range p.users {
 		for _, t := range u.tokens {
-			if t.secret == scope.secret && t.restricted() == scope.restricted() && slices.Equal(t.hosts, scope.hosts) {
+			if t.secret == scope.secret && t.sameHosts(scope) {
 				return true
 			}
 		}

@@ -16,6 +16,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -46,12 +47,19 @@ type TokenConfig struct {
 type tokenScope struct {
 	n      int // its position among the handler's tokens (1-based), for logs: never the secret
 	secret [sha256.Size]byte
-	hosts  []string   // canonical patterns; nil: any host
+	hosts  []string   // canonical patterns, sorted, each once; nil: any host
 	set    *hosts.Set // of hosts
 }
 
 // restricted reports whether the token is limited to some hosts.
 func (s *tokenScope) restricted() bool { return s != nil && s.hosts != nil }
+
+// sameHosts reports whether s and o allow the same hosts: both any host, or
+// the same patterns (hosts are sorted, so their order in the config does
+// not count).
+func (s *tokenScope) sameHosts(o *tokenScope) bool {
+	return s.restricted() == o.restricted() && slices.Equal(s.hosts, o.hosts)
+}
 
 // hostList is the token's patterns, nil for any host.
 func (s *tokenScope) hostList() []string {
@@ -126,7 +134,7 @@ func (h *Handler) resolveTokens() ([]*tokenScope, error) {
 		}
 		s.set = hosts.NewSet(s.hosts...)
 		if prev, dup := seen[s.secret]; dup {
-			if strings.Join(prev.hosts, " ") != strings.Join(s.hosts, " ") || prev.restricted() != s.restricted() {
+			if !prev.sameHosts(s) {
 				return nil, fmt.Errorf("spdy_origin: tokens %d and %d are the same secret with different hosts; give it one line", prev.n, n)
 			}
 			continue
@@ -140,8 +148,8 @@ func (h *Handler) resolveTokens() ([]*tokenScope, error) {
 	return scopes, nil
 }
 
-// tokenHosts checks a token's host patterns; nil means any host (none
-// given, or "*").
+// tokenHosts checks a token's host patterns and returns them canonical,
+// sorted and each once; nil means any host (none given, or "*").
 func tokenHosts(list []string) ([]string, error) {
 	var out []string
 	for _, p := range list {
@@ -154,7 +162,7 @@ func tokenHosts(list []string) ([]string, error) {
 		}
 		out = append(out, c)
 	}
-	return out, nil
+	return sortedSet(out), nil
 }
 
 // matchToken returns the scope of the token given matches, or nil. It
