@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -146,8 +147,12 @@ func Register(ctx context.Context, conn net.Conn, r Request) (*Result, error) {
 		return nil, fmt.Errorf("sending registration to proxy: %w", err)
 	}
 
-	br := bufio.NewReaderSize(conn, 16<<10)
+	// The header is read through a limit, which is lifted for the body and
+	// the SPDY session behind it (the body has its own).
+	lr := &io.LimitedReader{R: conn, N: MaxResponseHeaderBytes}
+	br := bufio.NewReaderSize(headerLimit{lr}, 16<<10)
 	resp, err := http.ReadResponse(br, req)
+	lr.N = math.MaxInt64
 	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			err = fmt.Errorf("proxy closed the connection without answering: %w", err)
@@ -164,6 +169,21 @@ func Register(ctx context.Context, conn net.Conn, r Request) (*Result, error) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return &Result{Body: body, Reader: br, Capabilities: ReadCapabilities(resp.Header)}, nil
+}
+
+// ErrResponseHeaderTooLarge: the answer's status line and header exceed
+// MaxResponseHeaderBytes; it is not spdy_origin's.
+var ErrResponseHeaderTooLarge = fmt.Errorf("proxy's response header exceeds %d bytes (is this an spdy_origin endpoint?)", MaxResponseHeaderBytes)
+
+// headerLimit reads through an io.LimitedReader, failing with
+// ErrResponseHeaderTooLarge, not io.EOF, once the limit is reached.
+type headerLimit struct{ lr *io.LimitedReader }
+
+func (h headerLimit) Read(p []byte) (int, error) {
+	if h.lr.N <= 0 {
+		return 0, ErrResponseHeaderTooLarge
+	}
+	return h.lr.Read(p)
 }
 
 // httpRequest is the PUT as net/http writes it.

@@ -109,6 +109,12 @@ const (
 	// an spdy_origin endpoint.
 	MaxResponseBody = 64 << 10
 
+	// MaxResponseHeaderBytes caps the status line and header of the answer
+	// the agent reads (spdy_origin's are a few hundred bytes; a CDN's or an
+	// access rule's refusal a few kilobytes). Past it, Register fails with
+	// ErrResponseHeaderTooLarge.
+	MaxResponseHeaderBytes = 1 << 20
+
 	// maxIdentityLen caps each identity value the proxy keeps.
 	maxIdentityLen = 128
 )

@@ -496,3 +496,44 @@ func FuzzReadHosts(f *testing.F) {
 		}
 	})
 }
+
+// A hostile or broken endpoint that answers with an endless header must
+// not make the agent buffer it until the handshake times out: Register
+// gives up once MaxResponseHeaderBytes are read.
+func TestRegisterResponseHeaderBound(t *testing.T) {
+	agent, proxy := net.Pipe()
+	written := make(chan int64, 1)
+	go func() {
+		defer proxy.Close()
+		req, err := http.ReadRequest(bufio.NewReader(proxy))
+		if err != nil {
+			written <- 0
+			return
+		}
+		_, _ = io.Copy(io.Discard, req.Body)
+		n, _ := io.WriteString(proxy, "HTTP/1.1 200 OK\r\n")
+		total := int64(n)
+		line := "X-Pad: " + strings.Repeat("a", 4<<10) + "\r\n"
+		for total < 64*MaxResponseHeaderBytes {
+			n, err := io.WriteString(proxy, line)
+			total += int64(n)
+			if err != nil {
+				break
+			}
+		}
+		written <- total
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := Register(ctx, agent, testRequest)
+	agent.Close()
+	if !errors.Is(err, ErrResponseHeaderTooLarge) {
+		t.Errorf("err = %v after %v, want ErrResponseHeaderTooLarge", err, time.Since(start))
+	}
+	// net.Pipe is unbuffered: what was written is what Register read, plus
+	// at most the line in flight.
+	if n := <-written; n > MaxResponseHeaderBytes+8<<10 {
+		t.Errorf("Register read %d bytes of header, want at most %d", n, MaxResponseHeaderBytes)
+	}
+}
