@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -379,5 +380,15 @@ func TestGridRendering(t *testing.T) {
 	txt := rep.text()
 	if !strings.Contains(txt, "x (ms)") || !strings.Contains(txt, "↳ why") {
 		t.Errorf("text lacks the row or its note:\n%s", txt)
+	}
+}
+
+// TestLinkUseCountsEveryPage: the window spans the uncounted first fetch too, so
+// its bytes are on the link like the timed pages'.
+func TestLinkUseCountsEveryPage(t *testing.T) {
+	l := loadedRun{page: pageRun{times: make([]time.Duration, prioFetches)}, window: time.Second, bulkBytes: 1e6}
+	want := float64(1e6+(prioFetches+1)*prioPage) / prioLinkRate
+	if got := l.linkUse(); math.Abs(got-want) > 1e-9 {
+		t.Fatalf("linkUse = %v, want %v", got, want)
 	}
 }

@@ -179,8 +179,12 @@ type loadedRun struct {
 const prioSampleEvery = 20 * time.Millisecond
 
 func (l loadedRun) bulkRate() float64 { return float64(l.bulkBytes) / l.window.Seconds() }
+
+// linkUse counts every page within window: the timed ones and the uncounted
+// fetch before them (fetchPagesOn), which the window also spans.
 func (l loadedRun) linkUse() float64 {
-	return (float64(l.bulkBytes) + float64(prioFetches*prioPage)) / l.window.Seconds() / prioLinkRate
+	pages := int64(len(l.page.times)+1) * prioPage
+	return float64(l.bulkBytes+pages) / l.window.Seconds() / prioLinkRate
 }
 
 // runPriority is the section: agents, then each variant, then the unlimited link.
