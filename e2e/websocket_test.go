@@ -367,7 +367,6 @@ func TestWebSocketAgentKilled(t *testing.T) {
 	}
 	// Stop the agent from reconnecting, then cut its connection.
 	e.agent.cancel()
-	e.fwd.ln.Close()
 	start := time.Now()
 	e.fwd.kill()
 
