@@ -365,8 +365,9 @@ func TestWebSocketAgentKilled(t *testing.T) {
 			t.Fatal("upstream never got the socket")
 		}
 	}
-	// Stop the agent from reconnecting, then cut its connection.
-	e.agent.cancel()
+	// Cut the agent's connection the way its death would (kill also keeps it
+	// from reconnecting). The agent is not told: cancelling it first would start
+	// its orderly shutdown, racing the cut this test is about.
 	start := time.Now()
 	e.fwd.kill()
 
