@@ -406,6 +406,10 @@ t_stalled_readers_and_uploads() {
 		curl -sS --cacert "$CA" --max-time 30 --data-binary "@$D/post-10M.bin" -o /dev/null "$UP/stall" 2>/dev/null &
 		pids+=($!)
 	done
+	# A failed check exits this test's subshell: the stalled clients go too,
+	# instead of holding their streams for up to 30 s into the next tests.
+	# shellcheck disable=SC2064 # the pids as they are now
+	trap "kill ${pids[*]} 2>/dev/null || true" EXIT
 	sleep 2
 	t0=$(now_ms)
 	c -o "$O/st.bin" "$FILES/data/blob-4M.bin"
@@ -418,6 +422,7 @@ t_stalled_readers_and_uploads() {
 	took=$(($(now_ms) - t0))
 	((took < 2000)) || fail "a 10 MiB upload beside 8 stalled uploads took ${took} ms (want < 2 s)"
 	echo "10 MiB upload beside them: ${took} ms"
+	trap - EXIT
 	kill "${pids[@]}" 2>/dev/null || true
 	wait "${pids[@]}" 2>/dev/null || true
 }
