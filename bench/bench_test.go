@@ -1,9 +1,13 @@
 package main
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"math"
 	"net"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -390,5 +394,33 @@ func TestLinkUseCountsEveryPage(t *testing.T) {
 	want := float64(1e6+(prioFetches+1)*prioPage) / prioLinkRate
 	if got := l.linkUse(); math.Abs(got-want) > 1e-9 {
 		t.Fatalf("linkUse = %v, want %v", got, want)
+	}
+}
+
+// TestDownloadsCheckTheBody runs the bulk, parallel and page fetches against the
+// origin: each gets its bytes, checked, and a size the origin does not send fails.
+func TestDownloadsCheckTheBody(t *testing.T) {
+	srv := httptest.NewTLSServer(newOrigin())
+	defer srv.Close()
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	tg := &target{name: "test", addr: srv.Listener.Addr().String(), host: "example.com", tls: &tls.Config{RootCAs: pool, ServerName: "example.com"}}
+	ctx := context.Background()
+	if _, err := download(ctx, tg, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parallelDownload(ctx, tg, 2, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if run, err := fetchPages(ctx, tg, prioPagePri, 2); err != nil || len(run.times) != 2 {
+		t.Fatalf("fetchPages: %d times, %v", len(run.times), err)
+	}
+	rc, err := tg.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.close()
+	if _, err := rc.getPattern(tg.getReq("/bytes/1000"), 1001, make([]byte, 4096)); err == nil {
+		t.Fatal("1000 bytes passed as 1001")
 	}
 }

@@ -332,16 +332,9 @@ func fetchPagesOn(rc *rawConn, t *target, pri string, n int) (pageRun, error) {
 		if i > 0 {
 			time.Sleep(prioPause)
 		}
-		var chk patternChecker
 		t0 := time.Now()
-		status, _, ttfb, err := rc.do(req, &chk, buf)
+		ttfb, err := rc.getPattern(req, prioPage, buf)
 		el := time.Since(t0)
-		if err == nil && status != http.StatusOK {
-			err = fmt.Errorf("status %d", status)
-		}
-		if err == nil {
-			err = chk.err(prioPage)
-		}
 		if err != nil {
 			return run, fmt.Errorf("priority: page fetch %d: %w", i+1, err)
 		}
