@@ -1,8 +1,13 @@
 package main
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
+	"math"
 	"net"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -379,5 +384,43 @@ func TestGridRendering(t *testing.T) {
 	txt := rep.text()
 	if !strings.Contains(txt, "x (ms)") || !strings.Contains(txt, "↳ why") {
 		t.Errorf("text lacks the row or its note:\n%s", txt)
+	}
+}
+
+// TestLinkUseCountsEveryPage: the window spans the uncounted first fetch too, so
+// its bytes are on the link like the timed pages'.
+func TestLinkUseCountsEveryPage(t *testing.T) {
+	l := loadedRun{page: pageRun{times: make([]time.Duration, prioFetches)}, window: time.Second, bulkBytes: 1e6}
+	want := float64(1e6+(prioFetches+1)*prioPage) / prioLinkRate
+	if got := l.linkUse(); math.Abs(got-want) > 1e-9 {
+		t.Fatalf("linkUse = %v, want %v", got, want)
+	}
+}
+
+// TestDownloadsCheckTheBody runs the bulk, parallel and page fetches against the
+// origin: each gets its bytes, checked, and a size the origin does not send fails.
+func TestDownloadsCheckTheBody(t *testing.T) {
+	srv := httptest.NewTLSServer(newOrigin())
+	defer srv.Close()
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	tg := &target{name: "test", addr: srv.Listener.Addr().String(), host: "example.com", tls: &tls.Config{RootCAs: pool, ServerName: "example.com"}}
+	ctx := context.Background()
+	if _, err := download(ctx, tg, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parallelDownload(ctx, tg, 2, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if run, err := fetchPages(ctx, tg, prioPagePri, 2); err != nil || len(run.times) != 2 {
+		t.Fatalf("fetchPages: %d times, %v", len(run.times), err)
+	}
+	rc, err := tg.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.close()
+	if _, err := rc.getPattern(tg.getReq("/bytes/1000"), 1001, make([]byte, 4096)); err == nil {
+		t.Fatal("1000 bytes passed as 1001")
 	}
 }

@@ -125,39 +125,9 @@ func main() {
 			os.Exit(1)
 		}
 	}
-	b.paths = map[string]bool{}
-	for _, s := range strings.Split(*pathsFlag, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		if !contains(pathNames, s) {
-			fmt.Fprintf(os.Stderr, "bench: -paths %q: want some of %s\n", s, strings.Join(pathNames, ","))
-			os.Exit(2)
-		}
-		b.paths[s] = true
-	}
-	b.prioVariants = map[string]bool{}
-	for _, s := range strings.Split(*prioVars, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		if !contains(prioVariantNames, s) {
-			fmt.Fprintf(os.Stderr, "bench: -priority-variants %q: want some of %s\n", s, strings.Join(prioVariantNames, ","))
-			os.Exit(2)
-		}
-		b.prioVariants[s] = true
-	}
-	b.only = map[string]bool{}
-	for _, s := range strings.Split(*only, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		if !contains(sections, s) {
-			fmt.Fprintf(os.Stderr, "bench: -only %q: want some of %s\n", s, strings.Join(sections, ","))
-			os.Exit(2)
-		}
-		b.only[s] = true
-	}
+	b.paths = nameSet("-paths", *pathsFlag, pathNames)
+	b.prioVariants = nameSet("-priority-variants", *prioVars, prioVariantNames)
+	b.only = nameSet("-only", *only, sections)
 	if len(b.only) == 0 {
 		for _, s := range sections {
 			b.only[s] = true
@@ -224,13 +194,21 @@ func flagSet(name string) bool {
 	return set
 }
 
-func contains(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
+// nameSet parses a comma-separated flag value whose names must be among valid;
+// an unknown name ends the run (exit 2), as flag does for a bad value.
+func nameSet(flagName, value string, valid []string) map[string]bool {
+	set := map[string]bool{}
+	for _, s := range strings.Split(value, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
 		}
+		if !slices.Contains(valid, s) {
+			fmt.Fprintf(os.Stderr, "bench: %s %q: want some of %s\n", flagName, s, strings.Join(valid, ","))
+			os.Exit(2)
+		}
+		set[s] = true
 	}
-	return false
+	return set
 }
 
 func findBin(p, how string) (string, error) {

@@ -261,8 +261,7 @@ func selfSigned(certFile, keyFile string, ips ...net.IP) error {
 }
 
 // runOriginOnly is the -serve-origin mode: the bench re-executes itself inside the
-// far network namespace to put an origin there. It serves until killed.
-// runOriginOnly serves the origin in this process until it is killed; it
+// far network namespace to put an origin there. It serves until killed; it
 // returns only an error.
 func runOriginOnly(plainAddr, tlsAddr, certFile, keyFile string) error {
 	o := newOrigin()

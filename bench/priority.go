@@ -179,8 +179,12 @@ type loadedRun struct {
 const prioSampleEvery = 20 * time.Millisecond
 
 func (l loadedRun) bulkRate() float64 { return float64(l.bulkBytes) / l.window.Seconds() }
+
+// linkUse counts every page within window: the timed ones and the uncounted
+// fetch before them (fetchPagesOn), which the window also spans.
 func (l loadedRun) linkUse() float64 {
-	return (float64(l.bulkBytes) + float64(prioFetches*prioPage)) / l.window.Seconds() / prioLinkRate
+	pages := int64(len(l.page.times)+1) * prioPage
+	return float64(l.bulkBytes+pages) / l.window.Seconds() / prioLinkRate
 }
 
 // runPriority is the section: agents, then each variant, then the unlimited link.
@@ -328,16 +332,9 @@ func fetchPagesOn(rc *rawConn, t *target, pri string, n int) (pageRun, error) {
 		if i > 0 {
 			time.Sleep(prioPause)
 		}
-		var chk patternChecker
 		t0 := time.Now()
-		status, _, ttfb, err := rc.do(req, &chk, buf)
+		ttfb, err := rc.getPattern(req, prioPage, buf)
 		el := time.Since(t0)
-		if err == nil && status != http.StatusOK {
-			err = fmt.Errorf("status %d", status)
-		}
-		if err == nil {
-			err = chk.err(prioPage)
-		}
 		if err != nil {
 			return run, fmt.Errorf("priority: page fetch %d: %w", i+1, err)
 		}

@@ -153,24 +153,12 @@ func (g *grid) add(note string, cells ...string) {
 func (rep *report) text() string {
 	var b strings.Builder
 	if len(rep.rows) > 0 {
-		rows := [][]string{header}
-		var notes []string
-		for _, r := range rep.rows {
-			rows = append(rows, r.cells())
-			notes = append(notes, r.note)
-		}
-		alignTable(&b, rows, notes)
+		alignTable(&b, header, rep.pathRows())
 		b.WriteString("\n")
 	}
 	for _, g := range rep.grids {
 		b.WriteString(g.title + "\n\n")
-		rows := [][]string{g.cols}
-		var notes []string
-		for _, r := range g.rows {
-			rows = append(rows, r.cells)
-			notes = append(notes, r.note)
-		}
-		alignTable(&b, rows, notes)
+		alignTable(&b, g.cols, g.rows)
 		for _, n := range g.notes {
 			b.WriteString("note: " + n + "\n")
 		}
@@ -185,12 +173,21 @@ func (rep *report) text() string {
 	return b.String()
 }
 
-// alignTable writes rows (the first is the header) in aligned columns: the first
-// and last left-aligned, the others right-aligned; notes[i], if any, under row i+1.
-func alignTable(b *strings.Builder, rows [][]string, notes []string) {
-	w := make([]int, len(rows[0]))
-	for _, rr := range rows {
-		for i, c := range rr {
+// pathRows are the paths table's rows, as a grid's.
+func (rep *report) pathRows() []gridRow {
+	out := make([]gridRow, len(rep.rows))
+	for i, r := range rep.rows {
+		out[i] = gridRow{cells: r.cells(), note: r.note}
+	}
+	return out
+}
+
+// alignTable writes rows under cols in aligned columns: the first and last
+// left-aligned, the others right-aligned; a row's note, if any, under it.
+func alignTable(b *strings.Builder, cols []string, rows []gridRow) {
+	w := make([]int, len(cols))
+	for _, rr := range append([]gridRow{{cells: cols}}, rows...) {
+		for i, c := range rr.cells {
 			w[i] = max(w[i], len([]rune(c)))
 		}
 	}
@@ -208,18 +205,36 @@ func alignTable(b *strings.Builder, rows [][]string, notes []string) {
 		}
 		b.WriteString("\n")
 	}
-	line(rows[0])
+	line(cols)
 	total := 0
 	for _, x := range w {
 		total += x + 2
 	}
 	b.WriteString(strings.Repeat("─", total-2) + "\n")
-	for i, rr := range rows[1:] {
-		line(rr)
-		if n := notes[i]; n != "" {
-			b.WriteString("    ↳ " + n + "\n")
+	for _, rr := range rows {
+		line(rr.cells)
+		if rr.note != "" {
+			b.WriteString("    ↳ " + rr.note + "\n")
 		}
 	}
+}
+
+// markdownTable writes rows under cols as a markdown table: the first and last
+// column left-aligned, the others right-aligned; a row's note in its first cell.
+func markdownTable(b *strings.Builder, cols []string, rows []gridRow) {
+	esc := func(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
+	b.WriteString("| " + strings.Join(cols, " | ") + " |\n|---|" + strings.Repeat("--:|", len(cols)-2) + "---|\n")
+	for _, r := range rows {
+		c := slices.Clone(r.cells)
+		for i := range c {
+			c[i] = esc(c[i])
+		}
+		if r.note != "" {
+			c[0] += "<br>_" + esc(r.note) + "_"
+		}
+		b.WriteString("| " + strings.Join(c, " | ") + " |\n")
+	}
+	b.WriteString("\n")
 }
 
 // markdown renders the tables for bench/results.md (included by README.md).
@@ -230,37 +245,14 @@ func (rep *report) markdown() string {
 	if rep.args != "" {
 		cmd = "go run ./bench " + rep.args
 	}
-	esc := func(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
+	when := rep.started.UTC().Format("2006-01-02 15:04 UTC")
 	if len(rep.rows) > 0 {
-		fmt.Fprintf(&b, "**Tunnel vs Caddy reverse_proxy vs direct**, `%s`, %s.\n\n", cmd, rep.started.UTC().Format("2006-01-02 15:04 UTC"))
-		b.WriteString("| " + strings.Join(header, " | ") + " |\n")
-		b.WriteString("|---|" + strings.Repeat("--:|", len(header)-2) + "---|\n")
-		for _, r := range rep.rows {
-			c := r.cells()
-			for i := range c {
-				c[i] = esc(c[i])
-			}
-			if r.note != "" {
-				c[0] += "<br>_" + esc(r.note) + "_"
-			}
-			b.WriteString("| " + strings.Join(c, " | ") + " |\n")
-		}
-		b.WriteString("\n")
+		fmt.Fprintf(&b, "**Tunnel vs Caddy reverse_proxy vs direct**, `%s`, %s.\n\n", cmd, when)
+		markdownTable(&b, header, rep.pathRows())
 	}
 	for _, g := range rep.grids {
-		fmt.Fprintf(&b, "**%s**, `%s`, %s.\n\n", g.title, cmd, rep.started.UTC().Format("2006-01-02 15:04 UTC"))
-		b.WriteString("| " + strings.Join(g.cols, " | ") + " |\n|---|" + strings.Repeat("--:|", len(g.cols)-2) + "---|\n")
-		for _, r := range g.rows {
-			c := slices.Clone(r.cells)
-			for i := range c {
-				c[i] = esc(c[i])
-			}
-			if r.note != "" {
-				c[0] += "<br>_" + esc(r.note) + "_"
-			}
-			b.WriteString("| " + strings.Join(c, " | ") + " |\n")
-		}
-		b.WriteString("\n")
+		fmt.Fprintf(&b, "**%s**, `%s`, %s.\n\n", g.title, cmd, when)
+		markdownTable(&b, g.cols, g.rows)
 		for _, n := range g.notes {
 			b.WriteString("- " + n + "\n")
 		}

@@ -1,8 +1,9 @@
 package main
 
 import (
-	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // tokenBucket paces bytes to a link's rate: the delay relay's deliverer asks it
@@ -13,37 +14,28 @@ import (
 //
 // Reservations may take the bucket below zero: a caller is told how long to
 // wait and is owed those bytes, so several callers (the connections sharing one
-// link) share the rate in the order they ask, without polling.
+// link) share the rate in the order they ask, without polling. That is
+// rate.Limiter's ReserveN; this adds the clock tests set.
 type tokenBucket struct {
-	rate  float64 // bytes per second
-	depth float64 // bytes
-	now   func() time.Time
-
-	mu     sync.Mutex
-	tokens float64
-	last   time.Time
+	lim *rate.Limiter
+	now func() time.Time
 }
 
 // newTokenBucket returns a full bucket. now is time.Now except in tests.
-func newTokenBucket(rate float64, depth int, now func() time.Time) *tokenBucket {
+func newTokenBucket(r float64, depth int, now func() time.Time) *tokenBucket {
 	if now == nil {
 		now = time.Now
 	}
-	return &tokenBucket{rate: rate, depth: float64(depth), now: now, tokens: float64(depth), last: now()}
+	return &tokenBucket{lim: rate.NewLimiter(rate.Limit(r), depth), now: now}
 }
 
-// reserve takes n bytes and returns how long to wait before sending them.
+// reserve takes n bytes and returns how long to wait before sending them. n
+// must not exceed the depth (relayPiece ≤ relayBurst): the Limiter would never
+// grant it.
 func (b *tokenBucket) reserve(n int) time.Duration {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	if n > b.lim.Burst() {
+		panic("tokenBucket: a reservation over the bucket's depth")
+	}
 	now := b.now()
-	if el := now.Sub(b.last); el > 0 {
-		b.tokens = min(b.depth, b.tokens+el.Seconds()*b.rate)
-		b.last = now
-	}
-	b.tokens -= float64(n)
-	if b.tokens >= 0 {
-		return 0
-	}
-	return time.Duration(-b.tokens / b.rate * float64(time.Second))
+	return b.lim.ReserveN(now, n).DelayFrom(now)
 }

@@ -14,6 +14,20 @@ import (
 
 const mb = 1e6 // throughput is in MB/s (10^6 bytes per second)
 
+// getPattern does req on rc and checks the answer: 200 and exactly size bytes
+// of the pattern. ttfb is do's.
+func (rc *rawConn) getPattern(req []byte, size int64, buf []byte) (ttfb time.Duration, err error) {
+	var chk patternChecker
+	status, _, ttfb, err := rc.do(req, &chk, buf)
+	if err == nil && status != http.StatusOK {
+		err = fmt.Errorf("status %d", status)
+	}
+	if err == nil {
+		err = chk.err(size)
+	}
+	return ttfb, err
+}
+
 // download fetches size pattern bytes over a fresh connection (dialled before the
 // clock starts), with hdrs added to the request, checks every byte, and returns MB/s.
 func download(ctx context.Context, t *target, size int64, hdrs ...string) (float64, error) {
@@ -24,16 +38,9 @@ func download(ctx context.Context, t *target, size int64, hdrs ...string) (float
 	defer rc.close()
 	stop := context.AfterFunc(ctx, rc.close)
 	defer stop()
-	var chk patternChecker
 	t0 := time.Now()
-	status, _, _, err := rc.do(t.getReq("/bytes/"+strconv.FormatInt(size, 10), hdrs...), &chk, make([]byte, 256<<10))
+	_, err = rc.getPattern(t.getReq("/bytes/"+strconv.FormatInt(size, 10), hdrs...), size, make([]byte, 256<<10))
 	el := time.Since(t0)
-	if err == nil && status != http.StatusOK {
-		err = fmt.Errorf("status %d", status)
-	}
-	if err == nil {
-		err = chk.err(size)
-	}
 	if err != nil {
 		return 0, fmt.Errorf("%s: download of %d bytes: %w", t.name, size, err)
 	}
@@ -111,15 +118,7 @@ func parallelDownload(ctx context.Context, t *target, n int, size int64) (float6
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var chk patternChecker
-			status, _, _, err := c.do(req, &chk, make([]byte, 256<<10))
-			if err == nil && status != http.StatusOK {
-				err = fmt.Errorf("status %d", status)
-			}
-			if err == nil {
-				err = chk.err(size)
-			}
-			errs[i] = err
+			_, errs[i] = c.getPattern(req, size, make([]byte, 256<<10))
 		}()
 	}
 	wg.Wait()

@@ -192,6 +192,9 @@ func TestHTTP2UpstreamHTTPS(t *testing.T) {
 		if err != nil || resp.StatusCode != 200 || string(b) != want {
 			t.Fatalf("h2 %v: status %d, %v: %.200s", h2, resp.StatusCode, err, b)
 		}
+		if (resp.ProtoMajor == 2) != h2 {
+			t.Errorf("h2 %v: the client spoke %s to Caddy", h2, resp.Proto)
+		}
 		if p := resp.Header.Get("X-Upstream-Proto"); p != "HTTP/2.0" {
 			t.Errorf("h2 %v: upstream saw %s, want HTTP/2.0", h2, p)
 		}

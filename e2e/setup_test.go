@@ -26,6 +26,7 @@ type tcpForwarder struct {
 	ln     net.Listener
 	target string
 	mu     sync.Mutex
+	killed bool // no connection may be relayed any more
 	conns  []*net.TCPConn
 	wg     sync.WaitGroup
 }
@@ -59,9 +60,15 @@ func (f *tcpForwarder) accept() {
 		}
 		a, b := c.(*net.TCPConn), up.(*net.TCPConn)
 		f.mu.Lock()
+		if f.killed { // accepted before kill closed the listener, dialled after
+			f.mu.Unlock()
+			reset(a)
+			reset(b)
+			return
+		}
 		f.conns = append(f.conns, a, b)
-		f.mu.Unlock()
 		f.wg.Add(2)
+		f.mu.Unlock()
 		relay := func(dst, src *net.TCPConn) {
 			defer f.wg.Done()
 			_, _ = io.Copy(dst, src)
@@ -72,20 +79,26 @@ func (f *tcpForwarder) accept() {
 	}
 }
 
-// kill resets every relayed connection (both sides).
+// kill stops accepting and resets every relayed connection (both sides), and any
+// that the accept loop was still dialling: the agent can neither keep nor reopen one.
 func (f *tcpForwarder) kill() {
+	f.ln.Close()
 	f.mu.Lock()
+	f.killed = true
 	conns := f.conns
 	f.conns = nil
 	f.mu.Unlock()
 	for _, c := range conns {
-		_ = c.SetLinger(0) // RST, not FIN: the peer learns nothing orderly
-		_ = c.Close()
+		reset(c)
 	}
 }
 
+func reset(c *net.TCPConn) {
+	_ = c.SetLinger(0) // RST, not FIN: the peer learns nothing orderly
+	_ = c.Close()
+}
+
 func (f *tcpForwarder) close() {
-	f.ln.Close()
 	f.kill()
 	f.wg.Wait()
 }

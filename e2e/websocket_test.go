@@ -365,9 +365,9 @@ func TestWebSocketAgentKilled(t *testing.T) {
 			t.Fatal("upstream never got the socket")
 		}
 	}
-	// Stop the agent from reconnecting, then cut its connection.
-	e.agent.cancel()
-	e.fwd.ln.Close()
+	// Cut the agent's connection the way its death would (kill also keeps it
+	// from reconnecting). The agent is not told: cancelling it first would start
+	// its orderly shutdown, racing the cut this test is about.
 	start := time.Now()
 	e.fwd.kill()
 
@@ -516,6 +516,7 @@ func TestWebSocketReload(t *testing.T) {
 		if err := echo(ctx, c, websocket.MessageText, []byte("before reload")); err != nil {
 			t.Fatal(err)
 		}
+		session := poolState(t, e.pool).Sessions[0].ID
 		loadCaddy(t, e2eConfig(p, e.pool, map[string]any{"retry_after": "3s"}, nil))
 		_, _, err := c.Read(ctx)
 		if websocket.CloseStatus(err) != websocket.StatusGoingAway {
@@ -524,9 +525,10 @@ func TestWebSocketReload(t *testing.T) {
 		if s := nextClose(t, e.up.closes); s != websocket.StatusGoingAway {
 			t.Fatalf("upstream saw %v, want 1001 (going away)", s)
 		}
-		// The agent session itself survives the reload and serves new sockets.
-		if len(poolState(t, e.pool).Sessions) != 1 {
-			t.Fatal("agent session lost in the reload")
+		// The agent session itself survives the reload (not replaced by a
+		// reconnection) and serves new sockets.
+		if ps := poolState(t, e.pool); len(ps.Sessions) != 1 || ps.Sessions[0].ID != session {
+			t.Fatalf("agent session lost in the reload: %+v (was %d)", ps, session)
 		}
 		c2 := e.dial(ctx, h1Client(t, 0), "/echo")
 		if err := echo(ctx, c2, websocket.MessageText, []byte("new socket after reload")); err != nil {
