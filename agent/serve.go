@@ -226,11 +226,12 @@ func (h *upstreamHandler) upgradeUpstream(w http.ResponseWriter, r *http.Request
 	br := bufio.NewReader(upConn)
 	resp, err := http.ReadResponse(br, out)
 	if err == nil && resp.StatusCode != http.StatusSwitchingProtocols {
-		// Refused or ignored upgrade: relay the answer, body included, while the
-		// request context still bounds it.
+		// Refused or ignored upgrade: relay the answer, body included, for as
+		// long as the client stays (a raw connection does not see r's context).
 		stop()
+		defer upConn.Close()
+		defer context.AfterFunc(r.Context(), func() { _ = upConn.SetDeadline(time.Unix(1, 0)) })()
 		h.relayResponse(w, resp, log)
-		_ = upConn.Close()
 		return nil, nil, nil, false
 	}
 	if stopped := stop(); err != nil || !stopped {

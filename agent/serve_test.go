@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"go.uber.org/zap"
 )
 
 // upstreamMux is the --to upstream used by the tests.
@@ -477,5 +478,87 @@ func TestRootThroughFronts(t *testing.T) {
 			fr := fe.fn(t, nil, makeRoot(t))
 			fileCases(t, fr.client, fr.base)
 		})
+	}
+}
+
+// hijackRecorder is a ResponseRecorder that serveUpgrade accepts (it asks
+// for http.Hijacker before it dials); the tests using it never reach a 101.
+type hijackRecorder struct {
+	*httptest.ResponseRecorder
+	wrote chan struct{} // closed at the first body write
+}
+
+func (r *hijackRecorder) Write(p []byte) (int, error) {
+	select {
+	case <-r.wrote:
+	default:
+		close(r.wrote)
+	}
+	return r.ResponseRecorder.Write(p)
+}
+
+func (r *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return nil, nil, http.ErrNotSupported
+}
+
+// An upstream that refuses an upgrade with a body it then never finishes
+// holds the stream only while the client is there: once the client leaves,
+// the handler returns and the upstream connection is closed.
+func TestUpgradeRefusalBodyEndsWithClient(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	upClosed := make(chan struct{})
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 403 Forbidden\r\nContent-Length: 1000\r\n\r\npartial")
+		_, _ = io.Copy(io.Discard, c) // until the agent closes its side
+		close(upClosed)
+	}()
+	to, _ := url.Parse("http://" + l.Addr().String())
+	tun := testTuning(nil)
+	tun.upgradeHeaderTimeout = time.Minute // not what ends the relay
+	h, err := newUpstreamHandler(to, nil, tun, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req := httptest.NewRequest("GET", "http://site.example.com/ws", nil).WithContext(ctx)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	w := &hijackRecorder{ResponseRecorder: httptest.NewRecorder(), wrote: make(chan struct{})}
+	done := make(chan any, 1)
+	go func() {
+		defer func() { done <- recover() }()
+		h.ServeHTTP(w, req)
+	}()
+	select {
+	case <-w.wrote:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the refusal's first bytes were not relayed")
+	}
+	cancel() // the client leaves
+	select {
+	case v := <-done:
+		if v != http.ErrAbortHandler {
+			t.Fatalf("handler ended with %v, want the cut body to panic with http.ErrAbortHandler", v)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler still relays the refusal's body after the client left")
+	}
+	select {
+	case <-upClosed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream connection is still open after the client left")
 	}
 }
