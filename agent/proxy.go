@@ -157,7 +157,7 @@ func (h *upstreamHandler) outRequest(ctx context.Context, r *http.Request) *http
 		hdr["User-Agent"] = []string{""} // an empty value: net/http then sends none
 	}
 	u.RawQuery = cleanQuery(u.RawQuery)
-	h.pointAtTarget(&u)
+	h.pointAtTarget(out)
 	out.Host = r.Host
 	out.RequestURI = ""
 	out.Close = false

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/textproto"
 	"net/url"
 	"strings"
@@ -191,7 +192,7 @@ func (h *upstreamHandler) serveUpgrade(w http.ResponseWriter, r *http.Request, u
 // headers without hop-by-hop ones, and the upgrade asked for again.
 func (h *upstreamHandler) upgradeRequest(r *http.Request, upType string) *http.Request {
 	out := r.Clone(r.Context())
-	h.pointAtTarget(out.URL)
+	h.pointAtTarget(out)
 	out.RequestURI = ""
 	out.Host = r.Host
 	out.Header = r.Header.Clone()
@@ -377,43 +378,9 @@ func pipe(client net.Conn, clientR io.Reader, up net.Conn, upR io.Reader, linger
 	return toUp, toClient, nil
 }
 
-// pointAtTarget makes u, a request's URL, the upstream's: the target's
-// scheme and host, its path before u's and its query before u's.
-func (h *upstreamHandler) pointAtTarget(u *url.URL) {
-	u.Scheme, u.Host = h.target.Scheme, h.target.Host
-	u.Path, u.RawPath = joinURLPath(h.target, u) // reads u's paths before setting them
-	if q := h.target.RawQuery; q != "" {
-		if u.RawQuery == "" {
-			u.RawQuery = q
-		} else {
-			u.RawQuery = q + "&" + u.RawQuery
-		}
-	}
-}
-
-// joinURLPath joins the target's base path and the request path like ReverseProxy does.
-func joinURLPath(a, b *url.URL) (path, rawpath string) {
-	if a.RawPath == "" && b.RawPath == "" {
-		return singleJoiningSlash(a.Path, b.Path), ""
-	}
-	apath, bpath := a.EscapedPath(), b.EscapedPath()
-	aslash, bslash := strings.HasSuffix(apath, "/"), strings.HasPrefix(bpath, "/")
-	switch {
-	case aslash && bslash:
-		return a.Path + b.Path[1:], apath + bpath[1:]
-	case !aslash && !bslash:
-		return a.Path + "/" + b.Path, apath + "/" + bpath
-	}
-	return a.Path + b.Path, apath + bpath
-}
-
-func singleJoiningSlash(a, b string) string {
-	aslash, bslash := strings.HasSuffix(a, "/"), strings.HasPrefix(b, "/")
-	switch {
-	case aslash && bslash:
-		return a + b[1:]
-	case !aslash && !bslash:
-		return a + "/" + b
-	}
-	return a + b
+// pointAtTarget makes out's URL the upstream's, as ReverseProxy's SetURL
+// does: the target's scheme and host, its path before the request's and
+// its query before the request's. It clears out.Host; callers set it.
+func (h *upstreamHandler) pointAtTarget(out *http.Request) {
+	(&httputil.ProxyRequest{Out: out}).SetURL(h.target)
 }
