@@ -303,15 +303,7 @@ func (h *upstreamHandler) relayResponse(w http.ResponseWriter, resp *http.Respon
 }
 
 func (h *upstreamHandler) dialUpstream(ctx context.Context) (net.Conn, error) {
-	addr := h.target.Host
-	if h.target.Port() == "" {
-		if h.target.Scheme == "https" {
-			addr = net.JoinHostPort(h.target.Hostname(), "443")
-		} else {
-			addr = net.JoinHostPort(h.target.Hostname(), "80")
-		}
-	}
-	c, err := h.dialer.DialContext(ctx, "tcp", addr)
+	c, err := h.dialer.DialContext(ctx, "tcp", hostPort(h.target))
 	if err != nil {
 		return nil, err
 	}
