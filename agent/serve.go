@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -66,16 +67,17 @@ func newUpstreamHandler(target *url.URL, roots *x509.CertPool, tun tuning, log *
 		log:     log.Named("upstream"),
 	}
 	h.transport = &http.Transport{
-		Proxy:                 nil, // the upstream is local to the agent; never via HTTP_PROXY
-		DialContext:           h.dialer.DialContext,
-		MaxIdleConns:          256,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		TLSClientConfig:       h.tlsConf.Clone(), // its own: the transport adds h2 to NextProtos
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true, // pass Accept-Encoding and encoded bodies through untouched
-		ForceAttemptHTTP2:     true, // for https upstreams that speak h2; plain http stays HTTP/1.1
+		Proxy:                  nil, // the upstream is local to the agent; never via HTTP_PROXY
+		DialContext:            h.dialer.DialContext,
+		MaxIdleConns:           256,
+		MaxIdleConnsPerHost:    256,
+		IdleConnTimeout:        90 * time.Second,
+		TLSClientConfig:        h.tlsConf.Clone(), // its own: the transport adds h2 to NextProtos
+		TLSHandshakeTimeout:    10 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: maxUpstreamHeaderBytes,
+		DisableCompression:     true, // pass Accept-Encoding and encoded bodies through untouched
+		ForceAttemptHTTP2:      true, // for https upstreams that speak h2; plain http stays HTTP/1.1
 	}
 	if h2c {
 		var p http.Protocols
@@ -84,6 +86,13 @@ func newUpstreamHandler(target *url.URL, roots *x509.CertPool, tun tuning, log *
 	}
 	return h, nil
 }
+
+// maxUpstreamHeaderBytes bounds the headers of an upstream's response, as
+// the transport reads them and as upgradeUpstream does (http.ReadResponse
+// alone reads them without end): net/http's server default, above the
+// 256 KiB a SYN_REPLY may carry (spdy.DefaultMaxHeaderBytes), so nothing
+// the agent could relay is refused.
+const maxUpstreamHeaderBytes = 1 << 20
 
 func (h *upstreamHandler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil {
@@ -224,8 +233,13 @@ func (h *upstreamHandler) upgradeUpstream(w http.ResponseWriter, r *http.Request
 		h.proxyError(w, r, fmt.Errorf("writing upgrade request: %w", err))
 		return nil, nil, nil, false
 	}
-	br := bufio.NewReader(upConn)
+	lr := &io.LimitedReader{R: upConn, N: maxUpstreamHeaderBytes}
+	br := bufio.NewReader(lr)
 	resp, err := http.ReadResponse(br, out)
+	if err != nil && lr.N <= 0 {
+		err = fmt.Errorf("response headers over %d bytes", maxUpstreamHeaderBytes)
+	}
+	lr.N = math.MaxInt64 // the headers are in; the body or the pipe is not bounded here
 	if err == nil && resp.StatusCode != http.StatusSwitchingProtocols {
 		// Refused or ignored upgrade: relay the answer, body included, for as
 		// long as the client stays (a raw connection does not see r's context).
