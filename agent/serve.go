@@ -45,19 +45,14 @@ type upstreamHandler struct {
 // knowledge, as gRPC servers usually listen; upgrades such as WebSockets
 // still go to it over HTTP/1.1).
 func newUpstreamHandler(target *url.URL, roots *x509.CertPool, tun tuning, log *zap.Logger) (*upstreamHandler, error) {
-	h2c := false
-	switch target.Scheme {
-	case "http", "https":
-	case "h2c":
-		h2c = true
+	if err := checkUpstreamURL(target); err != nil {
+		return nil, err
+	}
+	h2c := target.Scheme == "h2c"
+	if h2c {
 		t := *target
 		t.Scheme = "http"
 		target = &t
-	default:
-		return nil, fmt.Errorf("--to %q: scheme must be http, https or h2c", target.Redacted())
-	}
-	if target.Host == "" {
-		return nil, fmt.Errorf("--to %q has no host", target.Redacted())
 	}
 	h := &upstreamHandler{
 		target:  target,
