@@ -195,11 +195,10 @@ func (h *upstreamHandler) serveUpgrade(w http.ResponseWriter, r *http.Request, u
 // upgradeRequest is r as it goes to the upstream: the target's URL, the client's
 // headers without hop-by-hop ones, and the upgrade asked for again.
 func (h *upstreamHandler) upgradeRequest(r *http.Request, upType string) *http.Request {
-	out := r.Clone(r.Context())
+	out := r.Clone(r.Context()) // headers included
 	h.pointAtTarget(out)
 	out.RequestURI = ""
 	out.Host = r.Host
-	out.Header = r.Header.Clone()
 	removeHopHeaders(out.Header)
 	out.Header.Set("Connection", "Upgrade")
 	out.Header.Set("Upgrade", upType)
