@@ -69,11 +69,8 @@ func (h *upstreamHandler) serveProxy(w http.ResponseWriter, r *http.Request) {
 		h.proxyError(w, r, errSwitchWithoutUpgrade)
 		return
 	}
-	removeHopHeaders(res.Header)
 	dst := w.Header()
-	for k, vv := range res.Header {
-		dst[k] = append(dst[k], vv...)
-	}
+	addEndToEnd(dst, res.Header)
 	announced := len(res.Trailer)
 	if announced > 0 {
 		// The transport keeps the announcement in res.Trailer only.

@@ -167,6 +167,15 @@ func removeHopHeaders(h http.Header) {
 	}
 }
 
+// addEndToEnd adds src's headers to dst, once src's hop-by-hop ones are
+// removed (from src: a response the agent read, that nothing else uses).
+func addEndToEnd(dst, src http.Header) {
+	removeHopHeaders(src)
+	for k, vv := range src {
+		dst[k] = append(dst[k], vv...)
+	}
+}
+
 // serveUpgrade forwards an upgrade request on its own upstream connection. A non-101
 // answer is relayed as an ordinary response; a 101 turns the SPDY stream into a byte
 // pipe. We do not use ReverseProxy's upgrade support because it writes a raw HTTP/1.1
@@ -260,11 +269,7 @@ func (h *upstreamHandler) upgradeUpstream(w http.ResponseWriter, r *http.Request
 // directions end.
 func (h *upstreamHandler) switchProtocols(w http.ResponseWriter, hj http.Hijacker, resp *http.Response, upType string,
 	upConn net.Conn, upR *bufio.Reader, log *zap.Logger) {
-	hdr := resp.Header.Clone()
-	removeHopHeaders(hdr)
-	for k, v := range hdr {
-		w.Header()[k] = v
-	}
+	addEndToEnd(w.Header(), resp.Header)
 	w.Header().Set("Connection", "Upgrade")
 	w.Header().Set("Upgrade", upType)
 	w.WriteHeader(http.StatusSwitchingProtocols)
@@ -298,11 +303,7 @@ func (h *upstreamHandler) switchProtocols(w http.ResponseWriter, hj http.Hijacke
 // relayResponse copies a non-101 answer to an upgrade request back to the client.
 func (h *upstreamHandler) relayResponse(w http.ResponseWriter, resp *http.Response, log *zap.Logger) {
 	defer resp.Body.Close()
-	hdr := resp.Header.Clone()
-	removeHopHeaders(hdr)
-	for k, v := range hdr {
-		w.Header()[k] = v
-	}
+	addEndToEnd(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
 	if _, err := io.Copy(w, resp.Body); err != nil {
 		log.Debug("relaying refused-upgrade body failed", zap.Error(err))
