@@ -7,8 +7,6 @@ package agent
 // written out in full.
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -60,20 +58,7 @@ func (a *Agent) startDebug() (stop func(), err error) {
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          zap.NewStdLog(a.log.Named("debug")),
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			a.log.Error("debug endpoint stopped", zap.Error(err))
-		}
-	}()
+	stop = serveUntilStopped(srv, ln, a.log, "debug endpoint")
 	a.log.Info("serving pprof on /debug/pprof/", zap.Stringer("addr", ln.Addr()))
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		if srv.Shutdown(ctx) != nil {
-			_ = srv.Close()
-		}
-		<-done
-	}, nil
+	return stop, nil
 }

@@ -103,6 +103,8 @@ func explainRefusal(err error) error {
 	return err
 }
 
+// hostPort is u's address to dial: its host and port, or the default port
+// of its scheme (80 for http, 443 otherwise); for proxies and upstreams.
 func hostPort(u *url.URL) string {
 	if u.Port() != "" {
 		return u.Host

@@ -46,14 +46,22 @@ func (a *Agent) startEndpoints() (stop func(), err error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          zap.NewStdLog(a.log.Named("metrics")),
 	}
+	stop = serveUntilStopped(srv, ln, a.log, "metrics endpoint")
+	a.log.Info("serving /metrics, /healthz and /readyz", zap.Stringer("addr", ln.Addr()))
+	return stop, nil
+}
+
+// serveUntilStopped serves srv on ln (the --metrics-addr or --debug-addr
+// server, named what in the log) until the returned stop is called, which
+// lets requests finish for up to a second, then closes what is left.
+func serveUntilStopped(srv *http.Server, ln net.Listener, log *zap.Logger, what string) (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			a.log.Error("metrics endpoint stopped", zap.Error(err))
+			log.Error(what+" stopped", zap.Error(err))
 		}
 	}()
-	a.log.Info("serving /metrics, /healthz and /readyz", zap.Stringer("addr", ln.Addr()))
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -61,7 +69,7 @@ func (a *Agent) startEndpoints() (stop func(), err error) {
 			_ = srv.Close()
 		}
 		<-done
-	}, nil
+	}
 }
 
 // endpointAddr is where the endpoints listen ("" before Run or without

@@ -373,10 +373,9 @@ func TestClientLeavingIsNotAnUpstreamError(t *testing.T) {
 		resp.Body.Close() // RST_STREAM CANCEL mid-body
 	}
 	waitFor(t, func() bool {
-		v, _ := scrape(t, ta, "spdy_origin_agent_open_streams", "proxy", proxy)
-		return v == 0
+		return mustScrape(t, ta, "spdy_origin_agent_open_streams", "proxy", proxy) == 0
 	})
-	if v, _ := scrape(t, ta, "spdy_origin_agent_upstream_errors_total", "reason", upstreamBody); v != 0 {
+	if v := mustScrape(t, ta, "spdy_origin_agent_upstream_errors_total", "reason", upstreamBody); v != 0 {
 		t.Errorf("upstream_errors_total{reason=body} = %v after clients left mid-body; want 0", v)
 	}
 }

@@ -69,11 +69,8 @@ func (h *upstreamHandler) serveProxy(w http.ResponseWriter, r *http.Request) {
 		h.proxyError(w, r, errSwitchWithoutUpgrade)
 		return
 	}
-	removeHopHeaders(res.Header)
 	dst := w.Header()
-	for k, vv := range res.Header {
-		dst[k] = append(dst[k], vv...)
-	}
+	addEndToEnd(dst, res.Header)
 	announced := len(res.Trailer)
 	if announced > 0 {
 		// The transport keeps the announcement in res.Trailer only.
@@ -98,7 +95,7 @@ func (h *upstreamHandler) serveProxy(w http.ResponseWriter, r *http.Request) {
 	if len(res.Trailer) == 0 {
 		return
 	}
-	_ = flusher(w)() // the headers go out now, without a Content-Length
+	_ = http.NewResponseController(w).Flush() // the headers go out now, without a Content-Length
 	if len(res.Trailer) == announced {
 		for k, vv := range res.Trailer {
 			dst[k] = append(dst[k], vv...)
@@ -157,7 +154,7 @@ func (h *upstreamHandler) outRequest(ctx context.Context, r *http.Request) *http
 		hdr["User-Agent"] = []string{""} // an empty value: net/http then sends none
 	}
 	u.RawQuery = cleanQuery(u.RawQuery)
-	h.pointAtTarget(&u)
+	h.pointAtTarget(out)
 	out.Host = r.Host
 	out.RequestURI = ""
 	out.Close = false
@@ -220,7 +217,7 @@ var (
 // the body's EOF follows at once (HTTP/1.1), and which is flushed when EOF
 // is slow to come (an HTTP/2 upstream that keeps its stream open).
 func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
-	flush := flusher(w)
+	flush := http.NewResponseController(w).Flush // FlushError where w has it
 	// The headers go out with the first body bytes or, when those do not
 	// follow within headerFlushDelay (a long poll, an event stream, an
 	// upstream that waits for more of the request body), on their own.
@@ -302,15 +299,4 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 			quiet = quietBufs.Get().(*[quietCopyBuffer]byte)
 		}
 	}
-}
-
-// flusher returns w's flush, reporting failure where w can.
-func flusher(w http.ResponseWriter) func() error {
-	switch f := w.(type) {
-	case interface{ FlushError() error }:
-		return f.FlushError
-	case http.Flusher:
-		return func() error { f.Flush(); return nil }
-	}
-	return http.NewResponseController(w).Flush
 }

@@ -132,8 +132,7 @@ type hostRouter struct {
 	log    *zap.Logger
 
 	mu     sync.Mutex
-	logged map[string]struct{} // unrouted hosts already logged
-	full   bool                // logged reached maxLoggedHosts
+	logged map[string]struct{} // unrouted hosts already logged, up to maxLoggedHosts
 }
 
 func newHostRouter(routes []Route, handlers []http.Handler, log *zap.Logger) *hostRouter {
@@ -167,13 +166,11 @@ func (rt *hostRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (rt *hostRouter) logUnrouted(host string) {
 	rt.mu.Lock()
 	_, seen := rt.logged[host]
-	first, stop := !seen && !rt.full, false
+	first := !seen && len(rt.logged) < maxLoggedHosts
 	if first {
 		rt.logged[host] = struct{}{}
-		if len(rt.logged) == maxLoggedHosts {
-			rt.full, stop = true, true
-		}
 	}
+	stop := first && len(rt.logged) == maxLoggedHosts
 	rt.mu.Unlock()
 	if first {
 		rt.log.Warn("request for a host no route serves: answered 421 Misdirected Request (each host is logged once)",

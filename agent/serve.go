@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/textproto"
 	"net/url"
 	"strings"
@@ -43,19 +45,14 @@ type upstreamHandler struct {
 // knowledge, as gRPC servers usually listen; upgrades such as WebSockets
 // still go to it over HTTP/1.1).
 func newUpstreamHandler(target *url.URL, roots *x509.CertPool, tun tuning, log *zap.Logger) (*upstreamHandler, error) {
-	h2c := false
-	switch target.Scheme {
-	case "http", "https":
-	case "h2c":
-		h2c = true
+	if err := checkUpstreamURL(target); err != nil {
+		return nil, err
+	}
+	h2c := target.Scheme == "h2c"
+	if h2c {
 		t := *target
 		t.Scheme = "http"
 		target = &t
-	default:
-		return nil, fmt.Errorf("--to %q: scheme must be http, https or h2c", target.Redacted())
-	}
-	if target.Host == "" {
-		return nil, fmt.Errorf("--to %q has no host", target.Redacted())
 	}
 	h := &upstreamHandler{
 		target:  target,
@@ -65,16 +62,17 @@ func newUpstreamHandler(target *url.URL, roots *x509.CertPool, tun tuning, log *
 		log:     log.Named("upstream"),
 	}
 	h.transport = &http.Transport{
-		Proxy:                 nil, // the upstream is local to the agent; never via HTTP_PROXY
-		DialContext:           h.dialer.DialContext,
-		MaxIdleConns:          256,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		TLSClientConfig:       h.tlsConf.Clone(), // its own: the transport adds h2 to NextProtos
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true, // pass Accept-Encoding and encoded bodies through untouched
-		ForceAttemptHTTP2:     true, // for https upstreams that speak h2; plain http stays HTTP/1.1
+		Proxy:                  nil, // the upstream is local to the agent; never via HTTP_PROXY
+		DialContext:            h.dialer.DialContext,
+		MaxIdleConns:           256,
+		MaxIdleConnsPerHost:    256,
+		IdleConnTimeout:        90 * time.Second,
+		TLSClientConfig:        h.tlsConf.Clone(), // its own: the transport adds h2 to NextProtos
+		TLSHandshakeTimeout:    10 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: maxUpstreamHeaderBytes,
+		DisableCompression:     true, // pass Accept-Encoding and encoded bodies through untouched
+		ForceAttemptHTTP2:      true, // for https upstreams that speak h2; plain http stays HTTP/1.1
 	}
 	if h2c {
 		var p http.Protocols
@@ -83,6 +81,13 @@ func newUpstreamHandler(target *url.URL, roots *x509.CertPool, tun tuning, log *
 	}
 	return h, nil
 }
+
+// maxUpstreamHeaderBytes bounds the headers of an upstream's response, as
+// the transport reads them and as upgradeUpstream does (http.ReadResponse
+// alone reads them without end): net/http's server default, above the
+// 256 KiB a SYN_REPLY may carry (spdy.DefaultMaxHeaderBytes), so nothing
+// the agent could relay is refused.
+const maxUpstreamHeaderBytes = 1 << 20
 
 func (h *upstreamHandler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil {
@@ -162,6 +167,15 @@ func removeHopHeaders(h http.Header) {
 	}
 }
 
+// addEndToEnd adds src's headers to dst, once src's hop-by-hop ones are
+// removed (from src: a response the agent read, that nothing else uses).
+func addEndToEnd(dst, src http.Header) {
+	removeHopHeaders(src)
+	for k, vv := range src {
+		dst[k] = append(dst[k], vv...)
+	}
+}
+
 // serveUpgrade forwards an upgrade request on its own upstream connection. A non-101
 // answer is relayed as an ordinary response; a 101 turns the SPDY stream into a byte
 // pipe. We do not use ReverseProxy's upgrade support because it writes a raw HTTP/1.1
@@ -190,11 +204,10 @@ func (h *upstreamHandler) serveUpgrade(w http.ResponseWriter, r *http.Request, u
 // upgradeRequest is r as it goes to the upstream: the target's URL, the client's
 // headers without hop-by-hop ones, and the upgrade asked for again.
 func (h *upstreamHandler) upgradeRequest(r *http.Request, upType string) *http.Request {
-	out := r.Clone(r.Context())
-	h.pointAtTarget(out.URL)
+	out := r.Clone(r.Context()) // headers included
+	h.pointAtTarget(out)
 	out.RequestURI = ""
 	out.Host = r.Host
-	out.Header = r.Header.Clone()
 	removeHopHeaders(out.Header)
 	out.Header.Set("Connection", "Upgrade")
 	out.Header.Set("Upgrade", upType)
@@ -223,14 +236,20 @@ func (h *upstreamHandler) upgradeUpstream(w http.ResponseWriter, r *http.Request
 		h.proxyError(w, r, fmt.Errorf("writing upgrade request: %w", err))
 		return nil, nil, nil, false
 	}
-	br := bufio.NewReader(upConn)
+	lr := &io.LimitedReader{R: upConn, N: maxUpstreamHeaderBytes}
+	br := bufio.NewReader(lr)
 	resp, err := http.ReadResponse(br, out)
+	if err != nil && lr.N <= 0 {
+		err = fmt.Errorf("response headers over %d bytes", maxUpstreamHeaderBytes)
+	}
+	lr.N = math.MaxInt64 // the headers are in; the body or the pipe is not bounded here
 	if err == nil && resp.StatusCode != http.StatusSwitchingProtocols {
-		// Refused or ignored upgrade: relay the answer, body included, while the
-		// request context still bounds it.
+		// Refused or ignored upgrade: relay the answer, body included, for as
+		// long as the client stays (a raw connection does not see r's context).
 		stop()
+		defer upConn.Close()
+		defer context.AfterFunc(r.Context(), func() { _ = upConn.SetDeadline(time.Unix(1, 0)) })()
 		h.relayResponse(w, resp, log)
-		_ = upConn.Close()
 		return nil, nil, nil, false
 	}
 	if stopped := stop(); err != nil || !stopped {
@@ -250,11 +269,7 @@ func (h *upstreamHandler) upgradeUpstream(w http.ResponseWriter, r *http.Request
 // directions end.
 func (h *upstreamHandler) switchProtocols(w http.ResponseWriter, hj http.Hijacker, resp *http.Response, upType string,
 	upConn net.Conn, upR *bufio.Reader, log *zap.Logger) {
-	hdr := resp.Header.Clone()
-	removeHopHeaders(hdr)
-	for k, v := range hdr {
-		w.Header()[k] = v
-	}
+	addEndToEnd(w.Header(), resp.Header)
 	w.Header().Set("Connection", "Upgrade")
 	w.Header().Set("Upgrade", upType)
 	w.WriteHeader(http.StatusSwitchingProtocols)
@@ -288,11 +303,7 @@ func (h *upstreamHandler) switchProtocols(w http.ResponseWriter, hj http.Hijacke
 // relayResponse copies a non-101 answer to an upgrade request back to the client.
 func (h *upstreamHandler) relayResponse(w http.ResponseWriter, resp *http.Response, log *zap.Logger) {
 	defer resp.Body.Close()
-	hdr := resp.Header.Clone()
-	removeHopHeaders(hdr)
-	for k, v := range hdr {
-		w.Header()[k] = v
-	}
+	addEndToEnd(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
 	if _, err := io.Copy(w, resp.Body); err != nil {
 		log.Debug("relaying refused-upgrade body failed", zap.Error(err))
@@ -301,15 +312,7 @@ func (h *upstreamHandler) relayResponse(w http.ResponseWriter, resp *http.Respon
 }
 
 func (h *upstreamHandler) dialUpstream(ctx context.Context) (net.Conn, error) {
-	addr := h.target.Host
-	if h.target.Port() == "" {
-		if h.target.Scheme == "https" {
-			addr = net.JoinHostPort(h.target.Hostname(), "443")
-		} else {
-			addr = net.JoinHostPort(h.target.Hostname(), "80")
-		}
-	}
-	c, err := h.dialer.DialContext(ctx, "tcp", addr)
+	c, err := h.dialer.DialContext(ctx, "tcp", hostPort(h.target))
 	if err != nil {
 		return nil, err
 	}
@@ -376,43 +379,9 @@ func pipe(client net.Conn, clientR io.Reader, up net.Conn, upR io.Reader, linger
 	return toUp, toClient, nil
 }
 
-// pointAtTarget makes u, a request's URL, the upstream's: the target's
-// scheme and host, its path before u's and its query before u's.
-func (h *upstreamHandler) pointAtTarget(u *url.URL) {
-	u.Scheme, u.Host = h.target.Scheme, h.target.Host
-	u.Path, u.RawPath = joinURLPath(h.target, u) // reads u's paths before setting them
-	if q := h.target.RawQuery; q != "" {
-		if u.RawQuery == "" {
-			u.RawQuery = q
-		} else {
-			u.RawQuery = q + "&" + u.RawQuery
-		}
-	}
-}
-
-// joinURLPath joins the target's base path and the request path like ReverseProxy does.
-func joinURLPath(a, b *url.URL) (path, rawpath string) {
-	if a.RawPath == "" && b.RawPath == "" {
-		return singleJoiningSlash(a.Path, b.Path), ""
-	}
-	apath, bpath := a.EscapedPath(), b.EscapedPath()
-	aslash, bslash := strings.HasSuffix(apath, "/"), strings.HasPrefix(bpath, "/")
-	switch {
-	case aslash && bslash:
-		return a.Path + b.Path[1:], apath + bpath[1:]
-	case !aslash && !bslash:
-		return a.Path + "/" + b.Path, apath + "/" + bpath
-	}
-	return a.Path + b.Path, apath + bpath
-}
-
-func singleJoiningSlash(a, b string) string {
-	aslash, bslash := strings.HasSuffix(a, "/"), strings.HasPrefix(b, "/")
-	switch {
-	case aslash && bslash:
-		return a + b[1:]
-	case !aslash && !bslash:
-		return a + "/" + b
-	}
-	return a + b
+// pointAtTarget makes out's URL the upstream's, as ReverseProxy's SetURL
+// does: the target's scheme and host, its path before the request's and
+// its query before the request's. It clears out.Host; callers set it.
+func (h *upstreamHandler) pointAtTarget(out *http.Request) {
+	(&httputil.ProxyRequest{Out: out}).SetURL(h.target)
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"go.uber.org/zap"
 )
 
 // upstreamMux is the --to upstream used by the tests.
@@ -477,5 +478,141 @@ func TestRootThroughFronts(t *testing.T) {
 			fr := fe.fn(t, nil, makeRoot(t))
 			fileCases(t, fr.client, fr.base)
 		})
+	}
+}
+
+// hijackRecorder is a ResponseRecorder that serveUpgrade accepts (it asks
+// for http.Hijacker before it dials); the tests using it never reach a 101.
+type hijackRecorder struct {
+	*httptest.ResponseRecorder
+	wrote chan struct{} // closed at the first body write
+}
+
+func (r *hijackRecorder) Write(p []byte) (int, error) {
+	select {
+	case <-r.wrote:
+	default:
+		close(r.wrote)
+	}
+	return r.ResponseRecorder.Write(p)
+}
+
+func (r *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return nil, nil, http.ErrNotSupported
+}
+
+// upgradeAt is a handler for the upstream listening on l, whose header
+// timeout is not what ends a test, a WebSocket upgrade request for it and
+// a recorder to serve it into.
+func upgradeAt(t *testing.T, l net.Listener) (*upstreamHandler, *http.Request, *hijackRecorder) {
+	t.Helper()
+	to, _ := url.Parse("http://" + l.Addr().String())
+	tun := testTuning(nil)
+	tun.upgradeHeaderTimeout = time.Minute
+	h, err := newUpstreamHandler(to, nil, tun, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest("GET", "http://site.example.com/ws", nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	return h, req, &hijackRecorder{ResponseRecorder: httptest.NewRecorder(), wrote: make(chan struct{})}
+}
+
+// An upstream that refuses an upgrade with a body it then never finishes
+// holds the stream only while the client is there: once the client leaves,
+// the handler returns and the upstream connection is closed.
+func TestUpgradeRefusalBodyEndsWithClient(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	upClosed := make(chan struct{})
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 403 Forbidden\r\nContent-Length: 1000\r\n\r\npartial")
+		_, _ = io.Copy(io.Discard, c) // until the agent closes its side
+		close(upClosed)
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h, req, w := upgradeAt(t, l)
+	req = req.WithContext(ctx)
+	done := make(chan any, 1)
+	go func() {
+		defer func() { done <- recover() }()
+		h.ServeHTTP(w, req)
+	}()
+	select {
+	case <-w.wrote:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the refusal's first bytes were not relayed")
+	}
+	cancel() // the client leaves
+	select {
+	case v := <-done:
+		if v != http.ErrAbortHandler {
+			t.Fatalf("handler ended with %v, want the cut body to panic with http.ErrAbortHandler", v)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler still relays the refusal's body after the client left")
+	}
+	select {
+	case <-upClosed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream connection is still open after the client left")
+	}
+}
+
+// An upstream that answers an upgrade request with endless headers is cut
+// off after a bounded amount (maxUpstreamHeaderBytes) with a 502, not read
+// into memory until the header timeout.
+func TestUpgradeResponseHeadersBounded(t *testing.T) {
+	const offered = 64 << 20
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	written := make(chan int, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			written <- -1
+			return
+		}
+		defer c.Close()
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			written <- -1
+			return
+		}
+		n, _ := io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n")
+		line := "X-Filler: " + strings.Repeat("a", 1000) + "\r\n"
+		chunk := []byte(strings.Repeat(line, 64))
+		for n < offered {
+			m, err := c.Write(chunk)
+			n += m
+			if err != nil {
+				break
+			}
+		}
+		written <- n
+	}()
+	h, req, w := upgradeAt(t, l)
+	h.ServeHTTP(w, req)
+	if w.Code != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502", w.Code)
+	}
+	// What the upstream got through: the bound, and what the sockets buffer.
+	if n := <-written; n < 0 || n >= offered/4 {
+		t.Fatalf("the upstream wrote %d bytes of headers before it was cut off, want well under %d", n, offered/4)
 	}
 }
