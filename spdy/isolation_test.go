@@ -1954,15 +1954,17 @@ func TestFinishedUnreadResponsesWithinBudget(t *testing.T) {
 // with RST_STREAM; the stream must then be over on our side too: a reset
 // closes the stream at once (SPDY/3, abrupt termination), so no frame may
 // follow it on the wire, and the handler's context must end and its
-// writes fail. handleSynReply (reader.go) queues the RST_STREAM without
-// resetting the stream when it exists: the handler goes on and its
-// SYN_REPLY and DATA follow the reset on the wire.
+// writes fail. The reset is ours (PROTOCOL_ERROR, resetLocal), not a bare
+// INVALID_STREAM queued while the handler goes on.
 func TestSynReplyForPeerStream(t *testing.T) {
-	release := make(chan struct{})
+	release := make(chan struct{}) // never closed before the handler is done: only its context may end its wait
+	defer close(release)
 	handlerDone := make(chan error, 1)
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-release:
+			handlerDone <- errors.New("the handler's context did not end")
+			return
 		case <-r.Context().Done():
 		}
 		_, err := io.WriteString(w, "late answer")
@@ -1975,17 +1977,16 @@ func TestSynReplyForPeerStream(t *testing.T) {
 	settle(t, ss, p, pingFromClient)
 	p.mustWrite(synStream(1, reqBlock("GET", "/hold"), true))
 	p.mustWrite(synReply(1, replyBlock("200"), false))
-	if rst := p.expectRst(1); rst.Status != mspdy.InvalidStream && rst.Status != mspdy.ProtocolError {
-		t.Fatalf("RST_STREAM status %d, want INVALID_STREAM or PROTOCOL_ERROR", rst.Status)
+	if rst := p.expectRst(1); rst.Status != mspdy.ProtocolError {
+		t.Fatalf("RST_STREAM status %d, want PROTOCOL_ERROR", rst.Status)
 	}
-	close(release)
 	select {
 	case err := <-handlerDone:
 		if err == nil {
 			t.Error("the handler's write to a stream we reset succeeded")
 		}
 	case <-time.After(rawTimeout):
-		t.Fatal("handler still running")
+		t.Fatal("handler still running: its context did not end")
 	}
 	p.mustWrite(&mspdy.PingFrame{Id: pingFromClient})
 	p.expect("PING echo", func(f mspdy.Frame) bool {
