@@ -1066,23 +1066,13 @@ func TestStreamIdleWatchdog(t *testing.T) {
 	t.Run("unread response", func(t *testing.T) {
 		cs, p := rawServer(t, idleConfig())
 		settle(t, cs, p, pingFromServer)
-		resc := make(chan *http.Response, 1)
-		go func() {
-			resp, err := cs.RoundTrip(ctxReq(t, "GET", "https://x/", nil, rawTimeout))
-			if err != nil {
-				t.Error(err)
-			}
-			resc <- resp
-		}()
+		resc := goRoundTripResp(t, cs, ctxReq(t, "GET", "https://x/", nil, rawTimeout))
 		id := uint32(p.expectSynStream().StreamId)
 		p.mustWrite(synReply(id, replyBlock("200"), false))
 		p.mustWrite(dataFrameOf(id, []byte("never read"), false))
 		since := time.Now()
 		expectIdleReset(t, p, id, since)
-		resp := <-resc
-		if resp == nil {
-			t.FailNow()
-		}
+		resp := recvResp(t, resc)
 		defer resp.Body.Close()
 		_, err := resp.Body.Read(make([]byte, 100))
 		if !isLocalIdleReset(err, ErrStreamIdle) {
@@ -1121,20 +1111,10 @@ func TestStreamIdleWatchdog(t *testing.T) {
 		settle(t, cs, p, pingFromServer)
 		pr, pw := io.Pipe()
 		defer pw.Close()
-		res := make(chan *http.Response, 1)
-		go func() {
-			resp, err := cs.RoundTrip(ctxReq(t, "POST", "https://x/chat", pr, rawTimeout))
-			if err != nil {
-				t.Error(err)
-			}
-			res <- resp
-		}()
+		res := goRoundTripResp(t, cs, ctxReq(t, "POST", "https://x/chat", pr, rawTimeout))
 		id := uint32(p.expectSynStream().StreamId)
 		p.mustWrite(synReply(id, replyBlock("200"), false))
-		resp := <-res
-		if resp == nil {
-			t.FailNow()
-		}
+		resp := recvResp(t, res)
 		defer resp.Body.Close()
 		if got := quietFor(t, p, 3*idleTimeout); len(got) != 0 {
 			t.Fatalf("DATA %q from an idle body", got)
@@ -1166,21 +1146,11 @@ func TestStreamIdleWatchdog(t *testing.T) {
 		// An event stream between events: nothing buffered, nobody blocked.
 		cs, p := rawServer(t, idleConfig())
 		settle(t, cs, p, pingFromServer)
-		res := make(chan *http.Response, 1)
-		go func() {
-			resp, err := cs.RoundTrip(ctxReq(t, "GET", "https://x/events", nil, rawTimeout))
-			if err != nil {
-				t.Error(err)
-			}
-			res <- resp
-		}()
+		res := goRoundTripResp(t, cs, ctxReq(t, "GET", "https://x/events", nil, rawTimeout))
 		id := uint32(p.expectSynStream().StreamId)
 		p.mustWrite(synReply(id, replyBlock("200"), false))
 		p.mustWrite(dataFrameOf(id, []byte("event1"), false))
-		resp := <-res
-		if resp == nil {
-			t.FailNow()
-		}
+		resp := recvResp(t, res)
 		defer resp.Body.Close()
 		buf := make([]byte, 6)
 		if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "event1" {
@@ -1256,14 +1226,7 @@ func TestStreamIdleWatchdog(t *testing.T) {
 		cs, p := rawServer(t, idleConfig())
 		p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 30})
 		settle(t, cs, p, pingFromServer)
-		res := make(chan *http.Response, 1)
-		go func() {
-			resp, err := cs.RoundTrip(ctxReq(t, "POST", "https://x/up", io.NopCloser(zeros{}), rawTimeout))
-			if err != nil {
-				t.Error(err)
-			}
-			res <- resp
-		}()
+		res := goRoundTripResp(t, cs, ctxReq(t, "POST", "https://x/up", io.NopCloser(zeros{}), rawTimeout))
 		id := uint32(p.expectSynStream().StreamId)
 		// Answer at once, so that the request body's own timer is out of
 		// play: only the window the peer never opens is.
@@ -1276,10 +1239,7 @@ func TestStreamIdleWatchdog(t *testing.T) {
 			return got == defaultWindow
 		})
 		expectIdleReset(t, p, id, time.Now())
-		resp := <-res
-		if resp == nil {
-			t.FailNow()
-		}
+		resp := recvResp(t, res)
 		defer resp.Body.Close()
 		if _, err := resp.Body.Read(make([]byte, 10)); !isLocalIdleReset(err, ErrStreamIdle) {
 			t.Fatalf("Read after the reset: %v, want a local CANCEL with ErrStreamIdle", err)
