@@ -109,7 +109,7 @@ type Session struct {
 
 	// Writer queue: control frames go before DATA.
 	wmu     sync.Mutex
-	ctrlQ   []writeReq
+	ctrlQ   fifo
 	dataQ   dataQueue
 	wsignal chan struct{}
 	wdone   bool // the writer stopped: enqueue refuses requests

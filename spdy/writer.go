@@ -105,7 +105,7 @@ func (s *Session) enqueue(r writeReq, control bool) {
 		return
 	}
 	if control {
-		if len(s.ctrlQ) >= maxQueuedControl {
+		if s.ctrlQ.len() >= maxQueuedControl {
 			s.wmu.Unlock()
 			go s.closeWith(fmt.Errorf("%w: peer is not reading (control queue full)", ErrProtocol), false, 0)
 			if r.done != nil {
@@ -113,7 +113,7 @@ func (s *Session) enqueue(r writeReq, control bool) {
 			}
 			return
 		}
-		s.ctrlQ = append(s.ctrlQ, r)
+		s.ctrlQ.push(r)
 	} else {
 		s.dataQ.push(r)
 	}
@@ -159,14 +159,8 @@ func (s *Session) errOrShutdown() error {
 func (s *Session) next() (writeReq, bool) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if len(s.ctrlQ) > 0 {
-		r := s.ctrlQ[0]
-		s.ctrlQ[0] = writeReq{}
-		s.ctrlQ = s.ctrlQ[1:]
-		if len(s.ctrlQ) == 0 {
-			s.ctrlQ = s.ctrlQ[:0:0]
-		}
-		return r, true
+	if s.ctrlQ.len() > 0 {
+		return s.ctrlQ.pop(), true
 	}
 	return s.dataQ.pop()
 }
@@ -258,8 +252,11 @@ func (s *Session) writeLoop() {
 	// Fail whatever is left, and refuse what comes later.
 	s.wmu.Lock()
 	s.wdone = true
-	left := append(s.ctrlQ, s.dataQ.drain()...)
-	s.ctrlQ = nil
+	var left []writeReq
+	for s.ctrlQ.len() > 0 {
+		left = append(left, s.ctrlQ.pop())
+	}
+	left = append(left, s.dataQ.drain()...)
 	s.wmu.Unlock()
 	for _, r := range left {
 		if r.done != nil {
