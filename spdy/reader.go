@@ -11,7 +11,7 @@ import (
 )
 
 // The reader goroutine: one frame at a time off the connection. We parse
-// frames ourselves (the codec is used for writing only): every length is
+// frames ourselves (frame.go): every length is
 // checked against its type before anything is read, header blocks go
 // through the session's inflater (headerblock.go), which bounds what they
 // cost, and DATA is read straight into the stream's buffers after its
