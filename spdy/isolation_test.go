@@ -1300,6 +1300,49 @@ func TestStreamIdleWatchdog(t *testing.T) {
 			t.Fatalf("session cause %v", err)
 		}
 	})
+
+	t.Run("session wait ended by a reset", func(t *testing.T) {
+		t.Parallel() // waits out several timeouts; touches nothing shared
+		// A stream that waited for session credit and then ended (the
+		// peer reset it) waits no more: it is not kept among the waiters,
+		// and the session is not closed for credit that nobody waits for.
+		werr := make(chan error, 1)
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for range 4 {
+				if _, err := w.Write(chunk64k); err != nil {
+					werr <- err
+					return
+				}
+			}
+			werr <- nil
+		})
+		ss, p := rawClient(t, idleConfig(), h)
+		p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 20}}})
+		settle(t, ss, p, pingFromClient)
+		p.mustWrite(synStream(1, reqBlock("GET", "/"), true))
+		got := 0
+		p.expect("the session's 64 KiB window, spent", func(f mspdy.Frame) bool {
+			if d, ok := f.(*mspdy.DataFrame); ok {
+				got += len(d.Data)
+			}
+			return got == defaultWindow
+		})
+		waiters := func() int {
+			ss.mu.Lock()
+			defer ss.mu.Unlock()
+			return len(ss.winWaiters)
+		}
+		waitUntil(t, "the handler waits for session credit", func() bool { return waiters() == 1 })
+		p.mustWrite(&mspdy.RstStreamFrame{StreamId: 1, Status: mspdy.Cancel})
+		expectFailure(t, werr, "the handler's writes to a reset stream succeeded", "handler still blocked after the reset")
+		if n := waiters(); n != 0 {
+			t.Fatalf("%d ended streams kept waiting for session credit", n)
+		}
+		if data := quietFor(t, p, 3*idleTimeout); len(data) != 0 {
+			t.Fatalf("DATA %d bytes after the reset", len(data))
+		}
+		pingAlive(t, p)
+	})
 }
 
 // pingNoSyn sends a PING from the raw server and waits for its echo,

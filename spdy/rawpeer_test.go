@@ -341,6 +341,21 @@ func recvResp(t testing.TB, ch <-chan *http.Response) *http.Response {
 	}
 }
 
+// expectFailure waits for the error a goroutine (a handler, most often)
+// reports on ch: the test fails with succeeded if it is nil, and with stuck
+// if none comes within rawTimeout.
+func expectFailure(t testing.TB, ch <-chan error, succeeded, stuck string) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		if err == nil {
+			t.Fatal(succeeded)
+		}
+	case <-time.After(rawTimeout):
+		t.Fatal(stuck)
+	}
+}
+
 func recvResult(t testing.TB, ch <-chan result) result {
 	t.Helper()
 	select {

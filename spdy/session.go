@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -512,9 +513,24 @@ func (s *Session) removeStream(st *stream) {
 	if st.tab.draining {
 		s.draining--
 	}
+	s.stopWaitingLocked(st)
 	s.mu.Unlock()
 	s.wakeSlotWaiters()
 	s.afterStreamEnd()
+}
+
+// stopWaitingLocked takes a stream that finished out of the session
+// window's waiters; s.mu is held. With none left, nobody waits for session
+// credit (checkSessionCredit).
+func (s *Session) stopWaitingLocked(st *stream) {
+	if !st.tab.waitsForSession {
+		return
+	}
+	st.tab.waitsForSession = false
+	s.winWaiters = slices.DeleteFunc(s.winWaiters, func(w *stream) bool { return w == st })
+	if len(s.winWaiters) == 0 {
+		s.sessionWaitSince = 0
+	}
 }
 
 // markDraining records that st finished on the wire with data its
@@ -528,6 +544,7 @@ func (s *Session) markDraining(st *stream) {
 	}
 	st.tab.draining = true
 	s.draining++
+	s.stopWaitingLocked(st)
 	s.mu.Unlock()
 	s.afterStreamEnd()
 }
