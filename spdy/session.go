@@ -210,11 +210,11 @@ func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session
 	// Our SETTINGS and the session window go first on the wire. Streams
 	// start at SPDY's default window and grow from the budget (flow.go);
 	// saying so in SETTINGS tells the peer we speak 3.x flow control.
-	s.queueControl(func(b []byte) []byte {
-		return appendSettings(b,
-			setting{settingMaxConcurrentStreams, cfg.MaxConcurrentStreams},
-			setting{settingInitialWindowSize, defaultWindow})
-	})
+	var settings ctrlFrame
+	settings.n = uint8(len(appendSettings(settings.b[:0],
+		setting{settingMaxConcurrentStreams, cfg.MaxConcurrentStreams},
+		setting{settingInitialWindowSize, defaultWindow})))
+	s.enqueue(writeReq{ctrl: settings}, true)
 	if d := int64(cfg.SessionWindow) - defaultWindow; d > 0 {
 		s.queueWindowUpdate(0, uint32(d))
 	}

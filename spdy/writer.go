@@ -51,23 +51,16 @@ type dataFrame struct {
 	data []byte
 }
 
-// queueControl queues a small control frame, encoded by enc into a
-// writeReq's inline buffer, without waiting. It is what the reader
-// goroutine uses, so it never blocks on the network.
-func (s *Session) queueControl(enc func([]byte) []byte) {
-	var r writeReq
-	r.ctrl.n = uint8(len(enc(r.ctrl.b[:0])))
-	s.enqueue(r, true)
-}
-
+// queueRst and the others here queue a small control frame without waiting:
+// the reader goroutine uses them, so they never block on the network. Each
+// encodes with a known function into the writeReq's inline buffer, so that
+// the writeReq stays off the heap.
 func (s *Session) queueRst(id uint32, status RSTStatus) {
 	var c ctrlFrame
 	c.n = uint8(len(appendRst(c.b[:0], id, status)))
 	s.enqueue(writeReq{ctrl: c}, true)
 }
 
-// queueWindowUpdate, like the others here, encodes with a known function
-// (not through queueControl's func), so that its writeReq stays off the heap.
 func (s *Session) queueWindowUpdate(id, delta uint32) {
 	var c ctrlFrame
 	c.n = uint8(len(appendWindowUpdate(c.b[:0], id, delta)))
