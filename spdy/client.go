@@ -249,9 +249,9 @@ func (s *Session) openStream(ctx context.Context, block *blockWriter, fin, head 
 	// Queue SYN_STREAM while holding s.mu so stream ids reach the wire in
 	// order, and the window for the response right behind it.
 	s.wmu.Lock()
-	s.ctrlQ = append(s.ctrlQ, syn)
+	s.ctrlQ.push(syn)
 	if grant.ctrl.n > 0 {
-		s.ctrlQ = append(s.ctrlQ, grant)
+		s.ctrlQ.push(grant)
 	}
 	s.wmu.Unlock()
 	s.mu.Unlock()

@@ -45,6 +45,9 @@ func ParseHeaderBlock(b []byte, maxValues int) (http.Header, error) {
 // BlockSize is blockSize: what the send side counts for h.
 func BlockSize(h http.Header) (size, values int) { return blockSize(h) }
 
+// HeaderSize is headerSize: what a received stream's trailers count.
+func HeaderSize(h http.Header) (size, values int) { return headerSize(h) }
+
 // RefusalStatus reports the RST_STREAM status of a refused block.
 func RefusalStatus(err error) (RSTStatus, bool) {
 	var r *refusal

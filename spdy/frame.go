@@ -8,8 +8,8 @@ import (
 // The frame layer (SPDY/3 section 2.2): the 8-byte frame header, the fixed
 // part of each control frame and the length each type allows. Pure
 // functions over bytes, with no session state; reader.go reads frames with
-// them, writer.go encodes DATA frames with them, and control frames are
-// encoded by moby/spdystream's codec (it owns the header compressor).
+// them and writer.go writes them (header blocks are compressed by the
+// session's deflater, headerblock.go).
 
 // Control frame types, flags and settings ids (SPDY/3 section 2.6).
 const (

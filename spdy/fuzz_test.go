@@ -565,6 +565,10 @@ func FuzzParseHeaderBlock(f *testing.F) {
 		if values > fuzzMaxValues {
 			t.Fatalf("%d values, limit %d", values, fuzzMaxValues)
 		}
+		// The trailers' bound counts the same, but for the header count.
+		if ts, tv := spdy.HeaderSize(h); ts != size-4 || tv != values {
+			t.Fatalf("headerSize %d bytes, %d values; the send side counts %d-4, %d", ts, tv, size, values)
+		}
 		// Encoded again (names lowercase, values NUL-joined), it parses
 		// to the same headers. (Only ASCII letters are lowered: names on
 		// the wire may hold any other byte, which strings.ToLower would

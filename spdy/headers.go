@@ -117,9 +117,9 @@ type pseudoHeaders struct {
 }
 
 // splitHeaders takes the pseudo-headers out of a received block and returns
-// the rest as an http.Header. The codec stored names with Header.Add, so
-// they are canonical already (pseudo-header names, not being tokens, are
-// left as they are), and the block's map is reused.
+// the rest as an http.Header. parseHeaderBlock stored names canonical
+// already (pseudo-header names, not being tokens, as they are), and the
+// block's map is reused.
 func splitHeaders(block http.Header) (pseudoHeaders, http.Header) {
 	var p pseudoHeaders
 	for k, vv := range block {

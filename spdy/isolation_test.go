@@ -1066,23 +1066,13 @@ func TestStreamIdleWatchdog(t *testing.T) {
 	t.Run("unread response", func(t *testing.T) {
 		cs, p := rawServer(t, idleConfig())
 		settle(t, cs, p, pingFromServer)
-		resc := make(chan *http.Response, 1)
-		go func() {
-			resp, err := cs.RoundTrip(ctxReq(t, "GET", "https://x/", nil, rawTimeout))
-			if err != nil {
-				t.Error(err)
-			}
-			resc <- resp
-		}()
+		resc := goRoundTripResp(t, cs, ctxReq(t, "GET", "https://x/", nil, rawTimeout))
 		id := uint32(p.expectSynStream().StreamId)
 		p.mustWrite(synReply(id, replyBlock("200"), false))
 		p.mustWrite(dataFrameOf(id, []byte("never read"), false))
 		since := time.Now()
 		expectIdleReset(t, p, id, since)
-		resp := <-resc
-		if resp == nil {
-			t.FailNow()
-		}
+		resp := recvResp(t, resc)
 		defer resp.Body.Close()
 		_, err := resp.Body.Read(make([]byte, 100))
 		if !isLocalIdleReset(err, ErrStreamIdle) {
@@ -1121,20 +1111,10 @@ func TestStreamIdleWatchdog(t *testing.T) {
 		settle(t, cs, p, pingFromServer)
 		pr, pw := io.Pipe()
 		defer pw.Close()
-		res := make(chan *http.Response, 1)
-		go func() {
-			resp, err := cs.RoundTrip(ctxReq(t, "POST", "https://x/chat", pr, rawTimeout))
-			if err != nil {
-				t.Error(err)
-			}
-			res <- resp
-		}()
+		res := goRoundTripResp(t, cs, ctxReq(t, "POST", "https://x/chat", pr, rawTimeout))
 		id := uint32(p.expectSynStream().StreamId)
 		p.mustWrite(synReply(id, replyBlock("200"), false))
-		resp := <-res
-		if resp == nil {
-			t.FailNow()
-		}
+		resp := recvResp(t, res)
 		defer resp.Body.Close()
 		if got := quietFor(t, p, 3*idleTimeout); len(got) != 0 {
 			t.Fatalf("DATA %q from an idle body", got)
@@ -1166,21 +1146,11 @@ func TestStreamIdleWatchdog(t *testing.T) {
 		// An event stream between events: nothing buffered, nobody blocked.
 		cs, p := rawServer(t, idleConfig())
 		settle(t, cs, p, pingFromServer)
-		res := make(chan *http.Response, 1)
-		go func() {
-			resp, err := cs.RoundTrip(ctxReq(t, "GET", "https://x/events", nil, rawTimeout))
-			if err != nil {
-				t.Error(err)
-			}
-			res <- resp
-		}()
+		res := goRoundTripResp(t, cs, ctxReq(t, "GET", "https://x/events", nil, rawTimeout))
 		id := uint32(p.expectSynStream().StreamId)
 		p.mustWrite(synReply(id, replyBlock("200"), false))
 		p.mustWrite(dataFrameOf(id, []byte("event1"), false))
-		resp := <-res
-		if resp == nil {
-			t.FailNow()
-		}
+		resp := recvResp(t, res)
 		defer resp.Body.Close()
 		buf := make([]byte, 6)
 		if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "event1" {
@@ -1256,14 +1226,7 @@ func TestStreamIdleWatchdog(t *testing.T) {
 		cs, p := rawServer(t, idleConfig())
 		p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 30})
 		settle(t, cs, p, pingFromServer)
-		res := make(chan *http.Response, 1)
-		go func() {
-			resp, err := cs.RoundTrip(ctxReq(t, "POST", "https://x/up", io.NopCloser(zeros{}), rawTimeout))
-			if err != nil {
-				t.Error(err)
-			}
-			res <- resp
-		}()
+		res := goRoundTripResp(t, cs, ctxReq(t, "POST", "https://x/up", io.NopCloser(zeros{}), rawTimeout))
 		id := uint32(p.expectSynStream().StreamId)
 		// Answer at once, so that the request body's own timer is out of
 		// play: only the window the peer never opens is.
@@ -1276,10 +1239,7 @@ func TestStreamIdleWatchdog(t *testing.T) {
 			return got == defaultWindow
 		})
 		expectIdleReset(t, p, id, time.Now())
-		resp := <-res
-		if resp == nil {
-			t.FailNow()
-		}
+		resp := recvResp(t, res)
 		defer resp.Body.Close()
 		if _, err := resp.Body.Read(make([]byte, 10)); !isLocalIdleReset(err, ErrStreamIdle) {
 			t.Fatalf("Read after the reset: %v, want a local CANCEL with ErrStreamIdle", err)
@@ -1339,6 +1299,49 @@ func TestStreamIdleWatchdog(t *testing.T) {
 		if err := ss.Err(); !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), "session window") {
 			t.Fatalf("session cause %v", err)
 		}
+	})
+
+	t.Run("session wait ended by a reset", func(t *testing.T) {
+		t.Parallel() // waits out several timeouts; touches nothing shared
+		// A stream that waited for session credit and then ended (the
+		// peer reset it) waits no more: it is not kept among the waiters,
+		// and the session is not closed for credit that nobody waits for.
+		werr := make(chan error, 1)
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for range 4 {
+				if _, err := w.Write(chunk64k); err != nil {
+					werr <- err
+					return
+				}
+			}
+			werr <- nil
+		})
+		ss, p := rawClient(t, idleConfig(), h)
+		p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 20}}})
+		settle(t, ss, p, pingFromClient)
+		p.mustWrite(synStream(1, reqBlock("GET", "/"), true))
+		got := 0
+		p.expect("the session's 64 KiB window, spent", func(f mspdy.Frame) bool {
+			if d, ok := f.(*mspdy.DataFrame); ok {
+				got += len(d.Data)
+			}
+			return got == defaultWindow
+		})
+		waiters := func() int {
+			ss.mu.Lock()
+			defer ss.mu.Unlock()
+			return len(ss.winWaiters)
+		}
+		waitUntil(t, "the handler waits for session credit", func() bool { return waiters() == 1 })
+		p.mustWrite(&mspdy.RstStreamFrame{StreamId: 1, Status: mspdy.Cancel})
+		expectFailure(t, werr, "the handler's writes to a reset stream succeeded", "handler still blocked after the reset")
+		if n := waiters(); n != 0 {
+			t.Fatalf("%d ended streams kept waiting for session credit", n)
+		}
+		if data := quietFor(t, p, 3*idleTimeout); len(data) != 0 {
+			t.Fatalf("DATA %d bytes after the reset", len(data))
+		}
+		pingAlive(t, p)
 	})
 }
 
@@ -1954,15 +1957,17 @@ func TestFinishedUnreadResponsesWithinBudget(t *testing.T) {
 // with RST_STREAM; the stream must then be over on our side too: a reset
 // closes the stream at once (SPDY/3, abrupt termination), so no frame may
 // follow it on the wire, and the handler's context must end and its
-// writes fail. handleSynReply (reader.go) queues the RST_STREAM without
-// resetting the stream when it exists: the handler goes on and its
-// SYN_REPLY and DATA follow the reset on the wire.
+// writes fail. The reset is ours (PROTOCOL_ERROR, resetLocal), not a bare
+// INVALID_STREAM queued while the handler goes on.
 func TestSynReplyForPeerStream(t *testing.T) {
-	release := make(chan struct{})
+	release := make(chan struct{}) // never closed before the handler is done: only its context may end its wait
+	defer close(release)
 	handlerDone := make(chan error, 1)
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-release:
+			handlerDone <- errors.New("the handler's context did not end")
+			return
 		case <-r.Context().Done():
 		}
 		_, err := io.WriteString(w, "late answer")
@@ -1975,18 +1980,10 @@ func TestSynReplyForPeerStream(t *testing.T) {
 	settle(t, ss, p, pingFromClient)
 	p.mustWrite(synStream(1, reqBlock("GET", "/hold"), true))
 	p.mustWrite(synReply(1, replyBlock("200"), false))
-	if rst := p.expectRst(1); rst.Status != mspdy.InvalidStream && rst.Status != mspdy.ProtocolError {
-		t.Fatalf("RST_STREAM status %d, want INVALID_STREAM or PROTOCOL_ERROR", rst.Status)
+	if rst := p.expectRst(1); rst.Status != mspdy.ProtocolError {
+		t.Fatalf("RST_STREAM status %d, want PROTOCOL_ERROR", rst.Status)
 	}
-	close(release)
-	select {
-	case err := <-handlerDone:
-		if err == nil {
-			t.Error("the handler's write to a stream we reset succeeded")
-		}
-	case <-time.After(rawTimeout):
-		t.Fatal("handler still running")
-	}
+	expectFailure(t, handlerDone, "the handler's write to a stream we reset succeeded", "handler still running: its context did not end")
 	p.mustWrite(&mspdy.PingFrame{Id: pingFromClient})
 	p.expect("PING echo", func(f mspdy.Frame) bool {
 		switch f := f.(type) {

@@ -311,6 +311,51 @@ func goRoundTrip(s *Session, req *http.Request) <-chan result {
 	return ch
 }
 
+// goRoundTripResp runs RoundTrip in a goroutine and hands over the
+// response with its body unread (nil after an error, which fails the test).
+func goRoundTripResp(t testing.TB, s *Session, req *http.Request) <-chan *http.Response {
+	ch := make(chan *http.Response, 1)
+	go func() {
+		resp, err := s.RoundTrip(req)
+		if err != nil {
+			t.Error(err)
+		}
+		ch <- resp
+	}()
+	return ch
+}
+
+// recvResp waits for goRoundTripResp's response; without one the test
+// stops.
+func recvResp(t testing.TB, ch <-chan *http.Response) *http.Response {
+	t.Helper()
+	select {
+	case resp := <-ch:
+		if resp == nil {
+			t.FailNow()
+		}
+		return resp
+	case <-time.After(rawTimeout):
+		t.Fatalf("RoundTrip did not return within %v", rawTimeout)
+		return nil
+	}
+}
+
+// expectFailure waits for the error a goroutine (a handler, most often)
+// reports on ch: the test fails with succeeded if it is nil, and with stuck
+// if none comes within rawTimeout.
+func expectFailure(t testing.TB, ch <-chan error, succeeded, stuck string) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		if err == nil {
+			t.Fatal(succeeded)
+		}
+	case <-time.After(rawTimeout):
+		t.Fatal(stuck)
+	}
+}
+
 func recvResult(t testing.TB, ch <-chan result) result {
 	t.Helper()
 	select {

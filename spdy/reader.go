@@ -11,7 +11,7 @@ import (
 )
 
 // The reader goroutine: one frame at a time off the connection. We parse
-// frames ourselves (the codec is used for writing only): every length is
+// frames ourselves (frame.go): every length is
 // checked against its type before anything is read, header blocks go
 // through the session's inflater (headerblock.go), which bounds what they
 // cost, and DATA is read straight into the stream's buffers after its
@@ -315,6 +315,9 @@ func (s *Session) handleHeaders(id uint32, flags uint8, n int) error {
 	h, err := s.readHeaderBlock(n, st != nil)
 	if err == nil && st != nil {
 		err = checkTrailers(h)
+		if err == nil {
+			err = st.receiveTrailers(h, flags&flagFin != 0, s.limits)
+		}
 	}
 	if err != nil {
 		var be *refusal
@@ -323,9 +326,6 @@ func (s *Session) handleHeaders(id uint32, flags uint8, n int) error {
 			return nil
 		}
 		return err
-	}
-	if st != nil {
-		st.receiveTrailers(h, flags&flagFin != 0)
 	}
 	return nil
 }

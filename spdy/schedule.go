@@ -66,11 +66,15 @@ type dataQueue struct {
 	streak int // frames taken from above a waiting lower level in a row
 }
 
-// fifo is a queue that reuses its storage.
+// fifo is a queue that reuses its storage, up to keepQueueStorage frames'
+// worth: a burst's storage goes when the burst ends.
 type fifo struct {
 	q    []writeReq
 	head int
 }
+
+// keepQueueStorage is how many frames' storage an empty fifo keeps.
+const keepQueueStorage = 64
 
 func (f *fifo) push(r writeReq) { f.q = append(f.q, r) }
 
@@ -82,6 +86,9 @@ func (f *fifo) pop() writeReq {
 	f.head++
 	if f.head == len(f.q) {
 		f.q, f.head = f.q[:0], 0
+		if cap(f.q) > keepQueueStorage {
+			f.q = nil
+		}
 	}
 	return r
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,7 +110,7 @@ type Session struct {
 
 	// Writer queue: control frames go before DATA.
 	wmu     sync.Mutex
-	ctrlQ   []writeReq
+	ctrlQ   fifo
 	dataQ   dataQueue
 	wsignal chan struct{}
 	wdone   bool // the writer stopped: enqueue refuses requests
@@ -209,11 +210,11 @@ func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session
 	// Our SETTINGS and the session window go first on the wire. Streams
 	// start at SPDY's default window and grow from the budget (flow.go);
 	// saying so in SETTINGS tells the peer we speak 3.x flow control.
-	s.queueControl(func(b []byte) []byte {
-		return appendSettings(b,
-			setting{settingMaxConcurrentStreams, cfg.MaxConcurrentStreams},
-			setting{settingInitialWindowSize, defaultWindow})
-	})
+	var settings ctrlFrame
+	settings.n = uint8(len(appendSettings(settings.b[:0],
+		setting{settingMaxConcurrentStreams, cfg.MaxConcurrentStreams},
+		setting{settingInitialWindowSize, defaultWindow})))
+	s.enqueue(writeReq{ctrl: settings}, true)
 	if d := int64(cfg.SessionWindow) - defaultWindow; d > 0 {
 		s.queueWindowUpdate(0, uint32(d))
 	}
@@ -512,9 +513,24 @@ func (s *Session) removeStream(st *stream) {
 	if st.tab.draining {
 		s.draining--
 	}
+	s.stopWaitingLocked(st)
 	s.mu.Unlock()
 	s.wakeSlotWaiters()
 	s.afterStreamEnd()
+}
+
+// stopWaitingLocked takes a stream that finished out of the session
+// window's waiters; s.mu is held. With none left, nobody waits for session
+// credit (checkSessionCredit).
+func (s *Session) stopWaitingLocked(st *stream) {
+	if !st.tab.waitsForSession {
+		return
+	}
+	st.tab.waitsForSession = false
+	s.winWaiters = slices.DeleteFunc(s.winWaiters, func(w *stream) bool { return w == st })
+	if len(s.winWaiters) == 0 {
+		s.sessionWaitSince = 0
+	}
 }
 
 // markDraining records that st finished on the wire with data its
@@ -528,6 +544,7 @@ func (s *Session) markDraining(st *stream) {
 	}
 	st.tab.draining = true
 	s.draining++
+	s.stopWaitingLocked(st)
 	s.mu.Unlock()
 	s.afterStreamEnd()
 }

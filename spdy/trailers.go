@@ -2,6 +2,7 @@ package spdy
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 )
@@ -72,13 +73,21 @@ func collectTrailers(h http.Header, declared []string) http.Header {
 }
 
 // receiveTrailers records a HEADERS frame's block for the reader; FIN ends
-// the stream's receiving side as DATA's does.
-func (st *stream) receiveTrailers(h http.Header, fin bool) {
+// the stream's receiving side as DATA's does. All of a stream's trailers
+// together must fit the limits of one header block, so that HEADERS after
+// HEADERS without FIN cannot grow them: beyond, it returns a *refusal.
+func (st *stream) receiveTrailers(h http.Header, fin bool, lim headerLimits) error {
 	st.mu.Lock()
 	if st.state.has(stRemoteFin) {
 		st.mu.Unlock()
 		st.resetLocal(StatusStreamAlreadyClosed, errors.New("HEADERS after the stream's FIN"))
-		return
+		return nil
+	}
+	heldBytes, heldValues := headerSize(st.trailer)
+	newBytes, newValues := headerSize(h)
+	if heldBytes+newBytes > lim.bytes || heldValues+newValues > lim.values {
+		st.mu.Unlock()
+		return &refusal{Status: StatusFrameTooLarge, Reason: fmt.Sprintf("trailers over %d bytes or %d values, all HEADERS frames together", lim.bytes, lim.values)}
 	}
 	if st.trailer == nil {
 		st.trailer = make(http.Header, len(h))
@@ -90,6 +99,21 @@ func (st *stream) receiveTrailers(h http.Header, fin bool) {
 	if fin {
 		st.endRemote()
 	}
+	return nil
+}
+
+// headerSize is the size of h's fields as a header block counts them
+// (names, values joined by NUL, and their length fields) and its number of
+// values.
+func headerSize(h http.Header) (size, values int) {
+	for k, vv := range h {
+		size += 8 + len(k) + max(len(vv)-1, 0)
+		for _, v := range vv {
+			size += len(v)
+		}
+		values += len(vv)
+	}
+	return size, values
 }
 
 // fillTrailers copies the trailers that arrived into t, creating it if it

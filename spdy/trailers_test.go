@@ -260,3 +260,25 @@ func TestBidirectionalStreaming(t *testing.T) {
 		t.Fatalf("trailer %v", resp.Trailer)
 	}
 }
+
+// TestTrailersBounded: a peer that sends HEADERS after HEADERS without FIN,
+// each block within the limits, cannot grow a stream's trailers past the
+// limits of one header block (Config.MaxHeaderBytes bounds the headers a
+// stream holds): the stream is reset with FRAME_TOO_LARGE, and the session
+// goes on.
+func TestTrailersBounded(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxHeaderBytes = 4 << 10
+	_, p := rawClient(t, cfg, okHandler)
+	enc := newBlockEncoder(t)
+	enc.send(t, p, synStream(1, reqBlock("POST", "/upload"), false))
+	value := strings.Repeat("v", 1<<10)
+	// 64 blocks of 1 KiB each: 16 times the limit in all.
+	for i := range 64 {
+		enc.send(t, p, &mspdy.HeadersFrame{StreamId: 1, Headers: http.Header{fmt.Sprintf("x-t%d", i): {value}}})
+	}
+	if rst := p.expectRst(1); rst.Status != mspdy.FrameTooLarge {
+		t.Fatalf("RST_STREAM status %d, want FRAME_TOO_LARGE", rst.Status)
+	}
+	serverExchange(t, p, enc, 3)
+}

@@ -51,23 +51,16 @@ type dataFrame struct {
 	data []byte
 }
 
-// queueControl queues a small control frame, encoded by enc into a
-// writeReq's inline buffer, without waiting. It is what the reader
-// goroutine uses, so it never blocks on the network.
-func (s *Session) queueControl(enc func([]byte) []byte) {
-	var r writeReq
-	r.ctrl.n = uint8(len(enc(r.ctrl.b[:0])))
-	s.enqueue(r, true)
-}
-
+// queueRst and the others here queue a small control frame without waiting:
+// the reader goroutine uses them, so they never block on the network. Each
+// encodes with a known function into the writeReq's inline buffer, so that
+// the writeReq stays off the heap.
 func (s *Session) queueRst(id uint32, status RSTStatus) {
 	var c ctrlFrame
 	c.n = uint8(len(appendRst(c.b[:0], id, status)))
 	s.enqueue(writeReq{ctrl: c}, true)
 }
 
-// queueWindowUpdate, like the others here, encodes with a known function
-// (not through queueControl's func), so that its writeReq stays off the heap.
 func (s *Session) queueWindowUpdate(id, delta uint32) {
 	var c ctrlFrame
 	c.n = uint8(len(appendWindowUpdate(c.b[:0], id, delta)))
@@ -105,7 +98,7 @@ func (s *Session) enqueue(r writeReq, control bool) {
 		return
 	}
 	if control {
-		if len(s.ctrlQ) >= maxQueuedControl {
+		if s.ctrlQ.len() >= maxQueuedControl {
 			s.wmu.Unlock()
 			go s.closeWith(fmt.Errorf("%w: peer is not reading (control queue full)", ErrProtocol), false, 0)
 			if r.done != nil {
@@ -113,7 +106,7 @@ func (s *Session) enqueue(r writeReq, control bool) {
 			}
 			return
 		}
-		s.ctrlQ = append(s.ctrlQ, r)
+		s.ctrlQ.push(r)
 	} else {
 		s.dataQ.push(r)
 	}
@@ -159,14 +152,8 @@ func (s *Session) errOrShutdown() error {
 func (s *Session) next() (writeReq, bool) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if len(s.ctrlQ) > 0 {
-		r := s.ctrlQ[0]
-		s.ctrlQ[0] = writeReq{}
-		s.ctrlQ = s.ctrlQ[1:]
-		if len(s.ctrlQ) == 0 {
-			s.ctrlQ = s.ctrlQ[:0:0]
-		}
-		return r, true
+	if s.ctrlQ.len() > 0 {
+		return s.ctrlQ.pop(), true
 	}
 	return s.dataQ.pop()
 }
@@ -258,8 +245,11 @@ func (s *Session) writeLoop() {
 	// Fail whatever is left, and refuse what comes later.
 	s.wmu.Lock()
 	s.wdone = true
-	left := append(s.ctrlQ, s.dataQ.drain()...)
-	s.ctrlQ = nil
+	var left []writeReq
+	for s.ctrlQ.len() > 0 {
+		left = append(left, s.ctrlQ.pop())
+	}
+	left = append(left, s.dataQ.drain()...)
 	s.wmu.Unlock()
 	for _, r := range left {
 		if r.done != nil {
