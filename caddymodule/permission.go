@@ -120,15 +120,14 @@ func (p *Permission) CertificateAllowed(_ context.Context, name string) error {
 			return true
 		}
 		seen = append(seen, pl.name)
-		ix := pl.hostIndex()
-		agent, token := ix.agents.Match(host), ix.tokens.Match(host)
+		view := pl.index.certView(host)
 		if p.requireAgent() {
-			allowed = agent && (token || ix.anyToken)
+			allowed = view.agent && (view.token || view.anyToken)
 		} else {
-			allowed = token || (agent && ix.anyToken)
+			allowed = view.token || (view.agent && view.anyToken)
 		}
-		announced = announced || agent
-		tokenHosts = append(tokenHosts, ix.tokenHosts...)
+		announced = announced || view.agent
+		tokenHosts = append(tokenHosts, view.tokenHosts...)
 		return !allowed
 	})
 	if allowed {

@@ -150,8 +150,9 @@ type pool struct {
 	closed   bool
 	users    []*poolUser // handlers using the pool, oldest first
 	// index is what the pool's sessions and tokens may serve, for
-	// tls.permission.spdy_origin; rebuilt under mu, read without a lock.
-	index    atomic.Pointer[hostIndex]
+	// tls.permission.spdy_origin; changed under mu and its own lock, read
+	// under its own lock alone.
+	index    hostIndex
 	changed  chan struct{} // closed and replaced whenever a session joins
 	reserved int           // max_sessions slots held by registrations not yet joined
 
@@ -275,7 +276,7 @@ func (sl *poolSlot) join(s *session) error {
 	p.connects++
 	close(p.changed)
 	p.changed = make(chan struct{})
-	p.reindexLocked()
+	p.index.addSession(s)
 	p.mu.Unlock()
 
 	go p.watch(s)
@@ -307,7 +308,9 @@ func (p *pool) watch(s *session) {
 		p.goneBytesIn += st.BytesIn
 		p.goneBytesOut += st.BytesOut
 		p.goneStreams += st.StreamsTotal
-		p.reindexLocked()
+		if !s.revoked { // else it left the index when it was revoked
+			p.index.removeSession(s)
+		}
 	}
 	left := len(p.sessions)
 	p.mu.Unlock()
@@ -458,7 +461,7 @@ func (p *pool) snapshot() poolSnapshot {
 		bytesOut:     p.goneBytesOut,
 		streamsTotal: p.goneStreams,
 		connects:     p.connects,
-		announced:    len(p.hostIndex().announced),
+		announced:    p.index.announcedCount(),
 	}
 	for s := range p.sessions {
 		st := s.s.Stats()

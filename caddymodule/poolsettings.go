@@ -86,7 +86,7 @@ func (p *pool) join(u *poolUser) error {
 	p.users = append(p.users, u)
 	p.active.Store(u)
 	p.dropRevokedLocked()
-	p.reindexLocked()
+	p.index.setTokens(p.users)
 	return nil
 }
 
@@ -103,7 +103,7 @@ func (p *pool) leave(u *poolUser) {
 		p.active.Store(u)
 	}
 	p.dropRevokedLocked()
-	p.reindexLocked()
+	p.index.setTokens(p.users)
 }
 
 // currentLocked reports whether a handler of the pool has the token of
@@ -134,6 +134,7 @@ func (p *pool) dropRevokedLocked() {
 			continue
 		}
 		s.revoked = true
+		p.index.removeSession(s)
 		p.log().Warn("agent's token was removed from the config or its hosts changed: sending GOAWAY (the agent registers again under the new config)",
 			s.logFields()...)
 		go s.goAway(p.drainTimeout())

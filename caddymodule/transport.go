@@ -199,7 +199,7 @@ func (t *Transport) session(req *http.Request, host string) (*session, error) {
 	countRequest(p.name, http.StatusServiceUnavailable)
 	if p.usable() {
 		t.logUnavailable("no agent of the pool serves this host; answering 503 (add a route for it to an agent, e.g. --to HOST=URL, "+
-			"or check the token's hosts)", zap.String("host", host), zap.Strings("announced", p.hostIndex().announced))
+			"or check the token's hosts)", zap.String("host", host), zap.Array("announced", announcedField{&p.index}))
 		return nil, caddyhttp.Error(http.StatusServiceUnavailable, &hostError{pool: p.name, host: host})
 	}
 	t.logUnavailable("no agent connected to pool; answering 503 (is the agent running and using the right token and pool?)")

@@ -151,6 +151,30 @@ func (t *Table[T]) Add(p string, v T) bool {
 	return true
 }
 
+// Delete removes the canonical pattern p. It reports false, changing
+// nothing, if p is not in the table.
+func (t *Table[T]) Delete(p string) bool {
+	switch {
+	case p == CatchAll:
+		if t.all == nil {
+			return false
+		}
+		t.all = nil
+	case IsWildcard(p):
+		if _, ok := t.wildcard[p[2:]]; !ok {
+			return false
+		}
+		delete(t.wildcard, p[2:])
+	default:
+		if _, ok := t.exact[p]; !ok {
+			return false
+		}
+		delete(t.exact, p)
+	}
+	t.n--
+	return true
+}
+
 // Len is the number of patterns in the table.
 func (t *Table[T]) Len() int { return t.n }
 
@@ -234,4 +258,62 @@ func (s *Set) Len() int {
 		return 0
 	}
 	return s.t.Len()
+}
+
+// Multiset is a set of patterns, each held some number of times, that
+// answers whether any matches a host, like Set. Adding or removing a
+// pattern costs the same however many the multiset holds, so an index of
+// what many owners hold can follow each owner's arrival and departure
+// instead of being rebuilt. The zero value is empty; it is not safe for
+// concurrent use.
+type Multiset struct {
+	count map[string]int // times each pattern was added and not yet removed
+	t     Table[struct{}]
+}
+
+// Add adds the canonical pattern p once more. It reports whether p is new.
+func (m *Multiset) Add(p string) bool {
+	if m.count == nil {
+		m.count = map[string]int{}
+	}
+	m.count[p]++
+	if m.count[p] > 1 {
+		return false
+	}
+	m.t.Add(p, struct{}{})
+	return true
+}
+
+// Remove takes back one Add of p. It reports whether that was p's last,
+// so that p left the multiset; removing a pattern not held does nothing.
+func (m *Multiset) Remove(p string) bool {
+	switch n := m.count[p]; n {
+	case 0:
+		return false
+	case 1:
+		delete(m.count, p)
+		m.t.Delete(p)
+		return true
+	default:
+		m.count[p] = n - 1
+		return false
+	}
+}
+
+// Match reports whether some pattern of m matches the canonical host.
+func (m *Multiset) Match(host string) bool {
+	_, ok := m.t.Lookup(host)
+	return ok
+}
+
+// Len is the number of distinct patterns in m.
+func (m *Multiset) Len() int { return m.t.Len() }
+
+// Patterns returns the distinct patterns of m, in no particular order.
+func (m *Multiset) Patterns() []string {
+	out := make([]string, 0, len(m.count))
+	for p := range m.count {
+		out = append(out, p)
+	}
+	return out
 }

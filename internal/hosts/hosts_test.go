@@ -122,6 +122,58 @@ func TestSet(t *testing.T) {
 	}
 }
 
+func TestTableDelete(t *testing.T) {
+	var tab Table[string]
+	for _, p := range []string{"a.test", "*.a.test", "*"} {
+		tab.Add(p, p)
+	}
+	for _, p := range []string{"a.test", "*.a.test", "*"} {
+		if !tab.Delete(p) {
+			t.Errorf("Delete(%q) found nothing", p)
+		}
+		if tab.Delete(p) {
+			t.Errorf("Delete(%q) twice removed something", p)
+		}
+	}
+	if tab.Len() != 0 {
+		t.Fatalf("Len = %d after deleting everything", tab.Len())
+	}
+	for _, host := range []string{"a.test", "x.a.test", "other.test"} {
+		if _, ok := tab.Lookup(host); ok {
+			t.Errorf("Lookup(%q) matched in an empty table", host)
+		}
+	}
+	if !tab.Add("*.a.test", "again") {
+		t.Fatal("a deleted pattern cannot be added again")
+	}
+}
+
+// A pattern stays in a Multiset until each Add is taken back.
+func TestMultiset(t *testing.T) {
+	var m Multiset
+	if m.Match("a.test") || m.Len() != 0 || m.Remove("a.test") {
+		t.Fatal("the zero Multiset is not empty")
+	}
+	if !m.Add("*.b.test") || m.Add("*.b.test") || !m.Add("a.test") || !m.Add("*") {
+		t.Fatal("Add reported a pattern new when it was not, or the reverse")
+	}
+	if m.Len() != 3 || !m.Match("x.b.test") || !m.Match("other.test") {
+		t.Fatalf("Len = %d, Match(x.b.test) = %v, Match(other.test) = %v", m.Len(), m.Match("x.b.test"), m.Match("other.test"))
+	}
+	if !m.Remove("*") || !m.Remove("a.test") || m.Match("other.test") || m.Match("a.test") {
+		t.Fatal("a pattern added once outlived its Remove")
+	}
+	if m.Remove("*.b.test") || !m.Match("x.b.test") {
+		t.Fatal("a pattern added twice left at the first Remove")
+	}
+	if got := m.Patterns(); len(got) != 1 || got[0] != "*.b.test" {
+		t.Fatalf("Patterns = %v, want [*.b.test]", got)
+	}
+	if !m.Remove("*.b.test") || m.Match("x.b.test") || m.Len() != 0 || len(m.Patterns()) != 0 {
+		t.Fatal("a pattern stayed after its last Remove")
+	}
+}
+
 func TestCovers(t *testing.T) {
 	tests := []struct {
 		outer, inner string
