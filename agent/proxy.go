@@ -41,7 +41,7 @@ func (h *upstreamHandler) serveProxy(w http.ResponseWriter, r *http.Request) {
 		mu   sync.Mutex
 		done bool
 	)
-	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, hdr textproto.MIMEHeader) error {
+	got1xx := func(code int, hdr textproto.MIMEHeader) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if done {
@@ -54,9 +54,17 @@ func (h *upstreamHandler) serveProxy(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(code)
 		clear(dst) // WriteHeader does not clear them for a 1xx
 		return nil
-	}}
-	out := h.outRequest(httptrace.WithClientTrace(r.Context(), trace), r)
-	res, err := h.transport.RoundTrip(out)
+	}
+	var (
+		res *http.Response
+		err error
+	)
+	if out := h.outRequest(r.Context(), r); h.h1 != nil && canCarry(out) {
+		res, err = h.h1.roundTrip(out, got1xx) // calls got1xx from this goroutine
+	} else {
+		trace := &httptrace.ClientTrace{Got1xxResponse: got1xx}
+		res, err = h.transport.RoundTrip(out.WithContext(httptrace.WithClientTrace(out.Context(), trace)))
+	}
 	mu.Lock()
 	done = true
 	mu.Unlock()

@@ -1,0 +1,13 @@
+//go:build !(linux || darwin || freebsd || netbsd || openbsd || dragonfly)
+
+package agent
+
+import "syscall"
+
+// Elsewhere a read takes its buffer before it waits, and an idle
+// connection is taken as alive (a request that finds it closed is retried
+// when it can be replayed).
+
+func waitReadable(syscall.RawConn) error { return nil }
+
+func idleConnAlive(syscall.RawConn) bool { return true }
