@@ -30,7 +30,7 @@ import (
 // upstream connection and the hijacked SPDY stream.
 type upstreamHandler struct {
 	target    *url.URL
-	tlsConf   *tls.Config // for https targets: the roots that verify them
+	tlsConf   *tls.Config     // for https targets: the roots that verify them
 	transport *http.Transport // https:// and h2c:// upstreams, and what h1 cannot carry
 	h1        *h1Client       // http:// upstreams (h1client.go); nil for the others
 	dialer    *net.Dialer
