@@ -423,6 +423,15 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// waitData waits until a Read has something to return, holding no buffer
+// meanwhile (copyBody's quiet streams).
+func (b *h1Body) waitData() error {
+	if b.done || b.pc.br.Buffered() > 0 || b.pc.lr.buffered() > 0 || b.pc.lr.err != nil {
+		return nil
+	}
+	return waitReadable(b.pc.lr.raw)
+}
+
 func (b *h1Body) Close() error {
 	if !b.done {
 		b.finish(false)
