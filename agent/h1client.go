@@ -173,7 +173,11 @@ func (c *h1Client) get(ctx context.Context) (*h1Conn, error) {
 		c.mu.Unlock()
 		// The upstream may have closed it meanwhile (its own idle
 		// timeout): one non-blocking peek tells, before the request is
-		// written to a dead connection.
+		// written to a dead connection. Every time, even after a
+		// moment's rest: bytes an upstream sent unasked would otherwise
+		// be read as the next request's response, which may be another
+		// client's (net/http's readLoop watches idle connections for the
+		// same reason).
 		if time.Since(pc.idleSince) < h1IdleTimeout && pc.lr.alive() {
 			pc.reused = true
 			return pc, nil
@@ -516,16 +520,11 @@ func (l *lazyReader) Read(p []byte) (int, error) {
 		}
 		l.err = err
 	default:
-		// A small read (the bufio.Reader's): wait until there is
-		// something to read before taking a buffer for it.
-		if err := waitReadable(l.raw); err != nil {
-			return 0, err
-		}
-		buf := h1ReadBufs.Get().(*[h1ReadBuffer]byte)
-		m, err := l.c.Read(buf[:])
+		// A small read (the bufio.Reader's): a buffer is taken only for
+		// a read that finds bytes (or the end) waiting.
+		buf, m, err := l.fill()
 		l.nread += int64(m)
 		if m == 0 {
-			h1ReadBufs.Put(buf)
 			return 0, err
 		}
 		n = copy(p, buf[:m])
@@ -540,6 +539,28 @@ func (l *lazyReader) Read(p []byte) (int, error) {
 		l.limit -= int64(n)
 	}
 	return n, nil
+}
+
+// fill reads into a pooled buffer, taken once the connection is readable.
+func (l *lazyReader) fill() (*[h1ReadBuffer]byte, int, error) {
+	if l.raw != nil {
+		b, n, err := readWhenReady(l.raw,
+			func() []byte { return h1ReadBufs.Get().(*[h1ReadBuffer]byte)[:] },
+			func(b []byte) { h1ReadBufs.Put((*[h1ReadBuffer]byte)(b)) })
+		if !errors.Is(err, errors.ErrUnsupported) {
+			if b == nil {
+				return nil, 0, err
+			}
+			return (*[h1ReadBuffer]byte)(b), n, err
+		}
+	}
+	buf := h1ReadBufs.Get().(*[h1ReadBuffer]byte)
+	n, err := l.c.Read(buf[:])
+	if n == 0 {
+		h1ReadBufs.Put(buf)
+		return nil, 0, err
+	}
+	return buf, n, err
 }
 
 // alive tells whether an idle connection can carry a request: the upstream

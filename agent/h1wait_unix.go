@@ -4,6 +4,9 @@ package agent
 
 import (
 	"errors"
+	"io"
+	"net"
+	"os"
 	"syscall"
 )
 
@@ -31,6 +34,46 @@ func waitReadable(rc syscall.RawConn) error {
 		ready, _, _ := peekState(fd)
 		return ready
 	})
+}
+
+// readWhenReady reads from rc into a buffer from get, taken only once the
+// read will not block: an attempt that would block gives the buffer back to
+// put and waits for the poller before it tries again. It returns the
+// buffer (nil when nothing was read) and the bytes read into it.
+func readWhenReady(rc syscall.RawConn, get func() []byte, put func([]byte)) ([]byte, int, error) {
+	var (
+		buf  []byte
+		n    int
+		rerr error
+	)
+	err := rc.Read(func(fd uintptr) bool {
+		buf = get()
+		for {
+			n, rerr = syscall.Read(int(fd), buf)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			put(buf)
+			buf = nil
+			return false
+		}
+		return true
+	})
+	if err == nil && rerr != nil {
+		err = &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", rerr)}
+	}
+	if n <= 0 {
+		if buf != nil {
+			put(buf)
+		}
+		if err == nil {
+			err = io.EOF // read(2) returns 0 at the peer's close
+		}
+		return nil, 0, err
+	}
+	return buf, n, err
 }
 
 // idleConnAlive tells whether an idle connection is still open with
