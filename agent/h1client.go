@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -335,6 +336,7 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 	pc.lr.limit = -1
 	body := &h1Body{
 		pc:      pc,
+		res:     res,
 		rc:      res.Body,
 		req:     req,
 		written: written,
@@ -404,6 +406,7 @@ func (e requestBodyError) Unwrap() error { return e.err }
 // closed (draining what is left could take forever).
 type h1Body struct {
 	pc      *h1Conn
+	res     *http.Response // its Trailer is filled at the end
 	rc      io.ReadCloser
 	req     *http.Request
 	written <-chan error
@@ -417,10 +420,42 @@ func (b *h1Body) Read(p []byte) (int, error) {
 		return 0, http.ErrBodyReadAfterClose
 	}
 	n, err := b.rc.Read(p)
+	if err != nil && err.Error() == errLongTrailer {
+		err = b.readTrailer()
+	}
 	if err != nil {
 		b.finish(err == io.EOF)
 	}
 	return n, err
+}
+
+// errLongTrailer is net/http's refusal of a chunked body's trailer that does
+// not fit its bufio.Reader (it peeks for the trailer's end before reading
+// it): with the connection's 512-byte reader, a trailer over about 500
+// bytes, where the Transport's 4 KiB reader takes one of 4 KiB. It peeks
+// only, so the trailer is still there to read.
+const errLongTrailer = "http: suspiciously long trailer after chunked body"
+
+// readTrailer reads a chunked body's trailer that net/http would not, under
+// the bound of a response head, and returns io.EOF once it is in.
+func (b *h1Body) readTrailer() error {
+	pc := b.pc
+	pc.lr.limit = maxUpstreamHeaderBytes
+	hdr, err := textproto.NewReader(pc.br).ReadMIMEHeader()
+	pc.lr.limit = -1
+	switch {
+	case err == io.EOF:
+		return io.ErrUnexpectedEOF
+	case errors.Is(err, errHeadersTooLarge):
+		return errHeadersTooLarge
+	case err != nil:
+		return err
+	}
+	if b.res.Trailer == nil {
+		b.res.Trailer = make(http.Header, len(hdr))
+	}
+	maps.Copy(b.res.Trailer, http.Header(hdr))
+	return io.EOF
 }
 
 func (b *h1Body) Close() error {

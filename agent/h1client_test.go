@@ -385,3 +385,31 @@ func TestH1EarlyAnswerDuringUpload(t *testing.T) {
 		t.Fatalf("next request: %q %v", got, err)
 	}
 }
+
+// Response trailers as large as the Transport takes (it reads them through
+// a 4 KiB bufio.Reader) come through, although the connection's reader is
+// 512 bytes: net/http refuses a trailer that does not fit the reader it
+// peeks into, and the body then failed after all of it had been relayed.
+func TestH1LongResponseTrailer(t *testing.T) {
+	sig := strings.Repeat("s", 1500)
+	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		if req.URL.Path == "/next" {
+			return answer(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
+		}
+		return answer(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sig\r\n\r\n5\r\nhello\r\n0\r\nX-Sig: "+sig+"\r\nX-Other: o\r\n\r\n")
+	})
+	c := newTestH1(t, o)
+	res, got, err := h1Do(t, c, "GET", o.url().String()+"/", nil)
+	if err != nil || got != "hello" {
+		t.Fatalf("%q, %v; want the body and its trailer", got, err)
+	}
+	if res.Trailer.Get("X-Sig") != sig || res.Trailer.Get("X-Other") != "o" {
+		t.Fatalf("trailer %v", res.Trailer)
+	}
+	if _, got, err := h1Do(t, c, "GET", o.url().String()+"/next", nil); err != nil || got != "good" {
+		t.Fatalf("next request: %q %v", got, err)
+	}
+	if n := len(o.conns); n != 1 {
+		t.Fatalf("%d upstream connections, want 1 (the trailer read to its end)", n)
+	}
+}
