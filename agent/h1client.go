@@ -310,13 +310,16 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 				err = errHeadersTooLarge
 			}
 			if written != nil {
-				// A request body that could not be read (the client's
-				// stream failed) is why the exchange failed.
+				// A request that could not be written (the client's
+				// stream failed, or the request itself) is why the
+				// exchange failed.
 				select {
 				case werr := <-written:
 					var rb requestBodyError
 					if errors.As(werr, &rb) {
 						err = werr
+					} else if werr != nil {
+						return fail(fmt.Errorf("writing the request: %w", werr))
 					}
 				default:
 				}
@@ -370,11 +373,14 @@ func (pc *h1Conn) writeWithBody(req *http.Request) <-chan error {
 		h1WriteBufs.Put(bw)
 		if tb := out.Body.(*trackedBody); tb.err != nil {
 			err = requestBodyError{tb.err}
-			// The upstream would wait for the rest forever: the exchange
-			// is over.
+		}
+		done <- err // first, for the reader to find once the close wakes it
+		if err != nil {
+			// The upstream would wait for the rest of the request (or,
+			// when the request failed before anything went out, for the
+			// request) forever: the exchange is over.
 			pc.close()
 		}
-		done <- err
 	}()
 	return done
 }

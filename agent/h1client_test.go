@@ -413,3 +413,35 @@ func TestH1LongResponseTrailer(t *testing.T) {
 		t.Fatalf("%d upstream connections, want 1 (the trailer read to its end)", n)
 	}
 }
+
+// A request that fails as it is written, the upstream having taken part of
+// it or none (here a Host that cannot be written, as the Transport also
+// refuses it), ends the exchange: the upstream is not left waiting for the
+// rest of the request while the agent waits for its response.
+func TestH1RequestWriteFailureEndsExchange(t *testing.T) {
+	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		_, _ = io.Copy(io.Discard, req.Body)
+		return answer(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	c := newTestH1(t, o)
+	// Only a guard against hanging: the answer is expected at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = pw.Write([]byte("hello"))
+		_ = pw.Close()
+	}()
+	req, _ := http.NewRequestWithContext(ctx, "POST", o.url().String()+"/", pr)
+	req.Host = "xn--ä" // not IDNA: http.Request.Write fails before writing anything
+	req.ContentLength = 5
+	res, err := c.roundTrip(req, nil)
+	if err == nil {
+		_ = res.Body.Close()
+		t.Fatalf("%d: want an error", res.StatusCode)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("waited for a response to a request never sent: %v", err)
+	}
+	t.Log(err)
+}
