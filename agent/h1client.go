@@ -36,6 +36,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -56,6 +57,11 @@ const (
 	// caller's buffer when nothing is buffered.
 	h1DirectRead = 1 << 10
 )
+
+// h1WriteWait is how long a response's end waits for the request's writer
+// to finish its last bytes before the connection is given up instead of
+// reused (a variable for tests).
+var h1WriteWait = 50 * time.Millisecond
 
 var (
 	h1ReadBufs  = sync.Pool{New: func() any { return new([h1ReadBuffer]byte) }}
@@ -271,7 +277,10 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 	// A request that ends (the client left, the stream was reset) unblocks
 	// whatever the connection is doing; the connection is then closed.
 	stop := context.AfterFunc(req.Context(), func() { _ = pc.nc.SetDeadline(aLongTimeAgo) })
-	var written <-chan error // the request body's writer, when there is a body
+	var (
+		written <-chan error // the request body's writer, when there is a body
+		sent    *trackedBody // the body it writes
+	)
 	fail := func(err error) (*http.Response, error) {
 		stop()
 		pc.close()
@@ -297,7 +306,7 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 			return fail(fmt.Errorf("writing the request: %w", err))
 		}
 	} else {
-		written = pc.writeWithBody(req)
+		written, sent = pc.writeWithBody(req)
 	}
 
 	pc.lr.limit = maxUpstreamHeaderBytes // for every 1xx and the final head together
@@ -343,6 +352,7 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 		rc:      res.Body,
 		req:     req,
 		written: written,
+		sent:    sent,
 		stop:    stop,
 		// Only a response that ends where its framing says, on a
 		// connection neither side closes, leaves pc fit for another.
@@ -358,10 +368,11 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 
 // writeWithBody writes req from a goroutine of its own, while the caller
 // reads the response, and reports how that ended on the channel.
-func (pc *h1Conn) writeWithBody(req *http.Request) <-chan error {
+func (pc *h1Conn) writeWithBody(req *http.Request) (<-chan error, *trackedBody) {
 	done := make(chan error, 1)
 	out := *req // the body wrapped, to tell its failures from the connection's
-	out.Body = &trackedBody{rc: req.Body}
+	tb := &trackedBody{rc: req.Body, size: req.ContentLength}
+	out.Body = tb
 	go func() {
 		bw := h1WriteBufs.Get().(*bufio.Writer)
 		bw.Reset(pc.nc)
@@ -371,7 +382,7 @@ func (pc *h1Conn) writeWithBody(req *http.Request) <-chan error {
 		}
 		bw.Reset(nil)
 		h1WriteBufs.Put(bw)
-		if tb := out.Body.(*trackedBody); tb.err != nil {
+		if tb.err != nil {
 			err = requestBodyError{tb.err}
 		}
 		done <- err // first, for the reader to find once the close wakes it
@@ -382,22 +393,34 @@ func (pc *h1Conn) writeWithBody(req *http.Request) <-chan error {
 			pc.close()
 		}
 	}()
-	return done
+	return done, tb
 }
 
 // trackedBody records an error of the request body itself (the client's
 // stream failed), as opposed to one of the connection it is written to.
 type trackedBody struct {
-	rc  io.ReadCloser
-	err error
+	rc   io.ReadCloser
+	size int64 // its Content-Length, -1 if unknown
+	err  error
+	read atomic.Int64 // bytes read from it
+	eof  atomic.Bool
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
-	if err != nil && err != io.EOF {
+	b.read.Add(int64(n))
+	if err == io.EOF {
+		b.eof.Store(true)
+	} else if err != nil {
 		b.err = err
 	}
 	return n, err
+}
+
+// taken tells whether the whole body was read for writing: what is left of
+// the write is then its tail.
+func (b *trackedBody) taken() bool {
+	return b.eof.Load() || b.size > 0 && b.read.Load() >= b.size
 }
 
 func (b *trackedBody) Close() error { return b.rc.Close() }
@@ -416,6 +439,7 @@ type h1Body struct {
 	rc      io.ReadCloser
 	req     *http.Request
 	written <-chan error
+	sent    *trackedBody
 	stop    func() bool
 	keep    bool
 	done    bool
@@ -477,6 +501,8 @@ func (b *h1Body) finish(whole bool) {
 	b.done = true
 	pc := b.pc
 	keep := whole && b.keep
+	// Bytes past the response's end are not a response to anything.
+	keep = keep && pc.br.Buffered() == 0 && pc.lr.buffered() == 0
 	if b.written != nil {
 		select {
 		case err := <-b.written:
@@ -484,14 +510,29 @@ func (b *h1Body) finish(whole bool) {
 		default:
 			// The upstream answered before it took the whole request
 			// body (a 413, say): as the Transport does, the connection
-			// goes, and with it the rest of the body.
-			keep = false
-			pc.close()
-			_ = b.req.Body.Close()
+			// goes, and with it the rest of the body. When the body was
+			// all read for writing, though, the writer is most likely on its
+			// last bytes (an upstream that answers as the request ends
+			// often wins that race): it is given a moment, as the
+			// Transport gives it (maxWriteWaitBeforeConnReuse).
+			if keep && b.sent.taken() {
+				t := time.NewTimer(h1WriteWait)
+				select {
+				case err := <-b.written:
+					t.Stop()
+					keep = err == nil
+				case <-t.C:
+					keep = false
+				}
+			} else {
+				keep = false
+			}
+			if !keep {
+				pc.close()
+				_ = b.req.Body.Close()
+			}
 		}
 	}
-	// Bytes past the response's end are not a response to anything.
-	keep = keep && pc.br.Buffered() == 0 && pc.lr.buffered() == 0
 	// stop fails when the request's context ended and its deadline is
 	// (being) set on the connection.
 	if stopped := b.stop(); keep && stopped {

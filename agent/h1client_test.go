@@ -445,3 +445,54 @@ func TestH1RequestWriteFailureEndsExchange(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// closeGate is a request body whose Close (which http.Request.Write calls
+// after its EOF, before the write is over) waits until the gate opens.
+type closeGate struct {
+	io.Reader
+	open chan struct{}
+	once sync.Once
+}
+
+func (b *closeGate) Close() error {
+	b.once.Do(func() { <-b.open })
+	return nil
+}
+
+// An upstream that answers as the request's last bytes reach it often wins
+// the race against the request's writer, which has its own last steps to
+// take (flushing, closing the body): its connection is reused all the same,
+// as with the Transport, rather than closed as if the upstream had answered
+// before taking the body.
+func TestH1ReuseAfterAnswerAtRequestEnd(t *testing.T) {
+	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		_, _ = io.Copy(io.Discard, req.Body)
+		return answer(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	c := newTestH1(t, o)
+	defer func(d time.Duration) { h1WriteWait = d }(h1WriteWait)
+	h1WriteWait = time.Minute // not what this test is about
+	body := &closeGate{Reader: strings.NewReader(strings.Repeat("x", 10000)), open: make(chan struct{})}
+	req, _ := http.NewRequest("PUT", o.url().String()+"/up", body)
+	req.ContentLength = 10000
+	res, err := c.roundTrip(req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The writer is held at its end until the response's end has been
+	// read (or a while has passed: the test then proves nothing, but
+	// does not fail).
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		close(body.open)
+	}()
+	if b, err := io.ReadAll(res.Body); err != nil || string(b) != "ok" {
+		t.Fatalf("%q %v", b, err)
+	}
+	if _, got, err := h1Do(t, c, "GET", o.url().String()+"/next", nil); err != nil || got != "ok" {
+		t.Fatalf("next request: %q %v", got, err)
+	}
+	if n := len(o.conns); n != 1 {
+		t.Fatalf("%d upstream connections, want 1: the first was dropped although the exchange ended cleanly", n)
+	}
+}
