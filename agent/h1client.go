@@ -31,10 +31,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/textproto"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -55,6 +57,11 @@ const (
 	// caller's buffer when nothing is buffered.
 	h1DirectRead = 1 << 10
 )
+
+// h1WriteWait is how long a response's end waits for the request's writer
+// to finish its last bytes before the connection is given up instead of
+// reused (a variable for tests).
+var h1WriteWait = 50 * time.Millisecond
 
 var (
 	h1ReadBufs  = sync.Pool{New: func() any { return new([h1ReadBuffer]byte) }}
@@ -274,7 +281,10 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 	// A request that ends (the client left, the stream was reset) unblocks
 	// whatever the connection is doing; the connection is then closed.
 	stop := context.AfterFunc(req.Context(), func() { _ = pc.nc.SetDeadline(aLongTimeAgo) })
-	var written <-chan error // the request body's writer, when there is a body
+	var (
+		written <-chan error // the request body's writer, when there is a body
+		sent    *trackedBody // the body it writes
+	)
 	fail := func(err error) (*http.Response, error) {
 		stop()
 		pc.close()
@@ -300,7 +310,7 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 			return fail(fmt.Errorf("writing the request: %w", err))
 		}
 	} else {
-		written = pc.writeWithBody(req)
+		written, sent = pc.writeWithBody(req)
 	}
 
 	pc.lr.limit = maxUpstreamHeaderBytes // for every 1xx and the final head together
@@ -313,13 +323,16 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 				err = errHeadersTooLarge
 			}
 			if written != nil {
-				// A request body that could not be read (the client's
-				// stream failed) is why the exchange failed.
+				// A request that could not be written (the client's
+				// stream failed, or the request itself) is why the
+				// exchange failed.
 				select {
 				case werr := <-written:
 					var rb requestBodyError
 					if errors.As(werr, &rb) {
 						err = werr
+					} else if werr != nil {
+						return fail(fmt.Errorf("writing the request: %w", werr))
 					}
 				default:
 				}
@@ -339,9 +352,11 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 	pc.lr.limit = -1
 	body := &h1Body{
 		pc:      pc,
+		res:     res,
 		rc:      res.Body,
 		req:     req,
 		written: written,
+		sent:    sent,
 		stop:    stop,
 		// Only a response that ends where its framing says, on a
 		// connection neither side closes, leaves pc fit for another.
@@ -357,10 +372,11 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 
 // writeWithBody writes req from a goroutine of its own, while the caller
 // reads the response, and reports how that ended on the channel.
-func (pc *h1Conn) writeWithBody(req *http.Request) <-chan error {
+func (pc *h1Conn) writeWithBody(req *http.Request) (<-chan error, *trackedBody) {
 	done := make(chan error, 1)
 	out := *req // the body wrapped, to tell its failures from the connection's
-	out.Body = &trackedBody{rc: req.Body}
+	tb := &trackedBody{rc: req.Body, size: req.ContentLength}
+	out.Body = tb
 	go func() {
 		bw := h1WriteBufs.Get().(*bufio.Writer)
 		bw.Reset(pc.nc)
@@ -370,30 +386,45 @@ func (pc *h1Conn) writeWithBody(req *http.Request) <-chan error {
 		}
 		bw.Reset(nil)
 		h1WriteBufs.Put(bw)
-		if tb := out.Body.(*trackedBody); tb.err != nil {
+		if tb.err != nil {
 			err = requestBodyError{tb.err}
-			// The upstream would wait for the rest forever: the exchange
-			// is over.
+		}
+		done <- err // first, for the reader to find once the close wakes it
+		if err != nil {
+			// The upstream would wait for the rest of the request (or,
+			// when the request failed before anything went out, for the
+			// request) forever: the exchange is over.
 			pc.close()
 		}
-		done <- err
 	}()
-	return done
+	return done, tb
 }
 
 // trackedBody records an error of the request body itself (the client's
 // stream failed), as opposed to one of the connection it is written to.
 type trackedBody struct {
-	rc  io.ReadCloser
-	err error
+	rc   io.ReadCloser
+	size int64 // its Content-Length, -1 if unknown
+	err  error
+	read atomic.Int64 // bytes read from it
+	eof  atomic.Bool
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
-	if err != nil && err != io.EOF {
+	b.read.Add(int64(n))
+	if err == io.EOF {
+		b.eof.Store(true)
+	} else if err != nil {
 		b.err = err
 	}
 	return n, err
+}
+
+// taken tells whether the whole body was read for writing: what is left of
+// the write is then its tail.
+func (b *trackedBody) taken() bool {
+	return b.eof.Load() || b.size > 0 && b.read.Load() >= b.size
 }
 
 func (b *trackedBody) Close() error { return b.rc.Close() }
@@ -408,9 +439,11 @@ func (e requestBodyError) Unwrap() error { return e.err }
 // closed (draining what is left could take forever).
 type h1Body struct {
 	pc      *h1Conn
+	res     *http.Response // its Trailer is filled at the end
 	rc      io.ReadCloser
 	req     *http.Request
 	written <-chan error
+	sent    *trackedBody
 	stop    func() bool
 	keep    bool
 	done    bool
@@ -421,6 +454,9 @@ func (b *h1Body) Read(p []byte) (int, error) {
 		return 0, http.ErrBodyReadAfterClose
 	}
 	n, err := b.rc.Read(p)
+	if err != nil && err.Error() == errLongTrailer {
+		err = b.readTrailer()
+	}
 	if err != nil {
 		b.finish(err == io.EOF)
 	}
@@ -436,6 +472,35 @@ func (b *h1Body) waitData() error {
 	return waitReadable(b.pc.lr.raw)
 }
 
+// errLongTrailer is net/http's refusal of a chunked body's trailer that does
+// not fit its bufio.Reader (it peeks for the trailer's end before reading
+// it): with the connection's 512-byte reader, a trailer over about 500
+// bytes, where the Transport's 4 KiB reader takes one of 4 KiB. It peeks
+// only, so the trailer is still there to read.
+const errLongTrailer = "http: suspiciously long trailer after chunked body"
+
+// readTrailer reads a chunked body's trailer that net/http would not, under
+// the bound of a response head, and returns io.EOF once it is in.
+func (b *h1Body) readTrailer() error {
+	pc := b.pc
+	pc.lr.limit = maxUpstreamHeaderBytes
+	hdr, err := textproto.NewReader(pc.br).ReadMIMEHeader()
+	pc.lr.limit = -1
+	switch {
+	case err == io.EOF:
+		return io.ErrUnexpectedEOF
+	case errors.Is(err, errHeadersTooLarge):
+		return errHeadersTooLarge
+	case err != nil:
+		return err
+	}
+	if b.res.Trailer == nil {
+		b.res.Trailer = make(http.Header, len(hdr))
+	}
+	maps.Copy(b.res.Trailer, http.Header(hdr))
+	return io.EOF
+}
+
 func (b *h1Body) Close() error {
 	if !b.done {
 		b.finish(false)
@@ -449,6 +514,8 @@ func (b *h1Body) finish(whole bool) {
 	b.done = true
 	pc := b.pc
 	keep := whole && b.keep
+	// Bytes past the response's end are not a response to anything.
+	keep = keep && pc.br.Buffered() == 0 && pc.lr.buffered() == 0
 	if b.written != nil {
 		select {
 		case err := <-b.written:
@@ -456,14 +523,29 @@ func (b *h1Body) finish(whole bool) {
 		default:
 			// The upstream answered before it took the whole request
 			// body (a 413, say): as the Transport does, the connection
-			// goes, and with it the rest of the body.
-			keep = false
-			pc.close()
-			_ = b.req.Body.Close()
+			// goes, and with it the rest of the body. When the body was
+			// all read for writing, though, the writer is most likely on its
+			// last bytes (an upstream that answers as the request ends
+			// often wins that race): it is given a moment, as the
+			// Transport gives it (maxWriteWaitBeforeConnReuse).
+			if keep && b.sent.taken() {
+				t := time.NewTimer(h1WriteWait)
+				select {
+				case err := <-b.written:
+					t.Stop()
+					keep = err == nil
+				case <-t.C:
+					keep = false
+				}
+			} else {
+				keep = false
+			}
+			if !keep {
+				pc.close()
+				_ = b.req.Body.Close()
+			}
 		}
 	}
-	// Bytes past the response's end are not a response to anything.
-	keep = keep && pc.br.Buffered() == 0 && pc.lr.buffered() == 0
 	// stop fails when the request's context ended and its deadline is
 	// (being) set on the connection.
 	if stopped := b.stop(); keep && stopped {

@@ -385,3 +385,114 @@ func TestH1EarlyAnswerDuringUpload(t *testing.T) {
 		t.Fatalf("next request: %q %v", got, err)
 	}
 }
+
+// Response trailers as large as the Transport takes (it reads them through
+// a 4 KiB bufio.Reader) come through, although the connection's reader is
+// 512 bytes: net/http refuses a trailer that does not fit the reader it
+// peeks into, and the body then failed after all of it had been relayed.
+func TestH1LongResponseTrailer(t *testing.T) {
+	sig := strings.Repeat("s", 1500)
+	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		if req.URL.Path == "/next" {
+			return answer(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
+		}
+		return answer(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sig\r\n\r\n5\r\nhello\r\n0\r\nX-Sig: "+sig+"\r\nX-Other: o\r\n\r\n")
+	})
+	c := newTestH1(t, o)
+	res, got, err := h1Do(t, c, "GET", o.url().String()+"/", nil)
+	if err != nil || got != "hello" {
+		t.Fatalf("%q, %v; want the body and its trailer", got, err)
+	}
+	if res.Trailer.Get("X-Sig") != sig || res.Trailer.Get("X-Other") != "o" {
+		t.Fatalf("trailer %v", res.Trailer)
+	}
+	if _, got, err := h1Do(t, c, "GET", o.url().String()+"/next", nil); err != nil || got != "good" {
+		t.Fatalf("next request: %q %v", got, err)
+	}
+	if n := len(o.conns); n != 1 {
+		t.Fatalf("%d upstream connections, want 1 (the trailer read to its end)", n)
+	}
+}
+
+// A request that fails as it is written, the upstream having taken part of
+// it or none (here a Host that cannot be written, as the Transport also
+// refuses it), ends the exchange: the upstream is not left waiting for the
+// rest of the request while the agent waits for its response.
+func TestH1RequestWriteFailureEndsExchange(t *testing.T) {
+	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		_, _ = io.Copy(io.Discard, req.Body)
+		return answer(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	c := newTestH1(t, o)
+	// Only a guard against hanging: the answer is expected at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = pw.Write([]byte("hello"))
+		_ = pw.Close()
+	}()
+	req, _ := http.NewRequestWithContext(ctx, "POST", o.url().String()+"/", pr)
+	req.Host = "xn--ä" // not IDNA: http.Request.Write fails before writing anything
+	req.ContentLength = 5
+	res, err := c.roundTrip(req, nil)
+	if err == nil {
+		_ = res.Body.Close()
+		t.Fatalf("%d: want an error", res.StatusCode)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("waited for a response to a request never sent: %v", err)
+	}
+	t.Log(err)
+}
+
+// closeGate is a request body whose Close (which http.Request.Write calls
+// after its EOF, before the write is over) waits until the gate opens.
+type closeGate struct {
+	io.Reader
+	open chan struct{}
+	once sync.Once
+}
+
+func (b *closeGate) Close() error {
+	b.once.Do(func() { <-b.open })
+	return nil
+}
+
+// An upstream that answers as the request's last bytes reach it often wins
+// the race against the request's writer, which has its own last steps to
+// take (flushing, closing the body): its connection is reused all the same,
+// as with the Transport, rather than closed as if the upstream had answered
+// before taking the body.
+func TestH1ReuseAfterAnswerAtRequestEnd(t *testing.T) {
+	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		_, _ = io.Copy(io.Discard, req.Body)
+		return answer(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	c := newTestH1(t, o)
+	defer func(d time.Duration) { h1WriteWait = d }(h1WriteWait)
+	h1WriteWait = time.Minute // not what this test is about
+	body := &closeGate{Reader: strings.NewReader(strings.Repeat("x", 10000)), open: make(chan struct{})}
+	req, _ := http.NewRequest("PUT", o.url().String()+"/up", body)
+	req.ContentLength = 10000
+	res, err := c.roundTrip(req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The writer is held at its end until the response's end has been
+	// read (or a while has passed: the test then proves nothing, but
+	// does not fail).
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		close(body.open)
+	}()
+	if b, err := io.ReadAll(res.Body); err != nil || string(b) != "ok" {
+		t.Fatalf("%q %v", b, err)
+	}
+	if _, got, err := h1Do(t, c, "GET", o.url().String()+"/next", nil); err != nil || got != "ok" {
+		t.Fatalf("next request: %q %v", got, err)
+	}
+	if n := len(o.conns); n != 1 {
+		t.Fatalf("%d upstream connections, want 1: the first was dropped although the exchange ended cleanly", n)
+	}
+}
