@@ -224,7 +224,7 @@ func newHandler(routes []Route, upstreamCAFile string, tun tuning, m *metrics, l
 			}
 			u.countError = m.upstreamError
 			handlers = append(handlers, u)
-			closers = append(closers, u.transport.CloseIdleConnections)
+			closers = append(closers, u.closeIdle)
 			continue
 		}
 		f, err := newFileHandler(r.Root, rlog)

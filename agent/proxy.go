@@ -41,7 +41,7 @@ func (h *upstreamHandler) serveProxy(w http.ResponseWriter, r *http.Request) {
 		mu   sync.Mutex
 		done bool
 	)
-	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, hdr textproto.MIMEHeader) error {
+	got1xx := func(code int, hdr textproto.MIMEHeader) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if done {
@@ -54,9 +54,17 @@ func (h *upstreamHandler) serveProxy(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(code)
 		clear(dst) // WriteHeader does not clear them for a 1xx
 		return nil
-	}}
-	out := h.outRequest(httptrace.WithClientTrace(r.Context(), trace), r)
-	res, err := h.transport.RoundTrip(out)
+	}
+	var (
+		res *http.Response
+		err error
+	)
+	if out := h.outRequest(r.Context(), r); h.h1 != nil && canCarry(out) {
+		res, err = h.h1.roundTrip(out, got1xx) // calls got1xx from this goroutine
+	} else {
+		trace := &httptrace.ClientTrace{Got1xxResponse: got1xx}
+		res, err = h.transport.RoundTrip(out.WithContext(httptrace.WithClientTrace(out.Context(), trace)))
+	}
 	mu.Lock()
 	done = true
 	mu.Unlock()
@@ -211,6 +219,10 @@ var (
 	bulkBufs  = sync.Pool{New: func() any { return new([bulkCopyBuffer]byte) }}
 )
 
+// dataWaiter is a body that can wait until it has bytes to read without
+// a buffer to read them into.
+type dataWaiter interface{ waitData() error }
+
 // copyBody copies body (length bytes, -1 unknown) to w, flushing each piece
 // at once (streaming responses, events, long polls), except the last piece
 // of a body of known length, which the response's end sends with FIN when
@@ -246,15 +258,26 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 	}()
 	if length > quietCopyBuffer {
 		bulk = bulkBufs.Get().(*[bulkCopyBuffer]byte) // the data usually follows the headers
-	} else {
-		quiet = quietBufs.Get().(*[quietCopyBuffer]byte)
 	}
+	// A body that can wait for its next bytes without a buffer (the
+	// h1Client's) lets a quiet stream hold none: the quiet buffer is taken
+	// once bytes are there, and given back after each piece.
+	waiter, _ := body.(dataWaiter)
 	var written int64
 	for {
 		var buf []byte
-		if bulk != nil {
+		if bulk == nil && quiet == nil && waiter != nil {
+			if err := waiter.waitData(); err != nil {
+				return err
+			}
+		}
+		switch {
+		case bulk != nil:
 			buf = bulk[:]
-		} else {
+		case quiet == nil:
+			quiet = quietBufs.Get().(*[quietCopyBuffer]byte)
+			fallthrough
+		default:
 			buf = quiet[:]
 		}
 		n, rerr := body.Read(buf)
@@ -296,7 +319,9 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 		case bulk != nil && n < quietCopyBuffer: // a trickle, or the upstream waits
 			bulkBufs.Put(bulk)
 			bulk = nil
-			quiet = quietBufs.Get().(*[quietCopyBuffer]byte)
+		case bulk == nil && waiter != nil: // nothing held while waiting
+			quietBufs.Put(quiet)
+			quiet = nil
 		}
 	}
 }

@@ -370,7 +370,7 @@ func httpFront(t *testing.T, to *url.URL, root string) front {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(u.transport.CloseIdleConnections)
+		t.Cleanup(u.closeIdle)
 		h = u
 	} else {
 		f, err := newFileHandler(root, zap.NewNop())

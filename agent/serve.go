@@ -30,8 +30,9 @@ import (
 // upstream connection and the hijacked SPDY stream.
 type upstreamHandler struct {
 	target    *url.URL
-	tlsConf   *tls.Config // for https targets: the roots that verify them
-	transport *http.Transport
+	tlsConf   *tls.Config     // for https targets: the roots that verify them
+	transport *http.Transport // https:// and h2c:// upstreams, and what h1 cannot carry
+	h1        *h1Client       // http:// upstreams (h1client.go); nil for the others
 	dialer    *net.Dialer
 	tun       tuning
 	log       *zap.Logger
@@ -78,8 +79,18 @@ func newUpstreamHandler(target *url.URL, roots *x509.CertPool, tun tuning, log *
 		var p http.Protocols
 		p.SetUnencryptedHTTP2(true)
 		h.transport.Protocols = &p
+	} else if target.Scheme == "http" {
+		h.h1 = newH1Client(hostPort(target), h.dialer)
 	}
 	return h, nil
+}
+
+// closeIdle closes the idle upstream connections (at exit).
+func (h *upstreamHandler) closeIdle() {
+	h.transport.CloseIdleConnections()
+	if h.h1 != nil {
+		h.h1.closeIdle()
+	}
 }
 
 // maxUpstreamHeaderBytes bounds the headers of an upstream's response, as
