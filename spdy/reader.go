@@ -414,12 +414,7 @@ func (s *Session) handleWindowUpdate(id uint32, delta int64) error {
 			s.mu.Unlock()
 			return err
 		}
-		waiters := s.winWaiters
-		s.winWaiters = nil
-		s.sessionWaitSince = 0
-		for _, st := range waiters {
-			st.tab.waitsForSession = false
-		}
+		waiters := s.takeWinWaitersLocked()
 		s.mu.Unlock()
 		for _, st := range waiters {
 			st.wakeSender()

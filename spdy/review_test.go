@@ -2,6 +2,8 @@ package spdy
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -184,4 +186,176 @@ func TestUpgradeRefusedSendsWholeBody(t *testing.T) {
 	if string(got) != "hello" {
 		t.Fatalf("peer got body %q before FIN, want %q", got, "hello")
 	}
+}
+
+// rstQueued reports whether RST_STREAM for id waits in s's control queue.
+func rstQueued(s *Session, id uint32) bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	for _, r := range s.ctrlQ.q[s.ctrlQ.head:] {
+		if r.ctrl.n < 16 {
+			continue
+		}
+		h := parseFrameHeader(r.ctrl.b[:])
+		if got, _ := parseWords(r.ctrl.b[8:]); h.control && h.typ == typeRstStream && got == id {
+			return true
+		}
+	}
+	return false
+}
+
+// queued returns how many frames wait in s's control and DATA queues.
+func queued(s *Session) (ctrl, data int) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.ctrlQ.len(), s.dataQ.len()
+}
+
+// sessionSendWindow is s's send window for the session, as it knows it.
+func sessionSendWindow(s *Session) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sendWin.n
+}
+
+// expectNoDataUntilEcho sends a PING with id and reads up to its echo,
+// failing on any DATA frame of stream that comes first.
+func expectNoDataUntilEcho(t *testing.T, p *rawPeer, stream, id uint32, what string) {
+	t.Helper()
+	p.mustWrite(&mspdy.PingFrame{Id: id})
+	p.expect("PING echo", func(f mspdy.Frame) bool {
+		switch f := f.(type) {
+		case *mspdy.DataFrame:
+			if uint32(f.StreamId) == stream {
+				t.Fatalf("DATA of stream %d (%d bytes, flags %#x) went out %s", stream, len(f.Data), f.Flags, what)
+			}
+		case *mspdy.PingFrame:
+			return f.Id == id
+		}
+		return false
+	})
+}
+
+// TestLocalResetDropsQueuedData: a request body's DATA frame waits in the
+// writer's queue (the connection is blocked) when the request is cancelled.
+// RST_STREAM goes out, and the frame must not follow it: after RST_STREAM
+// nothing more of the stream goes out. The peer never sees those bytes, so
+// the session window gets their credit back.
+func TestLocalResetDropsQueuedData(t *testing.T) {
+	a, b := tcpPair(t)
+	v := newValveConn(a)
+	v.set(true) // our SETTINGS wait on the connection
+	cs, err := NewClient(v, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newRawPeer(t, b)
+	t.Cleanup(func() { v.set(false); cs.Close(); <-cs.readerDone; <-cs.writerDone })
+	waitUntil(t, "the writer waits on the connection", v.blocked)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req := newReq(t, "POST", "https://x/", bytes.NewReader(make([]byte, 1000))).WithContext(ctx)
+	res := goRoundTrip(cs, req)
+	waitUntil(t, "the body's DATA frame is queued", func() bool { _, d := queued(cs); return d == 1 })
+	cancel()
+	waitUntil(t, "RST_STREAM is queued", func() bool { return rstQueued(cs, 1) })
+	v.set(false)
+
+	p.expectSynStream()
+	p.expect("RST_STREAM 1", func(f mspdy.Frame) bool {
+		switch f := f.(type) {
+		case *mspdy.DataFrame:
+			// Queued when the stream was reset: it may not go out at all.
+			t.Fatalf("DATA of stream %d went out though the stream was reset before the writer took it", f.StreamId)
+		case *mspdy.RstStreamFrame:
+			return f.StreamId == 1
+		}
+		return false
+	})
+	expectNoDataUntilEcho(t, p, 1, pingFromServer, "after its RST_STREAM")
+	if r := recvResult(t, res); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("RoundTrip: %v, want context.Canceled", r.err)
+	}
+	if w := sessionSendWindow(cs); w != defaultWindow {
+		t.Fatalf("session send window %d after the frame was dropped, want %d: the bytes never sent stay charged", w, defaultWindow)
+	}
+}
+
+// TestPeerResetDropsQueuedData: a response's DATA frame waits in the
+// writer's queue (the connection is blocked) when the peer resets the
+// stream: the frame is dropped, the handler's write fails with the reset at
+// once, and the session window gets the frame's credit back.
+func TestPeerResetDropsQueuedData(t *testing.T) {
+	release := make(chan struct{})
+	werr := make(chan error, 1)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush() // the reply goes now; the body on release
+		<-release
+		w.Write(make([]byte, 1000))
+		werr <- http.NewResponseController(w).Flush()
+	})
+	s, v, p := valveServer(t, h)
+	p.mustWrite(synStream(1, reqBlock("GET", "/"), true))
+	p.expect("SYN_REPLY 1", func(f mspdy.Frame) bool { r, ok := f.(*mspdy.SynReplyFrame); return ok && r.StreamId == 1 })
+
+	v.set(true)
+	p.mustWrite(&mspdy.PingFrame{Id: pingFromClient}) // its echo blocks the writer
+	waitUntil(t, "the writer waits on the connection", v.blocked)
+	close(release)
+	waitUntil(t, "the response's DATA frame is queued", func() bool { _, d := queued(s); return d == 1 })
+	p.mustWrite(&mspdy.RstStreamFrame{StreamId: 1, Status: mspdy.Cancel})
+	p.mustWrite(&mspdy.PingFrame{Id: pingFromClient + 2})
+	// The echo is queued once the reset before it was handled.
+	waitUntil(t, "the second PING is handled", func() bool { c, _ := queued(s); return c == 1 })
+	select {
+	case err := <-werr:
+		var se *StreamError
+		if !errors.As(err, &se) || !se.Remote || se.Status != StatusCancel {
+			t.Errorf("handler's write: %v, want the peer's reset", err)
+		}
+	case <-time.After(rawTimeout):
+		t.Error("the handler's write still waits for a frame of a stream the peer reset")
+	}
+	v.set(false)
+
+	expectNoDataUntilEcho(t, p, 1, pingFromClient+4, "after the peer reset it")
+	if w := sessionSendWindow(s); w != defaultWindow {
+		t.Fatalf("session send window %d after the frame was dropped, want %d: the bytes never sent stay charged", w, defaultWindow)
+	}
+}
+
+// TestPeerResetDropsQueuedReply: a SYN_REPLY waits in the control queue
+// (the connection is blocked) when the peer resets its stream: it is
+// dropped, not sent after the reset, and the handler's flush fails.
+func TestPeerResetDropsQueuedReply(t *testing.T) {
+	ferr := make(chan error, 1)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		ferr <- http.NewResponseController(w).Flush()
+	})
+	s, v, p := valveServer(t, h)
+	settle(t, s, p, pingFromClient)
+
+	v.set(true)
+	p.mustWrite(&mspdy.PingFrame{Id: pingFromClient + 2}) // its echo blocks the writer
+	waitUntil(t, "the writer waits on the connection", v.blocked)
+	p.mustWrite(synStream(1, reqBlock("GET", "/"), true))
+	waitUntil(t, "the SYN_REPLY is queued", func() bool { c, _ := queued(s); return c == 1 })
+	p.mustWrite(&mspdy.RstStreamFrame{StreamId: 1, Status: mspdy.Cancel})
+	p.mustWrite(&mspdy.PingFrame{Id: pingFromClient + 4})
+	waitUntil(t, "the reset is handled", func() bool { c, _ := queued(s); return c == 2 })
+	v.set(false)
+
+	p.expect("PING echo", func(f mspdy.Frame) bool {
+		switch f := f.(type) {
+		case *mspdy.SynReplyFrame:
+			t.Fatalf("SYN_REPLY of stream %d went out after the peer reset it", f.StreamId)
+		case *mspdy.PingFrame:
+			return f.Id == pingFromClient+4
+		}
+		return false
+	})
+	expectFailure(t, ferr, "the handler's flush succeeded on a stream the peer reset", "the handler's flush never returned")
 }

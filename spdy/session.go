@@ -45,7 +45,7 @@ const (
 //
 //	Session.mu   the stream table, send windows, stream.tab, GOAWAY state
 //	stream.mu    one stream's buffers, receive window, state
-//	Session.wmu  the writer's queues
+//	Session.wmu  the writer's queues, and which streams it drops (stream.wErr)
 //
 // Session.recvMu (the session's receive window) and Session.pingMu (PINGs in
 // flight) are taken alone. stream.writeMu orders one stream's frames and is

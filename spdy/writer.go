@@ -17,13 +17,15 @@ import (
 // already encoded (ctrl), all kept inline so that queueing a frame
 // allocates nothing; or none of these, to flush. done, when set, receives
 // the result once the frame is in the write buffer (or, with flush, on the
-// wire).
+// wire). st is the stream whose DATA, SYN_REPLY or HEADERS this is: once
+// that stream is reset the frame is dropped, never written (dropQueued).
 type writeReq struct {
 	ctrl  ctrlFrame
 	hdr   headerFrame
 	data  dataFrame
 	flush bool
 	done  chan error
+	st    *stream
 }
 
 // ctrlFrame is an encoded control frame without a header block: RST_STREAM,
@@ -87,7 +89,8 @@ const (
 )
 
 // enqueue adds a request to the writer's queue. A request queued after the
-// writer stopped fails at once (and is not kept).
+// writer stopped, or for a stream that was reset, fails at once (and is not
+// kept).
 func (s *Session) enqueue(r writeReq, control bool) {
 	s.wmu.Lock()
 	if s.wdone {
@@ -95,6 +98,12 @@ func (s *Session) enqueue(r writeReq, control bool) {
 		if r.done != nil {
 			r.done <- ErrSessionClosed
 		}
+		return
+	}
+	if r.st != nil && r.st.wErr != nil {
+		err := r.st.wErr
+		s.wmu.Unlock()
+		s.unsent(r, err)
 		return
 	}
 	if control {
@@ -148,14 +157,62 @@ func (s *Session) errOrShutdown() error {
 }
 
 // next pops the next request: control frames first, then DATA by
-// priority (schedule.go).
+// priority (schedule.go). A SYN_REPLY or HEADERS of a stream reset since it
+// was queued is dropped on the way (its DATA left the queue at the reset).
 func (s *Session) next() (writeReq, bool) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.ctrlQ.len() > 0 {
-		return s.ctrlQ.pop(), true
+	for {
+		s.wmu.Lock()
+		var r writeReq
+		ok := true
+		if s.ctrlQ.len() > 0 {
+			r = s.ctrlQ.pop()
+		} else {
+			r, ok = s.dataQ.pop()
+		}
+		var dropped error
+		if ok && r.st != nil {
+			dropped = r.st.wErr
+		}
+		s.wmu.Unlock()
+		if dropped == nil {
+			return r, ok
+		}
+		s.unsent(r, dropped)
 	}
-	return s.dataQ.pop()
+}
+
+// dropQueued stops the writer from taking any more of st's frames, which
+// ended with err (abortWith): after RST_STREAM, ours or the peer's, nothing
+// of the stream may go out. Its queued DATA frame (a stream has at most
+// one, schedule.go) leaves the queue now, and the write waiting on it fails
+// with err.
+func (s *Session) dropQueued(st *stream, err error) {
+	s.wmu.Lock()
+	if st.wErr != nil {
+		s.wmu.Unlock()
+		return
+	}
+	st.wErr = err
+	r, ok := s.dataQ.remove(st)
+	s.wmu.Unlock()
+	if ok {
+		s.unsent(r, err)
+	}
+}
+
+// unsent fails a request the writer will never write. The credit a DATA
+// frame took goes back: the peer never sees those bytes, so they must not
+// count against the windows we track for it.
+func (s *Session) unsent(r writeReq, err error) {
+	if n := int64(len(r.data.data)); n > 0 && r.st != nil {
+		s.refund(r.st, n)
+	}
+	if r.hdr.block != nil {
+		blockBufs.Put(r.hdr.block)
+	}
+	if r.done != nil {
+		r.done <- err
+	}
 }
 
 func (s *Session) writeLoop() {
