@@ -242,17 +242,7 @@ func expectNoDataUntilEcho(t *testing.T, p *rawPeer, stream, id uint32, what str
 // nothing more of the stream goes out. The peer never sees those bytes, so
 // the session window gets their credit back.
 func TestLocalResetDropsQueuedData(t *testing.T) {
-	a, b := tcpPair(t)
-	v := newValveConn(a)
-	v.set(true) // our SETTINGS wait on the connection
-	cs, err := NewClient(v, testConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newRawPeer(t, b)
-	t.Cleanup(func() { v.set(false); cs.Close(); <-cs.readerDone; <-cs.writerDone })
-	waitUntil(t, "the writer waits on the connection", v.blocked)
-
+	cs, v, p := valveClient(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	req := newReq(t, "POST", "https://x/", bytes.NewReader(make([]byte, 1000))).WithContext(ctx)
@@ -358,4 +348,50 @@ func TestPeerResetDropsQueuedReply(t *testing.T) {
 		return false
 	})
 	expectFailure(t, ferr, "the handler's flush succeeded on a stream the peer reset", "the handler's flush never returned")
+}
+
+// TestOpenStreamWhileClosing: a session closing for a protocol error waits
+// (up to goAwayFlushTimeout) to put its GOAWAY on a connection that does
+// not drain. A request meanwhile fails at once, as not processed (another
+// session may take it), with the session's cause: not as a shutdown nobody
+// asked for.
+func TestOpenStreamWhileClosing(t *testing.T) {
+	cs, _, p := valveClient(t)
+	p.writeRaw(dataHeader(0, 0, 0)) // DATA on stream 0: a protocol error
+	waitUntil(t, "the session is closing", cs.GoingAway)
+	if cs.Err() != nil {
+		t.Skip("the session closed before the request; the window under test passed")
+	}
+	_, err := cs.RoundTrip(ctxReq(t, "GET", "https://x/", nil, rawTimeout))
+	if !IsRetryable(err) || !errors.Is(err, ErrSessionClosed) || !errors.Is(err, ErrProtocol) {
+		t.Fatalf("RoundTrip on a closing session: %v (retryable %v), want the session's protocol error, retryable", err, IsRetryable(err))
+	}
+}
+
+// TestOpenStreamOnFullControlQueue: the peer floods PINGs and does not
+// read, so the control queue is full. A request then fails at once, not
+// processed, with the session's error (the full queue closes the session,
+// as for any control frame); its SYN_STREAM is not queued beyond the bound,
+// and the request does not wait for a reply that cannot come.
+func TestOpenStreamOnFullControlQueue(t *testing.T) {
+	cs, _, p := valveClient(t)
+	var flood []byte
+	for i := range maxQueuedControl {
+		flood = appendPing(flood, uint32(2*i+2)) // the server's ids: echoed
+	}
+	if err := p.writeRaw(flood); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the control queue is full", func() bool { c, _ := queued(cs); return c == maxQueuedControl })
+	_, err := cs.RoundTrip(ctxReq(t, "GET", "https://x/", nil, rawTimeout))
+	if !IsRetryable(err) || !errors.Is(err, ErrSessionClosed) || !errors.Is(err, ErrProtocol) {
+		t.Fatalf("RoundTrip with the control queue full: %v (retryable %v), want the session's error, retryable", err, IsRetryable(err))
+	}
+	if c, _ := queued(cs); c > maxQueuedControl {
+		t.Fatalf("%d control frames queued, over the bound %d", c, maxQueuedControl)
+	}
+	waitDone(t, cs)
+	if n := cs.OpenStreams(); n != 0 {
+		t.Fatalf("%d streams left open", n)
+	}
 }

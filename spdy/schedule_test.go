@@ -301,6 +301,23 @@ func valveServer(t *testing.T, h http.Handler) (*Session, *valveConn, *rawPeer) 
 	return s, v, p
 }
 
+// valveClient starts our client session on a valveConn shut from the start
+// (our SETTINGS wait on the connection), against a raw server peer.
+func valveClient(t *testing.T) (*Session, *valveConn, *rawPeer) {
+	t.Helper()
+	a, b := tcpPair(t)
+	v := newValveConn(a)
+	v.set(true)
+	cs, err := NewClient(v, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newRawPeer(t, b)
+	t.Cleanup(func() { v.set(false); cs.Close(); <-cs.readerDone; <-cs.writerDone })
+	waitUntil(t, "the writer waits on the connection", v.blocked)
+	return cs, v, p
+}
+
 // TestUrgentDataNotBehindBufferedLowData: low-priority responses keep the
 // writer busy on a connection that does not drain; a high-priority frame
 // queued meanwhile goes out after at most the one low-priority frame being

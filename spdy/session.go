@@ -85,6 +85,7 @@ type Session struct {
 	sessionWaitSince int64
 	slotFree         chan struct{}
 	goAwaySent       bool
+	closing          error // the cause closeWith was given: set as it begins, before GOAWAY goes out
 	goAwayRecv       bool
 	goAwayRecvCh     chan struct{} // closed when goAwayRecv is set
 	peerLastGood     uint32
@@ -113,7 +114,8 @@ type Session struct {
 	ctrlQ   fifo
 	dataQ   dataQueue
 	wsignal chan struct{}
-	wdone   bool // the writer stopped: enqueue refuses requests
+	wdone   bool  // the writer stopped: enqueue refuses requests
+	wcause  error // with wdone: why the session ends
 
 	// Ping state.
 	pingMu      sync.Mutex
@@ -337,6 +339,7 @@ func (s *Session) Shutdown(ctx context.Context) error {
 func (s *Session) closeWith(cause error, goAway bool, status uint32) {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
+		s.closing = cause
 		sendGoAway := goAway && !s.goAwaySent
 		s.goAwaySent = true
 		last := s.lastPeerID

@@ -81,6 +81,10 @@ func (s *Session) queueGoAway(lastGood, status uint32) {
 	s.enqueue(writeReq{ctrl: c}, true)
 }
 
+// errControlQueueFull closes a session whose peer sends control frames that
+// want an answer (PINGs) faster than it reads ours: maxQueuedControl wait.
+var errControlQueueFull = fmt.Errorf("%w: peer is not reading (control queue full)", ErrProtocol)
+
 // GOAWAY status codes (SPDY/3.1 section 2.6.6).
 const (
 	goAwayOK            = 0
@@ -94,9 +98,10 @@ const (
 func (s *Session) enqueue(r writeReq, control bool) {
 	s.wmu.Lock()
 	if s.wdone {
+		cause := s.wcause
 		s.wmu.Unlock()
 		if r.done != nil {
-			r.done <- ErrSessionClosed
+			r.done <- sessionClosedError(cause)
 		}
 		return
 	}
@@ -109,9 +114,9 @@ func (s *Session) enqueue(r writeReq, control bool) {
 	if control {
 		if s.ctrlQ.len() >= maxQueuedControl {
 			s.wmu.Unlock()
-			go s.closeWith(fmt.Errorf("%w: peer is not reading (control queue full)", ErrProtocol), false, 0)
+			go s.closeWith(errControlQueueFull, false, 0)
 			if r.done != nil {
-				r.done <- ErrSessionClosed
+				r.done <- sessionClosedError(errControlQueueFull)
 			}
 			return
 		}
@@ -293,15 +298,25 @@ func (s *Session) writeLoop() {
 			runtime.Gosched()
 		}
 	}
+	// From here nothing more is queued (enqueue, openStream): a frame
+	// queued now would wait for a writer that is gone.
+	var cause error
+	if errors.Is(err, ErrSessionClosed) {
+		cause = s.err // closed is closed: closeWith set it
+	} else {
+		cause = fmt.Errorf("spdy: writing to connection: %w", err)
+	}
+	s.wmu.Lock()
+	s.wdone, s.wcause = true, cause
+	s.wmu.Unlock()
 	// Close writerDone before closeWith, which would otherwise wait for us
 	// to write its GOAWAY.
 	close(s.writerDone)
 	if !errors.Is(err, ErrSessionClosed) {
-		s.closeWith(fmt.Errorf("spdy: writing to connection: %w", err), false, 0)
+		s.closeWith(cause, false, 0)
 	}
-	// Fail whatever is left, and refuse what comes later.
+	// Fail whatever is left.
 	s.wmu.Lock()
-	s.wdone = true
 	var left []writeReq
 	for s.ctrlQ.len() > 0 {
 		left = append(left, s.ctrlQ.pop())
