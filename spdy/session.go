@@ -135,9 +135,9 @@ type Session struct {
 	localAddr   net.Addr
 	remoteAddr  net.Addr
 	tlsState    func() *tlsState
-	frameHd     [18]byte // writer-only scratch: a frame's header and fixed part
-	ctrlScratch [28]byte // writer-only scratch: an encoded control frame (writeOne)
-	rbuf        []byte   // reader-only scratch for DATA payloads
+	frameHd     [18]byte           // writer-only scratch: a frame's header and fixed part
+	ctrlScratch [maxCtrlFrame]byte // writer-only scratch: an encoded control frame (writeOne)
+	rbuf        []byte             // reader-only scratch for DATA payloads
 }
 
 // NewClient starts a session on conn in which we are the SPDY client: we
@@ -212,11 +212,7 @@ func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session
 	// Our SETTINGS and the session window go first on the wire. Streams
 	// start at SPDY's default window and grow from the budget (flow.go);
 	// saying so in SETTINGS tells the peer we speak 3.x flow control.
-	var settings ctrlFrame
-	settings.n = uint8(len(appendSettings(settings.b[:0],
-		setting{settingMaxConcurrentStreams, cfg.MaxConcurrentStreams},
-		setting{settingInitialWindowSize, defaultWindow})))
-	s.enqueue(writeReq{ctrl: settings}, true)
+	s.enqueue(writeReq{ctrl: settingsFrame(cfg.MaxConcurrentStreams)}, true)
 	if d := int64(cfg.SessionWindow) - defaultWindow; d > 0 {
 		s.queueWindowUpdate(0, uint32(d))
 	}

@@ -31,8 +31,34 @@ type writeReq struct {
 // ctrlFrame is an encoded control frame without a header block: RST_STREAM,
 // WINDOW_UPDATE, PING, GOAWAY, or our SETTINGS (frame.go).
 type ctrlFrame struct {
-	b [28]byte
+	b [maxCtrlFrame]byte
 	n uint8
+}
+
+// maxCtrlFrame is the size of the largest control frame without a header
+// block that we send: our SETTINGS, two entries (settingsFrame, which does
+// not compile with more unless this grows). RST_STREAM, WINDOW_UPDATE and
+// GOAWAY take 16 bytes, PING 12. A frame encoded into a ctrlFrame's buffer
+// and longer than it would land elsewhere (append), leaving the buffer
+// without it.
+const maxCtrlFrame = frameHeaderLen + 4 + 2*8
+
+// ctrlFrame.n holds the length.
+const _ uint8 = maxCtrlFrame
+
+// settingsFrame encodes the SETTINGS we send first: the streams the peer
+// may open, and SPDY's default stream window (flow.go).
+func settingsFrame(maxStreams uint32) ctrlFrame {
+	entries := [...]setting{
+		{settingMaxConcurrentStreams, maxStreams},
+		{settingInitialWindowSize, defaultWindow},
+	}
+	// The frame fits in a ctrlFrame: a negative constant is no uint, so
+	// an entry more does not compile until maxCtrlFrame grows.
+	const _ = uint(maxCtrlFrame - (frameHeaderLen + 4 + 8*len(entries)))
+	var c ctrlFrame
+	c.n = uint8(len(appendSettings(c.b[:0], entries[:]...)))
+	return c
 }
 
 // headerFrame is SYN_STREAM, SYN_REPLY or HEADERS: its block is compressed
