@@ -51,12 +51,12 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 	block := blockBufs.Get().(*blockWriter)
 	requestBlock(block, req, upgrade, s.cfg.PeerTrailers)
 	if err := block.checkLimits(s.limits); err != nil {
-		blockBufs.Put(block)
+		putBlock(block)
 		return nil, fmt.Errorf("request headers: %w", err)
 	}
 	st, err := s.openStream(ctx, block, body == nil && !upgrade, req.Method == http.MethodHead)
 	if err != nil {
-		blockBufs.Put(block)
+		putBlock(block)
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { st.resetLocal(StatusCancel, context.Cause(ctx)) })

@@ -1,12 +1,14 @@
 package spdy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -393,5 +395,46 @@ func TestOpenStreamOnFullControlQueue(t *testing.T) {
 	waitDone(t, cs)
 	if n := cs.OpenStreams(); n != 0 {
 		t.Fatalf("%d streams left open", n)
+	}
+}
+
+// TestOversizedBlockNotPooled: the header block of a request refused for
+// its size (1 MiB of headers) does not go back to the pool of block
+// buffers, where it would stay for as long as the pool is in use, one per
+// P, for requests of a few hundred bytes.
+func TestOversizedBlockNotPooled(t *testing.T) {
+	cs, _ := rawServer(t, nil)
+	big := strings.Repeat("x", 1<<20)
+	for range 10 { // the race detector's pool drops a Put in four
+		req := newReq(t, "GET", "https://x/", nil)
+		req.Header.Set("X-Big", big)
+		if _, err := cs.RoundTrip(req); !errors.Is(err, ErrHeadersTooLarge) {
+			t.Fatalf("RoundTrip with 1 MiB of headers: %v, want ErrHeadersTooLarge", err)
+		}
+		if w := blockBufs.Get().(*blockWriter); cap(w.b) >= len(big) {
+			t.Fatalf("a %d-byte header block buffer came back from the pool", cap(w.b))
+		}
+	}
+}
+
+// TestDeflaterDropsBigBuffer: the session's header compressor does not
+// keep a big block's output buffer for the rest of the session, and the
+// compression context goes on across the change of buffer.
+func TestDeflaterDropsBigBuffer(t *testing.T) {
+	d := newDeflater()
+	z := newInflater()
+	lim := headerLimits{bytes: 1 << 20, values: 100}
+	for _, raw := range [][]byte{[]byte(incompressible(256 << 10)), []byte("a small block, after the big one")} {
+		out, err := d.compress(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _, err := z.inflate(bufio.NewReader(bytes.NewReader(out)), len(out), lim)
+		if err != nil || !bytes.Equal(got, raw) {
+			t.Fatalf("a %d-byte block does not inflate back (%v)", len(raw), err)
+		}
+	}
+	if c := d.out.Cap(); c > maxPooledBlock {
+		t.Fatalf("the compressor keeps a %d-byte output buffer after a small block", c)
 	}
 }

@@ -575,7 +575,7 @@ func (st *stream) sendHeaderFrame(typ uint16, block *blockWriter, fin bool) erro
 		err = errWriteClosed
 	}
 	if err != nil {
-		blockBufs.Put(block)
+		putBlock(block)
 		return err
 	}
 	r := writeReq{hdr: headerFrame{typ: typ, id: st.id, block: block}, done: st.written, st: st}

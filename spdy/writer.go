@@ -239,7 +239,7 @@ func (s *Session) unsent(r writeReq, err error) {
 		s.refund(r.st, n)
 	}
 	if r.hdr.block != nil {
-		blockBufs.Put(r.hdr.block)
+		putBlock(r.hdr.block)
 	}
 	if r.done != nil {
 		r.done <- err
@@ -388,7 +388,7 @@ func (s *Session) writeOne(r writeReq) error {
 // writes the frame.
 func (s *Session) writeHeaderFrame(h *headerFrame) error {
 	block, err := s.deflater.compress(h.block.block())
-	blockBufs.Put(h.block)
+	putBlock(h.block)
 	h.block = nil
 	if err != nil {
 		return fmt.Errorf("compressing a header block: %w", err)
