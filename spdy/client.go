@@ -51,12 +51,12 @@ func (s *Session) roundTrip(req *http.Request, closeBody func()) (*http.Response
 	block := blockBufs.Get().(*blockWriter)
 	requestBlock(block, req, upgrade, s.cfg.PeerTrailers)
 	if err := block.checkLimits(s.limits); err != nil {
-		blockBufs.Put(block)
+		putBlock(block)
 		return nil, fmt.Errorf("request headers: %w", err)
 	}
 	st, err := s.openStream(ctx, block, body == nil && !upgrade, req.Method == http.MethodHead)
 	if err != nil {
-		blockBufs.Put(block)
+		putBlock(block)
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { st.resetLocal(StatusCancel, context.Cause(ctx)) })
@@ -188,7 +188,10 @@ func (s *Session) openStream(ctx context.Context, block *blockWriter, fin, head 
 	var queued <-chan time.Time
 	s.mu.Lock()
 	for {
-		if err := s.Err(); err != nil {
+		if s.closing != nil {
+			// Closed, or closing (its GOAWAY may still be on its way):
+			// fail with why.
+			err := s.closing
 			s.mu.Unlock()
 			return nil, notProcessed{sessionClosedError(err)}
 		}
@@ -247,14 +250,33 @@ func (s *Session) openStream(ctx context.Context, block *blockWriter, fin, head 
 		grant.ctrl.n = uint8(len(appendWindowUpdate(grant.ctrl.b[:0], id, g)))
 	}
 	// Queue SYN_STREAM while holding s.mu so stream ids reach the wire in
-	// order, and the window for the response right behind it.
+	// order, and the window for the response right behind it; unless the
+	// writer refuses frames, as enqueue would: it stopped, or the peer
+	// does not read (the session closes).
 	s.wmu.Lock()
-	s.ctrlQ.push(syn)
-	if grant.ctrl.n > 0 {
-		s.ctrlQ.push(grant)
+	var refused error
+	switch {
+	case s.wdone:
+		refused = s.wcause
+	case s.ctrlQ.len() >= maxQueuedControl:
+		refused = errControlQueueFull
+	default:
+		s.ctrlQ.push(syn)
+		if grant.ctrl.n > 0 {
+			s.ctrlQ.push(grant)
+		}
 	}
 	s.wmu.Unlock()
 	s.mu.Unlock()
+	if refused != nil {
+		// The stream never reached the queue: it goes, with its slot
+		// and budget, and the request may go to another session.
+		s.removeStream(st)
+		if refused == errControlQueueFull {
+			go s.closeWith(refused, false, 0)
+		}
+		return nil, notProcessed{sessionClosedError(refused)}
+	}
 	signal(s.wsignal)
 	s.streamsTot.Add(1)
 	return st, nil

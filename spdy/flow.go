@@ -33,6 +33,10 @@ func (w *sendWindow) available() int64 {
 // take spends n bytes of credit; the caller checked available.
 func (w *sendWindow) take(n int64) { w.n -= n }
 
+// refund gives back n bytes taken for DATA that was never sent. It cannot
+// overflow: the peer's own view of the window has those bytes already.
+func (w *sendWindow) refund(n int64) { w.n += n }
+
 // recvWindow accounts for data the peer sends us. The peer may send up to
 // size bytes beyond what we have returned; credit goes back to the peer as the
 // application consumes data, in batches of at least threshold bytes so that
@@ -129,6 +133,34 @@ func (w *recvWindow) grow(d int64) {
 // Peers that never sent SETTINGS INITIAL_WINDOW_SIZE (amahi/spdy) get their
 // credit in 16 KiB steps: amahi waits for credit as large as its whole
 // write, and assumes 64 KiB windows whatever SETTINGS say.
+
+// refund gives back the credit of n bytes st took for a DATA frame that was
+// never sent (unsent), and wakes the streams waiting for session credit.
+func (s *Session) refund(st *stream, n int64) {
+	s.mu.Lock()
+	st.sendWin.refund(n)
+	s.sendWin.refund(n)
+	var waiters []*stream
+	if s.sendWin.available() > 0 {
+		waiters = s.takeWinWaitersLocked()
+	}
+	s.mu.Unlock()
+	for _, w := range waiters {
+		w.wakeSender()
+	}
+}
+
+// takeWinWaitersLocked empties the list of streams waiting for session
+// credit, which has come, and returns it; s.mu is held.
+func (s *Session) takeWinWaitersLocked() []*stream {
+	waiters := s.winWaiters
+	s.winWaiters = nil
+	s.sessionWaitSince = 0
+	for _, st := range waiters {
+		st.tab.waitsForSession = false
+	}
+	return waiters
+}
 
 // takeBudget takes up to want bytes of the session's budget.
 func (s *Session) takeBudget(want int64) int64 { return s.takeBudgetAbove(want, 0) }

@@ -128,19 +128,25 @@ type setting struct {
 	value uint32
 }
 
+// settingsList is the entries of a SETTINGS payload, read in place (no
+// allocation per frame); valid as long as the payload is.
+type settingsList []byte
+
+func (l settingsList) len() int { return len(l) / 8 }
+
+func (l settingsList) at(i int) setting {
+	e := l[8*i:]
+	return setting{id: binary.BigEndian.Uint32(e) & 0xffffff, value: binary.BigEndian.Uint32(e[4:])}
+}
+
 // parseSettings reads a SETTINGS payload whose length checkControlLength
 // accepted.
-func parseSettings(p []byte) ([]setting, error) {
+func parseSettings(p []byte) (settingsList, error) {
 	count := binary.BigEndian.Uint32(p)
 	if uint64(count)*8 > uint64(len(p)-4) {
 		return nil, fmt.Errorf("%w: SETTINGS claims %d entries in %d bytes", ErrProtocol, count, len(p))
 	}
-	out := make([]setting, count)
-	for i := range out {
-		e := p[4+8*i:]
-		out[i] = setting{id: binary.BigEndian.Uint32(e) & 0xffffff, value: binary.BigEndian.Uint32(e[4:])}
-	}
-	return out, nil
+	return settingsList(p[4 : 4+8*int(count)]), nil
 }
 
 // appendControlHeader appends a control frame's 8-byte header.

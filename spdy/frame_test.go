@@ -76,7 +76,7 @@ func TestControlFixedParts(t *testing.T) {
 		{Flag: mspdy.FlagSettingsPersistValue, Id: mspdy.SettingsInitialWindowSize, Value: 1 << 20},
 	}})
 	got, err := parseSettings(set[8:])
-	if err != nil || len(got) != 2 || got[0] != (setting{settingMaxConcurrentStreams, 100}) || got[1] != (setting{settingInitialWindowSize, 1 << 20}) {
+	if err != nil || got.len() != 2 || got.at(0) != (setting{settingMaxConcurrentStreams, 100}) || got.at(1) != (setting{settingInitialWindowSize, 1 << 20}) {
 		t.Fatalf("settings %+v, %v", got, err)
 	}
 	// A count claiming more entries than the frame holds.
@@ -212,4 +212,18 @@ func describe(f mspdy.Frame) string {
 		return fmt.Sprintf("DATA %d%s %s", f.StreamId, s, f.Data)
 	}
 	return fmt.Sprintf("%T", f)
+}
+
+// TestParseSettingsAllocs: a SETTINGS frame is read in place, without an
+// allocation per frame (a peer may send them at will).
+func TestParseSettingsAllocs(t *testing.T) {
+	p := appendSettings(nil, setting{settingMaxConcurrentStreams, 100}, setting{settingInitialWindowSize, 1 << 20})[frameHeaderLen:]
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := parseSettings(p); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per SETTINGS frame parsed, want 0", allocs)
+	}
 }

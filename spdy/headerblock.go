@@ -496,8 +496,21 @@ func (w *blockWriter) checkLimits(lim headerLimits) error {
 	return nil
 }
 
-// blockBufs recycles the blocks queued for the writer.
+// blockBufs recycles the blocks queued for the writer; putBlock puts them
+// back.
 var blockBufs = sync.Pool{New: func() any { return new(blockWriter) }}
+
+// maxPooledBlock is the largest block buffer that goes back to blockBufs.
+// A bigger one (a big header block, or one refused for its size) is left to
+// the collector: pooled, it would be reused for blocks of a few hundred
+// bytes and kept for as long as the pool is in use.
+const maxPooledBlock = 32 << 10
+
+func putBlock(w *blockWriter) {
+	if cap(w.b) <= maxPooledBlock {
+		blockBufs.Put(w)
+	}
+}
 
 // deflater compresses the header blocks we send, in the session's one
 // compression context for this direction (writer goroutine only, in the
@@ -526,6 +539,10 @@ func newDeflater() *deflater {
 // compress returns raw compressed and sync-flushed (valid until the next
 // call).
 func (d *deflater) compress(raw []byte) ([]byte, error) {
+	if d.out.Cap() > maxPooledBlock {
+		// Do not keep a big block's buffer for the session's lifetime.
+		d.out = bytes.Buffer{}
+	}
 	d.out.Reset()
 	if _, err := d.zw.Write(raw); err != nil {
 		return nil, err

@@ -135,11 +135,11 @@ func (s *Session) handleControl(h frameHeader, p []byte, block int) error {
 		return nil
 	default: // typeSettings
 		settings, err := parseSettings(p)
-		s.br.Discard(len(p))
-		if err != nil {
-			return err
+		if err == nil {
+			err = s.handleSettings(settings) // settings is p: before Discard
 		}
-		return s.handleSettings(settings)
+		s.br.Discard(len(p))
+		return err
 	}
 }
 
@@ -357,8 +357,9 @@ func (s *Session) handleRst(id uint32, status RSTStatus) error {
 	return nil
 }
 
-func (s *Session) handleSettings(settings []setting) error {
-	for _, e := range settings {
+func (s *Session) handleSettings(settings settingsList) error {
+	for i := range settings.len() {
+		e := settings.at(i)
 		switch e.id {
 		case settingMaxConcurrentStreams:
 			s.mu.Lock()
@@ -414,12 +415,7 @@ func (s *Session) handleWindowUpdate(id uint32, delta int64) error {
 			s.mu.Unlock()
 			return err
 		}
-		waiters := s.winWaiters
-		s.winWaiters = nil
-		s.sessionWaitSince = 0
-		for _, st := range waiters {
-			st.tab.waitsForSession = false
-		}
+		waiters := s.takeWinWaitersLocked()
 		s.mu.Unlock()
 		for _, st := range waiters {
 			st.wakeSender()

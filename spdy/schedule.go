@@ -129,6 +129,26 @@ func (d *dataQueue) pop() (writeReq, bool) {
 	return d.levels[pick].pop(), true
 }
 
+// remove takes st's queued frame out of the queue, if it has one.
+func (d *dataQueue) remove(st *stream) (writeReq, bool) {
+	f := &d.levels[min(st.priority, Priorities-1)]
+	for i := f.head; i < len(f.q); i++ {
+		if f.q[i].st != st {
+			continue
+		}
+		r := f.q[i]
+		copy(f.q[i:], f.q[i+1:])
+		f.q[len(f.q)-1] = writeReq{}
+		f.q = f.q[:len(f.q)-1]
+		if f.head == len(f.q) {
+			f.q, f.head = f.q[:0], 0
+		}
+		d.n--
+		return r, true
+	}
+	return writeReq{}, false
+}
+
 // drain removes and returns every queued frame.
 func (d *dataQueue) drain() []writeReq {
 	var out []writeReq

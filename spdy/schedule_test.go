@@ -28,6 +28,39 @@ func popAll(q *dataQueue) []uint32 {
 	}
 }
 
+// TestDataQueueRemove: a reset stream's frame leaves the queue
+// (dropQueued); the others keep their order, and a stream with nothing
+// queued removes nothing.
+func TestDataQueueRemove(t *testing.T) {
+	var q dataQueue
+	sts := map[uint32]*stream{}
+	for _, id := range []uint32{1, 3, 5, 7} {
+		sts[id] = &stream{id: id, priority: 4}
+		r := frameOf(id, sts[id].priority)
+		r.st = sts[id]
+		q.push(r)
+	}
+	q.pop() // 1 goes to the writer: the level's head moves
+	if r, ok := q.remove(sts[5]); !ok || r.data.id != 5 {
+		t.Fatalf("remove(5) = %d, %v", r.data.id, ok)
+	}
+	if _, ok := q.remove(sts[5]); ok {
+		t.Fatal("a second remove(5) found a frame")
+	}
+	if _, ok := q.remove(sts[1]); ok {
+		t.Fatal("remove(1) found the frame the writer already took")
+	}
+	if got := fmt.Sprint(popAll(&q)); got != "[3 7]" || q.len() != 0 {
+		t.Fatalf("after remove: %s, %d left", got, q.len())
+	}
+	r := frameOf(9, 4)
+	r.st = &stream{id: 9, priority: 4}
+	q.push(r)
+	if _, ok := q.remove(r.st); !ok || q.len() != 0 || q.levels[4].head != 0 || len(q.levels[4].q) != 0 {
+		t.Fatalf("the level's storage is not reset once its last frame is removed: %+v", q.levels[4])
+	}
+}
+
 func TestDataQueueOrder(t *testing.T) {
 	cases := []struct {
 		name string
@@ -253,6 +286,38 @@ func (v *valveConn) blocked() bool {
 	return v.waiting > 0
 }
 
+// valveServer starts our server session (serving h) on a valveConn,
+// against a raw client peer.
+func valveServer(t *testing.T, h http.Handler) (*Session, *valveConn, *rawPeer) {
+	t.Helper()
+	a, b := tcpPair(t)
+	v := newValveConn(b)
+	s, err := NewServer(v, testConfig(), h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newRawPeer(t, a)
+	t.Cleanup(func() { v.set(false); s.Close(); <-s.readerDone; <-s.writerDone; s.handlersWG.Wait() })
+	return s, v, p
+}
+
+// valveClient starts our client session on a valveConn shut from the start
+// (our SETTINGS wait on the connection), against a raw server peer.
+func valveClient(t *testing.T) (*Session, *valveConn, *rawPeer) {
+	t.Helper()
+	a, b := tcpPair(t)
+	v := newValveConn(a)
+	v.set(true)
+	cs, err := NewClient(v, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newRawPeer(t, b)
+	t.Cleanup(func() { v.set(false); cs.Close(); <-cs.readerDone; <-cs.writerDone })
+	waitUntil(t, "the writer waits on the connection", v.blocked)
+	return cs, v, p
+}
+
 // TestUrgentDataNotBehindBufferedLowData: low-priority responses keep the
 // writer busy on a connection that does not drain; a high-priority frame
 // queued meanwhile goes out after at most the one low-priority frame being
@@ -274,14 +339,7 @@ func TestUrgentDataNotBehindBufferedLowData(t *testing.T) {
 		}
 		w.Write(low)
 	})
-	a, b := tcpPair(t)
-	v := newValveConn(b)
-	s, err := NewServer(v, testConfig(), h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newRawPeer(t, a)
-	t.Cleanup(func() { v.set(false); s.Close(); <-s.writerDone })
+	s, v, p := valveServer(t, h)
 	p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 21}}})
 	p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 24})
 	syn := synStream(1, reqBlock("GET", "/high"), true)

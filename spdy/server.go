@@ -290,7 +290,7 @@ func (w *responseWriter) sendReply(fin bool) error {
 	block := blockBufs.Get().(*blockWriter)
 	responseBlock(block, w.status, w.header, st.s.cfg.PeerTrailers)
 	if err := block.checkLimits(st.s.limits); err != nil {
-		blockBufs.Put(block)
+		putBlock(block)
 		// The peer would refuse the block; a reset tells it at once, and
 		// only this stream is lost (its proxy answers 502).
 		err = fmt.Errorf("response headers: %w", err)

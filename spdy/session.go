@@ -45,7 +45,7 @@ const (
 //
 //	Session.mu   the stream table, send windows, stream.tab, GOAWAY state
 //	stream.mu    one stream's buffers, receive window, state
-//	Session.wmu  the writer's queues
+//	Session.wmu  the writer's queues, and which streams it drops (stream.wErr)
 //
 // Session.recvMu (the session's receive window) and Session.pingMu (PINGs in
 // flight) are taken alone. stream.writeMu orders one stream's frames and is
@@ -85,6 +85,7 @@ type Session struct {
 	sessionWaitSince int64
 	slotFree         chan struct{}
 	goAwaySent       bool
+	closing          error // the cause closeWith was given: set as it begins, before GOAWAY goes out
 	goAwayRecv       bool
 	goAwayRecvCh     chan struct{} // closed when goAwayRecv is set
 	peerLastGood     uint32
@@ -113,7 +114,8 @@ type Session struct {
 	ctrlQ   fifo
 	dataQ   dataQueue
 	wsignal chan struct{}
-	wdone   bool // the writer stopped: enqueue refuses requests
+	wdone   bool  // the writer stopped: enqueue refuses requests
+	wcause  error // with wdone: why the session ends
 
 	// Ping state.
 	pingMu      sync.Mutex
@@ -133,9 +135,9 @@ type Session struct {
 	localAddr   net.Addr
 	remoteAddr  net.Addr
 	tlsState    func() *tlsState
-	frameHd     [18]byte // writer-only scratch: a frame's header and fixed part
-	ctrlScratch [28]byte // writer-only scratch: an encoded control frame (writeOne)
-	rbuf        []byte   // reader-only scratch for DATA payloads
+	frameHd     [18]byte           // writer-only scratch: a frame's header and fixed part
+	ctrlScratch [maxCtrlFrame]byte // writer-only scratch: an encoded control frame (writeOne)
+	rbuf        []byte             // reader-only scratch for DATA payloads
 }
 
 // NewClient starts a session on conn in which we are the SPDY client: we
@@ -210,11 +212,7 @@ func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session
 	// Our SETTINGS and the session window go first on the wire. Streams
 	// start at SPDY's default window and grow from the budget (flow.go);
 	// saying so in SETTINGS tells the peer we speak 3.x flow control.
-	var settings ctrlFrame
-	settings.n = uint8(len(appendSettings(settings.b[:0],
-		setting{settingMaxConcurrentStreams, cfg.MaxConcurrentStreams},
-		setting{settingInitialWindowSize, defaultWindow})))
-	s.enqueue(writeReq{ctrl: settings}, true)
+	s.enqueue(writeReq{ctrl: settingsFrame(cfg.MaxConcurrentStreams)}, true)
 	if d := int64(cfg.SessionWindow) - defaultWindow; d > 0 {
 		s.queueWindowUpdate(0, uint32(d))
 	}
@@ -337,6 +335,7 @@ func (s *Session) Shutdown(ctx context.Context) error {
 func (s *Session) closeWith(cause error, goAway bool, status uint32) {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
+		s.closing = cause
 		sendGoAway := goAway && !s.goAwaySent
 		s.goAwaySent = true
 		last := s.lastPeerID

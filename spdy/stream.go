@@ -90,6 +90,11 @@ type stream struct {
 
 	writeMu sync.Mutex // one writer at a time, so frames go out in order
 	written chan error // writer acknowledgements for this stream's frames
+
+	// wErr, guarded by Session.wmu, is set when the stream ends abnormally
+	// (abortWith): the writer takes none of its frames from then on
+	// (Session.dropQueued).
+	wErr error
 }
 
 func signal(ch chan struct{}) {
@@ -409,7 +414,7 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 			s.markFinQueuedLocked(st)
 		}
 		s.mu.Unlock()
-		err = s.writeFrame(writeReq{data: dataFrame{id: st.id, fin: last, pri: st.priority, data: p[:n]}, done: st.written}, false)
+		err = s.writeFrame(writeReq{data: dataFrame{id: st.id, fin: last, pri: st.priority, data: p[:n]}, done: st.written, st: st}, false)
 		if err != nil {
 			st.abort(err)
 			return total, err
@@ -476,6 +481,9 @@ func (st *stream) abortWith(err error) bool {
 	}
 	st.readWaitSince, st.sendWaitSince, st.bodyWaitSince = 0, 0, 0
 	st.mu.Unlock()
+	// Before resetLocal queues RST_STREAM: nothing of the stream may
+	// follow it, and a frame already queued must not go out either.
+	st.s.dropQueued(st, err)
 	signal(st.readWake)
 	signal(st.sendWake)
 	st.finish()
@@ -567,10 +575,10 @@ func (st *stream) sendHeaderFrame(typ uint16, block *blockWriter, fin bool) erro
 		err = errWriteClosed
 	}
 	if err != nil {
-		blockBufs.Put(block)
+		putBlock(block)
 		return err
 	}
-	r := writeReq{hdr: headerFrame{typ: typ, id: st.id, block: block}, done: st.written}
+	r := writeReq{hdr: headerFrame{typ: typ, id: st.id, block: block}, done: st.written, st: st}
 	if fin {
 		r.hdr.flags = flagFin
 		s.mu.Lock()

@@ -147,7 +147,7 @@ func (st *stream) sendTrailers(t http.Header) error {
 		block.field(k, vv...)
 	}
 	if err := block.checkLimits(s.limits); err != nil {
-		blockBufs.Put(block)
+		putBlock(block)
 		st.resetLocal(StatusInternalError, err)
 		return err
 	}

@@ -17,20 +17,48 @@ import (
 // already encoded (ctrl), all kept inline so that queueing a frame
 // allocates nothing; or none of these, to flush. done, when set, receives
 // the result once the frame is in the write buffer (or, with flush, on the
-// wire).
+// wire). st is the stream whose DATA, SYN_REPLY or HEADERS this is: once
+// that stream is reset the frame is dropped, never written (dropQueued).
 type writeReq struct {
 	ctrl  ctrlFrame
 	hdr   headerFrame
 	data  dataFrame
 	flush bool
 	done  chan error
+	st    *stream
 }
 
 // ctrlFrame is an encoded control frame without a header block: RST_STREAM,
 // WINDOW_UPDATE, PING, GOAWAY, or our SETTINGS (frame.go).
 type ctrlFrame struct {
-	b [28]byte
+	b [maxCtrlFrame]byte
 	n uint8
+}
+
+// maxCtrlFrame is the size of the largest control frame without a header
+// block that we send: our SETTINGS, two entries (settingsFrame, which does
+// not compile with more unless this grows). RST_STREAM, WINDOW_UPDATE and
+// GOAWAY take 16 bytes, PING 12. A frame encoded into a ctrlFrame's buffer
+// and longer than it would land elsewhere (append), leaving the buffer
+// without it.
+const maxCtrlFrame = frameHeaderLen + 4 + 2*8
+
+// ctrlFrame.n holds the length.
+const _ uint8 = maxCtrlFrame
+
+// settingsFrame encodes the SETTINGS we send first: the streams the peer
+// may open, and SPDY's default stream window (flow.go).
+func settingsFrame(maxStreams uint32) ctrlFrame {
+	entries := [...]setting{
+		{settingMaxConcurrentStreams, maxStreams},
+		{settingInitialWindowSize, defaultWindow},
+	}
+	// The frame fits in a ctrlFrame: a negative constant is no uint, so
+	// an entry more does not compile until maxCtrlFrame grows.
+	const _ = uint(maxCtrlFrame - (frameHeaderLen + 4 + 8*len(entries)))
+	var c ctrlFrame
+	c.n = uint8(len(appendSettings(c.b[:0], entries[:]...)))
+	return c
 }
 
 // headerFrame is SYN_STREAM, SYN_REPLY or HEADERS: its block is compressed
@@ -79,6 +107,10 @@ func (s *Session) queueGoAway(lastGood, status uint32) {
 	s.enqueue(writeReq{ctrl: c}, true)
 }
 
+// errControlQueueFull closes a session whose peer sends control frames that
+// want an answer (PINGs) faster than it reads ours: maxQueuedControl wait.
+var errControlQueueFull = fmt.Errorf("%w: peer is not reading (control queue full)", ErrProtocol)
+
 // GOAWAY status codes (SPDY/3.1 section 2.6.6).
 const (
 	goAwayOK            = 0
@@ -87,22 +119,30 @@ const (
 )
 
 // enqueue adds a request to the writer's queue. A request queued after the
-// writer stopped fails at once (and is not kept).
+// writer stopped, or for a stream that was reset, fails at once (and is not
+// kept).
 func (s *Session) enqueue(r writeReq, control bool) {
 	s.wmu.Lock()
 	if s.wdone {
+		cause := s.wcause
 		s.wmu.Unlock()
 		if r.done != nil {
-			r.done <- ErrSessionClosed
+			r.done <- sessionClosedError(cause)
 		}
+		return
+	}
+	if r.st != nil && r.st.wErr != nil {
+		err := r.st.wErr
+		s.wmu.Unlock()
+		s.unsent(r, err)
 		return
 	}
 	if control {
 		if s.ctrlQ.len() >= maxQueuedControl {
 			s.wmu.Unlock()
-			go s.closeWith(fmt.Errorf("%w: peer is not reading (control queue full)", ErrProtocol), false, 0)
+			go s.closeWith(errControlQueueFull, false, 0)
 			if r.done != nil {
-				r.done <- ErrSessionClosed
+				r.done <- sessionClosedError(errControlQueueFull)
 			}
 			return
 		}
@@ -148,14 +188,62 @@ func (s *Session) errOrShutdown() error {
 }
 
 // next pops the next request: control frames first, then DATA by
-// priority (schedule.go).
+// priority (schedule.go). A SYN_REPLY or HEADERS of a stream reset since it
+// was queued is dropped on the way (its DATA left the queue at the reset).
 func (s *Session) next() (writeReq, bool) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.ctrlQ.len() > 0 {
-		return s.ctrlQ.pop(), true
+	for {
+		s.wmu.Lock()
+		var r writeReq
+		ok := true
+		if s.ctrlQ.len() > 0 {
+			r = s.ctrlQ.pop()
+		} else {
+			r, ok = s.dataQ.pop()
+		}
+		var dropped error
+		if ok && r.st != nil {
+			dropped = r.st.wErr
+		}
+		s.wmu.Unlock()
+		if dropped == nil {
+			return r, ok
+		}
+		s.unsent(r, dropped)
 	}
-	return s.dataQ.pop()
+}
+
+// dropQueued stops the writer from taking any more of st's frames, which
+// ended with err (abortWith): after RST_STREAM, ours or the peer's, nothing
+// of the stream may go out. Its queued DATA frame (a stream has at most
+// one, schedule.go) leaves the queue now, and the write waiting on it fails
+// with err.
+func (s *Session) dropQueued(st *stream, err error) {
+	s.wmu.Lock()
+	if st.wErr != nil {
+		s.wmu.Unlock()
+		return
+	}
+	st.wErr = err
+	r, ok := s.dataQ.remove(st)
+	s.wmu.Unlock()
+	if ok {
+		s.unsent(r, err)
+	}
+}
+
+// unsent fails a request the writer will never write. The credit a DATA
+// frame took goes back: the peer never sees those bytes, so they must not
+// count against the windows we track for it.
+func (s *Session) unsent(r writeReq, err error) {
+	if n := int64(len(r.data.data)); n > 0 && r.st != nil {
+		s.refund(r.st, n)
+	}
+	if r.hdr.block != nil {
+		putBlock(r.hdr.block)
+	}
+	if r.done != nil {
+		r.done <- err
+	}
 }
 
 func (s *Session) writeLoop() {
@@ -236,15 +324,25 @@ func (s *Session) writeLoop() {
 			runtime.Gosched()
 		}
 	}
+	// From here nothing more is queued (enqueue, openStream): a frame
+	// queued now would wait for a writer that is gone.
+	var cause error
+	if errors.Is(err, ErrSessionClosed) {
+		cause = s.err // closed is closed: closeWith set it
+	} else {
+		cause = fmt.Errorf("spdy: writing to connection: %w", err)
+	}
+	s.wmu.Lock()
+	s.wdone, s.wcause = true, cause
+	s.wmu.Unlock()
 	// Close writerDone before closeWith, which would otherwise wait for us
 	// to write its GOAWAY.
 	close(s.writerDone)
 	if !errors.Is(err, ErrSessionClosed) {
-		s.closeWith(fmt.Errorf("spdy: writing to connection: %w", err), false, 0)
+		s.closeWith(cause, false, 0)
 	}
-	// Fail whatever is left, and refuse what comes later.
+	// Fail whatever is left.
 	s.wmu.Lock()
-	s.wdone = true
 	var left []writeReq
 	for s.ctrlQ.len() > 0 {
 		left = append(left, s.ctrlQ.pop())
@@ -290,7 +388,7 @@ func (s *Session) writeOne(r writeReq) error {
 // writes the frame.
 func (s *Session) writeHeaderFrame(h *headerFrame) error {
 	block, err := s.deflater.compress(h.block.block())
-	blockBufs.Put(h.block)
+	putBlock(h.block)
 	h.block = nil
 	if err != nil {
 		return fmt.Errorf("compressing a header block: %w", err)
