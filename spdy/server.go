@@ -263,7 +263,7 @@ func (w *responseWriter) flush(fin bool) error {
 	if !w.headersSent {
 		w.headersSent = true
 		replyFin := fin && len(pending) == 0
-		if err := w.sendReply(replyFin); err != nil {
+		if err := w.sendReply(replyFin, len(pending) > 0); err != nil {
 			w.err = err
 			return err
 		}
@@ -285,7 +285,7 @@ func (w *responseWriter) flush(fin bool) error {
 	return err
 }
 
-func (w *responseWriter) sendReply(fin bool) error {
+func (w *responseWriter) sendReply(fin, more bool) error {
 	st := w.st
 	block := blockBufs.Get().(*blockWriter)
 	responseBlock(block, w.status, w.header, st.s.cfg.PeerTrailers)
@@ -298,7 +298,7 @@ func (w *responseWriter) sendReply(fin bool) error {
 		st.resetLocal(StatusInternalError, err)
 		return err
 	}
-	return st.sendHeaderFrame(typeSynReply, block, fin)
+	return st.sendHeaderFrame(typeSynReply, block, fin, more)
 }
 
 // finish completes the response after the handler returned.

@@ -564,7 +564,13 @@ func (st *stream) idleLocked(now int64) error {
 // over), after every DATA frame of the stream written before it (DATA
 // written went through the writer before its write returned, and the
 // stream's write lock is held), and with fin ends the sending side.
-func (st *stream) sendHeaderFrame(typ uint16, block *blockWriter, fin bool) error {
+//
+// With more, a DATA frame of the stream follows at once (the caller queues
+// it next): the header frame is queued without waiting for the writer to
+// take it, as control frames go out before DATA and the DATA's write
+// reports a failure of either. A small response then costs one hand-off to
+// the writer, not two.
+func (st *stream) sendHeaderFrame(typ uint16, block *blockWriter, fin, more bool) error {
 	s := st.s
 	st.writeMu.Lock()
 	defer st.writeMu.Unlock()
@@ -584,6 +590,11 @@ func (st *stream) sendHeaderFrame(typ uint16, block *blockWriter, fin bool) erro
 		s.mu.Lock()
 		s.markFinQueuedLocked(st)
 		s.mu.Unlock()
+	}
+	if more && !fin {
+		r.done = nil
+		s.enqueue(r, true)
+		return nil
 	}
 	if err := s.writeFrame(r, true); err != nil {
 		st.abort(err)

@@ -151,7 +151,7 @@ func (st *stream) sendTrailers(t http.Header) error {
 		st.resetLocal(StatusInternalError, err)
 		return err
 	}
-	return st.sendHeaderFrame(typeHeaders, block, true)
+	return st.sendHeaderFrame(typeHeaders, block, true, false)
 }
 
 // dropTrailers logs, once per session, trailers that cannot be sent.
