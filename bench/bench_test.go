@@ -129,19 +129,25 @@ func TestDelayRelayForwardsBulkAndHalfClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	const n = 6*patternSize + 12345
+	echoPattern(t, c, 6*patternSize+12345, c.(*net.TCPConn).CloseWrite)
+}
+
+// echoPattern sends n bytes of the pattern on c to an echo server (through a
+// relay), then closeWrite, and checks that the n bytes come back followed by
+// EOF: the echo server saw our end of stream through the relay and sent its own
+// back.
+func echoPattern(t *testing.T, c net.Conn, n int64, closeWrite func() error) {
+	t.Helper()
 	werr := make(chan error, 1)
 	go func() {
 		_, err := io.CopyBuffer(c, &patternReader{n: n}, make([]byte, 7000))
 		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
+			err = closeWrite()
 		}
 		werr <- err
 	}()
 	var chk patternChecker
 	c.SetReadDeadline(time.Now().Add(20 * time.Second))
-	// io.Copy returns at EOF: the echo server saw our FIN through the relay and sent
-	// its own back.
 	if _, err := io.Copy(&chk, c); err != nil {
 		t.Fatal(err)
 	}
@@ -422,5 +428,83 @@ func TestDownloadsCheckTheBody(t *testing.T) {
 	defer rc.close()
 	if _, err := rc.getPattern(tg.getReq("/bytes/1000"), 1001, make([]byte, 4096)); err == nil {
 		t.Fatal("1000 bytes passed as 1001")
+	}
+}
+
+// startTestPump runs the rp_relay relay's pump in this process in front of to,
+// with a fresh self-signed certificate, and returns a target for it.
+func startTestPump(t *testing.T, to string) *target {
+	t.Helper()
+	dir := t.TempDir()
+	certFile, keyFile := dir+"/relay.crt", dir+"/relay.key"
+	if err := selfSigned(certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go serveTLSPump(ln, to, &tls.Config{Certificates: []tls.Certificate{cert}})
+	b := &bench{originCert: certFile}
+	tc, err := b.originTLSConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &target{name: pRPRelay, addr: ln.Addr().String(), host: "localhost", tls: tc}
+}
+
+// TestTLSPumpForwardsBulkAndHalfClose: every byte gets through the pump both ways,
+// and each side's end of stream reaches the other (the echo server answers our
+// half-close with its own, which the pump passes back as close_notify and FIN).
+func TestTLSPumpForwardsBulkAndHalfClose(t *testing.T) {
+	tg := startTestPump(t, echoServer(t))
+	rc, err := tg.dial(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.close()
+	c := rc.c.(*tls.Conn)
+	echoPattern(t, c, 5*patternSize+4321, func() error {
+		if err := c.CloseWrite(); err != nil { // close_notify
+			return err
+		}
+		return c.NetConn().(*net.TCPConn).CloseWrite() // and FIN
+	})
+}
+
+// TestTLSPumpCarriesCheckedHTTP: downloads and uploads through the pump to the
+// plain origin, each body checked as on every path.
+func TestTLSPumpCarriesCheckedHTTP(t *testing.T) {
+	srv := httptest.NewServer(newOrigin())
+	defer srv.Close()
+	tg := startTestPump(t, srv.Listener.Addr().String())
+	ctx := context.Background()
+	if _, err := download(ctx, tg, 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := upload(ctx, tg, 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parallelDownload(ctx, tg, 3, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCPUBreakdownCountsTheRelay(t *testing.T) {
+	var note string
+	c := cpuPer{caddy: 10, agent: 100, relay: 5, self: 1}
+	if got := cpuBreakdown(pRPRelay, c, "%.0f", &note); got != 16 {
+		t.Fatalf("rp_relay total = %v, want 16 (Caddy + relay + client&origin, not the agent)", got)
+	}
+	if got := cpuBreakdown(pRPTLS, c, "%.0f", &note); got != 11 {
+		t.Fatalf("rp_https total = %v, want 11", got)
+	}
+	if want := "rp_https: Caddy 10 + client&origin 1; rp_relay: Caddy 10 + relay 5 + client&origin 1"; note != want {
+		t.Fatalf("note = %q, want %q", note, want)
 	}
 }

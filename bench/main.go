@@ -6,10 +6,14 @@
 // Set-up (all in a temp dir, all stopped on exit, Ctrl-C or failure):
 //
 //	origin (in this process)  plain HTTP for the proxies, TLS for the direct path
-//	bin/caddy                 HTTPS with `tls internal` on two sites:
+//	bin/caddy                 HTTPS with `tls internal` on these sites:
 //	                            - spdy_origin (the tunnel), agent connected to it
 //	                            - reverse_proxy to the origin
+//	                            - reverse_proxy to the origin over HTTPS (rp_https)
+//	                            - reverse_proxy over HTTPS to the relay (rp_relay)
 //	bin/spdy-origin-agent     --to the origin, --ca-file Caddy's local root
+//	relay (-serve-relay)      this program re-executed: TLS in, plain TCP to the
+//	                          origin, bytes pumped both ways (tlspump.go)
 //
 // Clients speak HTTP/1.1 over TLS, each on its own keep-alive connection, to Caddy
 // (tunnel, reverse_proxy) or to the origin (direct), so every path pays one TLS
@@ -50,6 +54,7 @@ type bench struct {
 	originPlain string // host:port, for Caddy and the agent
 	originTLS   string // host:port, for the direct path
 	originCert  string
+	originKey   string
 
 	quick        bool
 	only         map[string]bool
@@ -69,6 +74,7 @@ type bench struct {
 	prof         *profiler // -profile; nil: off
 
 	caddyP, agentP *proc // the main Caddy and agent, for CPU accounting
+	relayP         *proc // the rp_relay path's relay, for CPU accounting; nil: not run
 	loadStart      string
 }
 
@@ -97,12 +103,23 @@ func main() {
 		oTLS        = flag.String("origin-tls", "", "internal: -serve-origin TLS address")
 		oCert       = flag.String("origin-cert", "", "internal: -serve-origin certificate")
 		oKey        = flag.String("origin-key", "", "internal: -serve-origin key")
+		serveRelay  = flag.Bool("serve-relay", false, "internal: only run the rp_relay path's relay (TLS in, plain TCP out)")
+		rListen     = flag.String("relay-listen", "", "internal: -serve-relay TLS address")
+		rTo         = flag.String("relay-to", "", "internal: -serve-relay plain TCP address to pump to")
+		rCert       = flag.String("relay-cert", "", "internal: -serve-relay certificate")
+		rKey        = flag.String("relay-key", "", "internal: -serve-relay key")
 	)
 	flag.Parse()
 	if *serveOrigin {
 		// Runs until the bench kills it; it returns only when it failed.
 		err := runOriginOnly(*oPlain, *oTLS, *oCert, *oKey)
 		fmt.Fprintln(os.Stderr, "origin:", err)
+		os.Exit(1)
+	}
+	if *serveRelay {
+		// Likewise.
+		err := runRelayOnly(*rListen, *rTo, *rCert, *rKey)
+		fmt.Fprintln(os.Stderr, "relay:", err)
 		os.Exit(1)
 	}
 	b := &bench{
@@ -253,11 +270,11 @@ func (b *bench) run(ctx context.Context, keep bool) error {
 	b.origin.serve(plainLn, nil)
 	b.originPlain = plainLn.Addr().String()
 	b.originCert = filepath.Join(b.dir, "origin.crt")
-	keyFile := filepath.Join(b.dir, "origin.key")
-	if err := selfSigned(b.originCert, keyFile); err != nil {
+	b.originKey = filepath.Join(b.dir, "origin.key")
+	if err := selfSigned(b.originCert, b.originKey); err != nil {
 		return err
 	}
-	cert, err := tls.LoadX509KeyPair(b.originCert, keyFile)
+	cert, err := tls.LoadX509KeyPair(b.originCert, b.originKey)
 	if err != nil {
 		return err
 	}
@@ -285,7 +302,7 @@ func (b *bench) run(ctx context.Context, keep bool) error {
 	}
 
 	ports := map[string]int{}
-	for _, k := range []string{"tun", "rp", "rptls", "fartun", "farrp"} {
+	for _, k := range []string{"tun", "rp", "rptls", "rprelay", "fartun", "farrp"} {
 		if ports[k], err = freePort(); err != nil {
 			return err
 		}
@@ -313,6 +330,17 @@ func (b *bench) run(ctx context.Context, keep bool) error {
 		{port: ports["rp"], hosts: []string{"localhost"}, body: "reverse_proxy " + b.originPlain},
 		{port: ports["rptls"], hosts: []string{"localhost"}, body: rpHTTPS(b.originTLS, b.originCert)},
 	}
+	// The rp_relay path, where rp_https is measured: Caddy's reverse_proxy to
+	// the relay as rp_https's to the origin's TLS listener (the relay has the
+	// origin's certificate).
+	var relayAddr string
+	if (b.only["small"] || b.only["bulk"] || b.only["parallel"] || b.only["ttfb"]) && (len(b.paths) == 0 || b.paths[pRPRelay]) {
+		step("starting the rp_relay relay (TLS → origin %s)", b.originPlain)
+		if b.relayP, relayAddr, err = b.startTLSRelay(ctx, b.originCert, b.originKey); err != nil {
+			return err
+		}
+		sites = append(sites, site{port: ports["rprelay"], hosts: []string{"localhost"}, body: rpHTTPS(relayAddr, b.originCert)})
+	}
 	switch {
 	case far != nil && farErr == nil:
 		sites = append(sites,
@@ -334,7 +362,11 @@ func (b *bench) run(ctx context.Context, keep bool) error {
 		}
 		sites = append(sites, prio.sites(b.token)...)
 	}
-	step("starting Caddy (tunnel site :%d, reverse_proxy site :%d, reverse_proxy to HTTPS site :%d)", ports["tun"], ports["rp"], ports["rptls"])
+	relaySite := ""
+	if b.relayP != nil {
+		relaySite = fmt.Sprintf(", reverse_proxy to the relay site :%d", ports["rprelay"])
+	}
+	step("starting Caddy (tunnel site :%d, reverse_proxy site :%d, reverse_proxy to HTTPS site :%d%s)", ports["tun"], ports["rp"], ports["rptls"], relaySite)
 	ci, err := b.startCaddy(ctx, "caddy", sites)
 	if err != nil {
 		return err
@@ -372,10 +404,22 @@ func (b *bench) run(ctx context.Context, keep bool) error {
 	if err != nil {
 		return err
 	}
-	ts := b.selectPaths(tun, rp, rptls, direct)
+	all := []*target{tun, rp, rptls}
+	if b.relayP != nil {
+		rprelay, err := b.caddyTarget(pRPRelay, ports["rprelay"])
+		if err != nil {
+			return err
+		}
+		all = append(all, rprelay)
+	}
+	ts := b.selectPaths(append(all, direct)...)
 	for _, t := range ts {
 		if _, err := download(ctx, t, 1<<20); err != nil {
-			return fmt.Errorf("warm-up: %w\n%s", err, ci.p.logTail(20))
+			tail := ci.p.logTail(20)
+			if t.name == pRPRelay {
+				tail += "\n" + b.relayP.logTail(20)
+			}
+			return fmt.Errorf("warm-up: %w\n%s", err, tail)
 		}
 	}
 
@@ -429,21 +473,33 @@ func (b *bench) finish(start time.Time) {
 	}
 	b.rep.note("paths: tunnel = client → Caddy (HTTPS, tls internal) → spdy_origin → SPDY/3.1 session (TLS) → agent → origin (HTTP/1.1); " +
 		"reverse_proxy = client → same Caddy (HTTPS) → reverse_proxy → origin (HTTP/1.1); " +
-		"rp_https = client → same Caddy (HTTPS) → reverse_proxy → origin (HTTPS, HTTP/1.1): the yardstick that pays the tunnel's crypto per byte (two TLS hops) without SPDY or the agent; direct = client → origin (HTTPS, self-signed ECDSA P-256 like Caddy's) — every path pays one TLS termination on the client leg")
-	b.rep.note("clients: HTTP/1.1 keep-alive, one connection each (the 10k-streams test: HTTP/2, %d streams per connection); MB = 10^6 bytes; figures are the median of %d round(s), paths alternated; every body byte is checked; CPU = user+system time from /proc (client&origin = this bench process)", streamsPerConn, b.rounds)
+		"rp_https = client → same Caddy (HTTPS) → reverse_proxy → origin (HTTPS, HTTP/1.1): the yardstick that pays the tunnel's crypto per byte (two TLS hops) without SPDY or the agent; " +
+		"rp_relay = client → same Caddy (HTTPS) → reverse_proxy → relay (HTTPS, HTTP/1.1) → origin (plain TCP, one connection per relay connection): the yardstick for the topology: the same two TLS hops and one more process and loopback hop, as the tunnel, with the least work a process can do there (a TLS-terminating byte pump); direct = client → origin (HTTPS, self-signed ECDSA P-256 like Caddy's) — every path pays one TLS termination on the client leg")
+	b.rep.note("clients: HTTP/1.1 keep-alive, one connection each (the 10k-streams test: HTTP/2, %d streams per connection); MB = 10^6 bytes; figures are the median of %d round(s), paths alternated; every body byte is checked; CPU = user+system time from /proc (client&origin = this bench process; relay = the rp_relay path's relay process)", streamsPerConn, b.rounds)
 	b.rep.note("whole run took %s", time.Since(start).Round(time.Second))
 }
 
 func (b *bench) directTarget() (*target, error) {
+	tc, err := b.originTLSConfig()
+	if err != nil {
+		return nil, err
+	}
+	_, port, _ := net.SplitHostPort(b.originTLS)
+	return &target{name: pDirect, addr: b.originTLS, host: "localhost:" + port, tls: tc}, nil
+}
+
+// originTLSConfig is the client TLS config for whatever serves the origin's
+// self-signed certificate (the origin's TLS listener, the rp_relay relay).
+func (b *bench) originTLSConfig() (*tls.Config, error) {
 	pemBytes, err := os.ReadFile(b.originCert)
 	if err != nil {
 		return nil, err
 	}
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pemBytes)
-	_, port, _ := net.SplitHostPort(b.originTLS)
-	return &target{name: pDirect, addr: b.originTLS, host: "localhost:" + port,
-		tls: &tls.Config{RootCAs: pool, ServerName: "localhost", NextProtos: []string{"http/1.1"}}}, nil
+	if !pool.AppendCertsFromPEM(pemBytes) {
+		return nil, fmt.Errorf("no certificate in %s", b.originCert)
+	}
+	return &tls.Config{RootCAs: pool, ServerName: "localhost", NextProtos: []string{"http/1.1"}}, nil
 }
 
 func (b *bench) caddyTarget(name string, port int) (*target, error) {
@@ -477,22 +533,32 @@ func rotate(ts []*target, r int) []*target {
 	return out
 }
 
-// cpuSample is CPU time used so far by Caddy, the agent and this process.
-type cpuSample struct{ caddy, agent, self time.Duration }
+// cpuSample is CPU time used so far by Caddy, the agent, the rp_relay relay
+// (0 when it does not run) and this process.
+type cpuSample struct{ caddy, agent, relay, self time.Duration }
 
 func (b *bench) sampleCPU() cpuSample {
 	var c cpuSample
 	c.caddy, _ = cpuTime(b.caddyP.pid())
 	c.agent, _ = cpuTime(b.agentP.pid())
+	if b.relayP != nil {
+		c.relay, _ = cpuTime(b.relayP.pid())
+	}
 	c.self = selfCPU()
 	return c
 }
+
+// cpuPer is CPU time in µs per unit (request, MB) of each process.
+type cpuPer struct{ caddy, agent, relay, self float64 }
 
 // runSmall measures each client count b.rounds times, paths alternated within a
 // round, and reports the median of each figure.
 func (b *bench) runSmall(ctx context.Context, ts []*target) error {
 	for ci, clients := range []int{1, 50, 500} {
-		type acc struct{ rps, p50, p99, caddy, agent, self []float64 }
+		type acc struct {
+			rps, p50, p99 []float64
+			cpu           []cpuPer
+		}
 		got := map[string]*acc{}
 		var notes []string
 		for r := 0; r < b.rounds; r++ {
@@ -515,10 +581,7 @@ func (b *bench) runSmall(ctx context.Context, ts []*target) error {
 					notes = append(notes, fmt.Sprintf("%s: %d errors (first: %s)", t.name, res.errs, res.firstErr))
 				}
 				if len(samples) == 2 && res.reqs > 0 {
-					c, ag, self := samples[1].perUnit(samples[0], float64(res.reqs))
-					a.caddy = append(a.caddy, c)
-					a.agent = append(a.agent, ag)
-					a.self = append(a.self, self)
+					a.cpu = append(a.cpu, samples[1].perUnit(samples[0], float64(res.reqs)))
 				}
 			}
 		}
@@ -530,8 +593,8 @@ func (b *bench) runSmall(ctx context.Context, ts []*target) error {
 			rps.vals[name] = medianF(a.rps)
 			p50.vals[name] = medianF(a.p50)
 			p99.vals[name] = medianF(a.p99)
-			if len(a.caddy) > 0 {
-				cpu.vals[name] = cpuBreakdown(name, medianF(a.caddy), medianF(a.agent), medianF(a.self), "%.0f", &cpu.note)
+			if len(a.cpu) > 0 {
+				cpu.vals[name] = cpuBreakdown(name, medianCPU(a.cpu), "%.0f", &cpu.note)
 			}
 		}
 		switch clients {
@@ -551,26 +614,46 @@ func (b *bench) runSmall(ctx context.Context, ts []*target) error {
 }
 
 // perUnit is the CPU time in µs per unit (request, MB) of each process since prev.
-func (c cpuSample) perUnit(prev cpuSample, units float64) (caddy, agent, self float64) {
+func (c cpuSample) perUnit(prev cpuSample, units float64) cpuPer {
 	f := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / units }
-	return f(c.caddy - prev.caddy), f(c.agent - prev.agent), f(c.self - prev.self)
+	return cpuPer{caddy: f(c.caddy - prev.caddy), agent: f(c.agent - prev.agent), relay: f(c.relay - prev.relay), self: f(c.self - prev.self)}
+}
+
+// medianCPU is the median of each process's figure.
+func medianCPU(v []cpuPer) cpuPer {
+	col := func(get func(cpuPer) float64) float64 {
+		fs := make([]float64, len(v))
+		for i, c := range v {
+			fs[i] = get(c)
+		}
+		return medianF(fs)
+	}
+	return cpuPer{
+		caddy: col(func(c cpuPer) float64 { return c.caddy }),
+		agent: col(func(c cpuPer) float64 { return c.agent }),
+		relay: col(func(c cpuPer) float64 { return c.relay }),
+		self:  col(func(c cpuPer) float64 { return c.self }),
+	}
 }
 
 // cpuBreakdown returns the CPU of the processes on path's way and appends who used
-// it to *note. Caddy's and the agent's figures are only theirs when the path goes
-// through them (the processes idle otherwise).
-func cpuBreakdown(path string, caddy, agent, self float64, f string, note *string) float64 {
+// it to *note. Caddy's, the agent's and the relay's figures are only theirs when
+// the path goes through them (the processes idle otherwise).
+func cpuBreakdown(path string, c cpuPer, f string, note *string) float64 {
 	var total float64
 	var part string
 	switch path {
 	case pTunnel:
-		total = caddy + agent + self
-		part = fmt.Sprintf("tunnel: Caddy "+f+" + agent "+f+" + client&origin "+f, caddy, agent, self)
+		total = c.caddy + c.agent + c.self
+		part = fmt.Sprintf("tunnel: Caddy "+f+" + agent "+f+" + client&origin "+f, c.caddy, c.agent, c.self)
+	case pRPRelay:
+		total = c.caddy + c.relay + c.self
+		part = fmt.Sprintf(path+": Caddy "+f+" + relay "+f+" + client&origin "+f, c.caddy, c.relay, c.self)
 	case pRP, pRPTLS:
-		total = caddy + self
-		part = fmt.Sprintf(path+": Caddy "+f+" + client&origin "+f, caddy, self)
+		total = c.caddy + c.self
+		part = fmt.Sprintf(path+": Caddy "+f+" + client&origin "+f, c.caddy, c.self)
 	default:
-		return self
+		return c.self
 	}
 	parts := []string{part}
 	if *note != "" {
@@ -621,12 +704,12 @@ func (b *bench) runBulk(ctx context.Context, ts []*target) error {
 			for _, d := range cpuAcc[x.what+k] {
 				sum.caddy += d.b.caddy - d.a.caddy
 				sum.agent += d.b.agent - d.a.agent
+				sum.relay += d.b.relay - d.a.relay
 				sum.self += d.b.self - d.a.self
 			}
 			units := float64(len(cpuAcc[x.what+k])) * float64(b.bulkSize) / mb
 			if units > 0 {
-				c, a, self := sum.perUnit(prev, units)
-				cpu.vals[k] = cpuBreakdown(k, c, a, self, "%.0f", &cpu.note)
+				cpu.vals[k] = cpuBreakdown(k, sum.perUnit(prev, units), "%.0f", &cpu.note)
 			}
 		}
 		judgeBulk(r)

@@ -18,11 +18,17 @@ const (
 	// pRPTLS is the yardstick for what the tunnel cannot avoid: the same
 	// Caddy's reverse_proxy to the origin over HTTPS (HTTP/1.1), so that
 	// every byte is encrypted and decrypted twice, as in the tunnel.
-	pRPTLS  = "rp_https"
-	pDirect = "direct"
+	pRPTLS = "rp_https"
+	// pRPRelay is the yardstick for the tunnel's topology: the same Caddy's
+	// reverse_proxy over HTTPS (HTTP/1.1) to a relay process that terminates
+	// TLS and pumps the bytes to the plain origin (tlspump.go): two TLS hops,
+	// one more process and one more loopback hop, as in the tunnel, with the
+	// least work that process can do.
+	pRPRelay = "rp_relay"
+	pDirect  = "direct"
 )
 
-var pathNames = []string{pTunnel, pRP, pRPTLS, pDirect}
+var pathNames = []string{pTunnel, pRP, pRPTLS, pRPRelay, pDirect}
 
 // row is one line of the table. vals holds the figure for each path that has one.
 type row struct {
@@ -94,7 +100,8 @@ func fmtVal(v float64, prec int) string {
 	return fmt.Sprintf("%.*f", prec, v)
 }
 
-// cells renders a row as: metric, tunnel, reverse_proxy, direct, ÷rp, ÷direct, target.
+// cells renders a row as: metric, a figure per path (pathNames), a ratio per
+// ratioPaths, target.
 func (r *row) cells() []string {
 	c := []string{r.metric}
 	if r.unit != "" {
@@ -127,9 +134,9 @@ func (r *row) cells() []string {
 }
 
 // ratioPaths are the paths each tunnel figure is divided by, in header's order.
-var ratioPaths = []string{pRP, pRPTLS, pDirect}
+var ratioPaths = []string{pRP, pRPTLS, pRPRelay, pDirect}
 
-var header = []string{"measurement", pTunnel, pRP, pRPTLS, pDirect, "tunnel÷rp", "tunnel÷rp_https", "tunnel÷direct", "target"}
+var header = []string{"measurement", pTunnel, pRP, pRPTLS, pRPRelay, pDirect, "tunnel÷rp", "tunnel÷rp_https", "tunnel÷rp_relay", "tunnel÷direct", "target"}
 
 // grid is a table of its own shape, printed after the paths table: the priority
 // section's, whose columns are configurations of the tunnel rather than paths.
