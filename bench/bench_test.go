@@ -508,3 +508,22 @@ func TestCPUBreakdownCountsTheRelay(t *testing.T) {
 		t.Fatalf("note = %q, want %q", note, want)
 	}
 }
+
+// A target's row says how rp_relay, the topology's least-work path, does
+// against the same bounds.
+func TestTargetFloor(t *testing.T) {
+	r := &row{vals: map[string]float64{pTunnel: 70, pRP: 100, pRPTLS: 90, pRPRelay: 80}}
+	r.judge("≥ 0.85× rp", check{to: pRP, min: 0.85})
+	if got := r.cells()[len(r.cells())-1]; got != "≥ 0.85× rp ✘ missed (rp_relay: 0.80× rp, missed there too)" {
+		t.Fatalf("target cell %q", got)
+	}
+	r.judge("≥ 0.75× rp, ≥ 1/1.15× rp_https", check{to: pRP, min: 0.75}, check{to: pRPTLS, min: 1 / 1.15})
+	if got := r.cells()[len(r.cells())-1]; got != "≥ 0.75× rp, ≥ 1/1.15× rp_https ✘ missed (rp_relay: 0.80× rp, 0.89× rp_https, holds there)" {
+		t.Fatalf("target cell %q", got)
+	}
+	delete(r.vals, pRPRelay)
+	r.judge("≥ 0.85× rp", check{to: pRP, min: 0.85})
+	if got := r.cells()[len(r.cells())-1]; got != "≥ 0.85× rp ✘ missed" {
+		t.Fatalf("target cell without rp_relay %q", got)
+	}
+}

@@ -41,6 +41,9 @@ type row struct {
 	// itself); targetMet says whether this run meets it (nil: not judged).
 	target    string
 	targetMet *bool
+	// floor is what rp_relay, the topology with the least work in its
+	// second process, scores against the same bounds ("" without it).
+	floor string
 }
 
 // judge sets the row's target to text and judges it: every check must hold
@@ -59,6 +62,42 @@ func (r *row) judge(text string, checks ...check) {
 		}
 	}
 	r.targetMet = boolp(met)
+	r.floor = r.floorFor(checks)
+}
+
+// floorFor states rp_relay's ratios on the target's bounds, and whether
+// they hold: a bound that rp_relay misses too is below what the tunnel's
+// topology (one more process and TLS hop than reverse_proxy) allows.
+func (r *row) floorFor(checks []check) string {
+	relay, ok := r.vals[pRPRelay]
+	if !ok {
+		return ""
+	}
+	var parts []string
+	held := true
+	for _, c := range checks {
+		o, ok := r.vals[c.to]
+		if !ok || o == 0 {
+			return ""
+		}
+		v := relay / o
+		parts = append(parts, fmt.Sprintf("%.2f× %s", v, shortPath(c.to)))
+		if c.max > 0 && v > c.max || c.min > 0 && v < c.min {
+			held = false
+		}
+	}
+	verdict := "holds there"
+	if !held {
+		verdict = "missed there too"
+	}
+	return "rp_relay: " + strings.Join(parts, ", ") + ", " + verdict
+}
+
+func shortPath(p string) string {
+	if p == pRP {
+		return "rp"
+	}
+	return p
 }
 
 // check is one bound on tunnel÷to: at least min, at most max (0: none).
@@ -128,6 +167,9 @@ func (r *row) cells() []string {
 		} else {
 			t += " ✘ missed"
 		}
+	}
+	if r.floor != "" {
+		t += " (" + r.floor + ")"
 	}
 	c = append(c, t)
 	return c
