@@ -201,7 +201,7 @@ func (f *cliFlags) define(fs *flag.FlagSet) {
 	fs.BoolVar(&f.showVersion, "version", false, "print the version (and commit) and exit")
 	fs.BoolVar(&f.checkConfig, "check-config", false, "check the flags, environment and --config file as a start would (routes, directories, CA files, limits), "+
 		"print the resulting configuration and exit: 0 if it is fine, 2 if not; nothing is dialled")
-	fs.IntVar(&f.notSentLowat, "tcp-notsent-lowat", 0, "unsent `bytes` the kernel may queue on a session's TCP connection (TCP_NOTSENT_LOWAT); 0: 32 KiB, -1: the kernel's setting")
+	fs.IntVar(&f.notSentLowat, "tcp-notsent-lowat", 0, "least unsent `bytes` the kernel may queue on a session's TCP connection (TCP_NOTSENT_LOWAT; raised to 10 ms of the link's rate, up to 1 MiB); 0: 32 KiB, -1: the kernel's setting")
 	fs.Var(&f.proxies, "proxy", "proxy registration `URL`, e.g. https://example.com/.well-known/spdy-origin (repeatable; env: comma-separated)")
 }
 

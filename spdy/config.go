@@ -121,8 +121,10 @@ type Config struct {
 	// the session's TCP connection (TCP_NOTSENT_LOWAT), so that data waits
 	// in the session's priority queues, where an urgent frame can pass it,
 	// rather than in a send buffer the kernel may have grown to megabytes
-	// (schedule.go). It does not limit data in flight. Negative leaves the
-	// kernel's setting. Default 32 KiB.
+	// (schedule.go). It is the floor: the writer raises the cap to 10 ms of
+	// the rate at which the kernel takes its DATA, up to 1 MiB, on links
+	// fast enough to drain more in that time (lowat.go). It does not limit
+	// data in flight. Negative leaves the kernel's setting. Default 32 KiB.
 	NotSentLowat int
 
 	// PeerTrailers says the peer understands HEADERS frames, which carry

@@ -126,6 +126,7 @@ type Session struct {
 	streamsTot  atomic.Uint64
 	bytesIn     atomic.Uint64
 	bytesOut    atomic.Uint64
+	lowat       *lowatTuner // nil: the kernel's unsent limit is not ours to tune
 	closeOnce   sync.Once
 	closed      chan struct{} // closed when the session is closed
 	err         error         // cause of close; set before closed is closed
@@ -202,8 +203,8 @@ func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session
 		s.nextID, s.nextPingID = 2, 2
 	}
 	s.tlsState = connTLSState(conn)
-	if cfg.NotSentLowat > 0 {
-		setNotSentLowat(conn, cfg.NotSentLowat)
+	if cfg.NotSentLowat > 0 && setNotSentLowat(conn, cfg.NotSentLowat) {
+		s.lowat = &lowatTuner{floor: cfg.NotSentLowat, cur: cfg.NotSentLowat}
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.deflater = newDeflater()

@@ -310,7 +310,13 @@ func (s *Session) writeLoop() {
 		// urgent about, DATA keeps filling the buffer: one write per 64 KiB,
 		// not per frame (the flush costs throughput where writes never
 		// wait, and buys nothing there).
-		busy = time.Since(start) > writeBlocked || busy && s.bw.Buffered() > 0
+		now := time.Now()
+		busy = now.Sub(start) > writeBlocked || busy && s.bw.Buffered() > 0
+		if s.lowat != nil {
+			if n, change := s.lowat.next(now, s.bytesOut.Load()); change {
+				setNotSentLowat(s.conn, n)
+			}
+		}
 		if s.bw.Buffered() >= maxLowPriorityFrame && (busy || s.higherOpen(r.data.pri)) {
 			start = time.Now()
 			err = s.bw.Flush()
