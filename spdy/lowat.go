@@ -46,7 +46,9 @@ func (t *lowatTuner) next(now time.Time, out uint64) (int, bool) {
 	}
 	rate := float64(out-t.base) / el.Seconds()
 	t.start, t.base = now, out
-	want := min(max(int(rate*lowatQueueTime.Seconds()), t.floor), maxLowat)
+	// The configured limit wins over maxLowat: it is the floor, even
+	// where it is set above the cap.
+	want := max(min(int(rate*lowatQueueTime.Seconds()), maxLowat), t.floor)
 	// Change only by a factor of two or more: a setsockopt per interval
 	// would buy nothing.
 	if want > 2*t.cur || 2*want < t.cur {

@@ -42,3 +42,20 @@ func TestLowatFollowsRate(t *testing.T) {
 		t.Fatal("decided within an interval")
 	}
 }
+
+// A configured limit above maxLowat is still the floor: the tuner never
+// sets less than what the operator asked for, idle link or not.
+func TestLowatNeverBelowConfigured(t *testing.T) {
+	const floor = 4 << 20
+	tu := &lowatTuner{floor: floor, cur: floor}
+	now := time.Unix(1000, 0)
+	var out uint64
+	tu.next(now, out) // starts the clock
+	for _, rate := range []float64{0, 2.5e6, 500e6, 0} {
+		now = now.Add(lowatInterval)
+		out += uint64(rate * lowatInterval.Seconds())
+		if n, change := tu.next(now, out); change && n < floor {
+			t.Fatalf("at %.0f B/s the limit became %d, below the configured %d", rate, n, floor)
+		}
+	}
+}
