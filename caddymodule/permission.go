@@ -83,9 +83,14 @@ func (Permission) CaddyModule() caddy.ModuleInfo {
 // Provision keeps the logger.
 func (p *Permission) Provision(ctx caddy.Context) error {
 	p.logger = ctx.Logger()
-	for _, name := range p.Pools {
+	return nil
+}
+
+// Validate checks the configuration without side effects.
+func (p *Permission) Validate() error {
+	for i, name := range p.Pools {
 		if name == "" {
-			return fmt.Errorf("tls.permission.spdy_origin: empty pool name")
+			return fmt.Errorf("tls.permission.spdy_origin: empty pool name (pools entry %d)", i+1)
 		}
 	}
 	return nil
@@ -220,5 +225,6 @@ func (p *Permission) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 var (
 	_ caddytls.OnDemandPermission = (*Permission)(nil)
 	_ caddy.Provisioner           = (*Permission)(nil)
+	_ caddy.Validator             = (*Permission)(nil)
 	_ caddyfile.Unmarshaler       = (*Permission)(nil)
 )

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
@@ -100,6 +101,34 @@ func TestPermissionCaddyfile(t *testing.T) {
 		"{\n on_demand_tls {\n  permission spdy_origin home\n }\n}\nhttps:// {\n tls internal {\n  on_demand\n }\n respond ok\n}\n"), nil)
 	if err != nil || !strings.Contains(string(adapted), `"permission":{"module":"spdy_origin","pools":["home"]}`) {
 		t.Fatalf("adapting on_demand_tls: %v\n%s", err, adapted)
+	}
+}
+
+// A bad pool name is a static config error: Validate reports it, as
+// Caddy's convention wants, so that caddy validate and caddy adapt
+// --validate say what is wrong.
+func TestPermissionValidate(t *testing.T) {
+	for _, tc := range []struct {
+		pools []string
+		want  string // "" for valid
+	}{
+		{nil, ""},
+		{[]string{"home", "office"}, ""},
+		{[]string{""}, "empty pool name"},
+		{[]string{"home", ""}, "empty pool name"},
+	} {
+		v, ok := any(&Permission{Pools: tc.pools}).(caddy.Validator)
+		if !ok {
+			t.Fatal("tls.permission.spdy_origin does not implement caddy.Validator: its config errors are not reported by Validate")
+		}
+		err := v.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("pools %q: %v, want valid", tc.pools, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want) ||
+			!strings.Contains(err.Error(), "tls.permission.spdy_origin")):
+			t.Errorf("pools %q: %v, want an error of tls.permission.spdy_origin saying %q", tc.pools, err, tc.want)
+		}
 	}
 }
 

@@ -384,12 +384,13 @@ func (s *session) roundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // usable reports whether the pool has a session that takes new requests,
-// for any host.
+// for any host: one whose token a reload has not revoked, that is not
+// going away and not dead (what pick skips).
 func (p *pool) usable() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for s := range p.sessions {
-		if !s.s.GoingAway() {
+		if !s.revoked && !s.s.GoingAway() {
 			select {
 			case <-s.s.Done():
 			default:
@@ -398,6 +399,21 @@ func (p *pool) usable() bool {
 		}
 	}
 	return false
+}
+
+// revokedFor counts the sessions still in the pool, draining, that claimed
+// the canonical host under a token a reload has since revoked: why a host
+// they served has no session now.
+func (p *pool) revokedFor(host string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for s := range p.sessions {
+		if s.revoked && s.claim(host) != hosts.NoMatch {
+			n++
+		}
+	}
+	return n
 }
 
 // waitForSession waits until a session for the canonical host is usable,

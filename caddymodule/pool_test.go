@@ -6,10 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // A registration holds its max_sessions slot from before its 200 until its
@@ -68,6 +73,64 @@ func TestPoolDestructWakesWaiters(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("waitForSession still waiting after the pool was destructed (until dial_timeout)")
 	}
+}
+
+// The sessions of a token a reload revoked take no new requests while they
+// drain: a host only they served gets the 503 of a pool with no agent (not
+// the one of a pool whose agents serve other hosts), and the log says that
+// their token was revoked. Once another agent serves some host, the host
+// gets the 503 naming it, with the same cause logged.
+func TestRevokedSessionsAreNotUsable(t *testing.T) {
+	h := Handler{logger: zap.NewNop(), Tokens: []TokenConfig{
+		{Value: "revoked-b-0123456789ab", Hosts: []string{"b.test"}},
+		{Value: "revoked-a-0123456789ab", Hosts: []string{"a.test"}},
+	}}
+	scopes, err := h.resolveTokens()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPool("revoked-usable")
+	if err := p.join(&poolUser{config: make(chan struct{}), name: "test", logger: zap.NewNop(), tokens: scopes}); err != nil {
+		t.Fatal(err)
+	}
+	ss := pipeSession(t)
+	defer ss.Close()
+	s := joinSession(t, p, ss, scopes[0], []string{"b.test"})
+	// What dropRevokedLocked leaves until its goroutine sends GOAWAY:
+	// revoked, not yet going away.
+	p.mu.Lock()
+	s.revoked = true
+	p.index.removeSession(s)
+	p.mu.Unlock()
+
+	core, logs := observer.New(zapcore.WarnLevel)
+	tr := &Transport{pool: p, logger: zap.New(core)}
+	request := func(want error, wantLog string) {
+		t.Helper()
+		p.noSessionLogged.Store(0) // the warning is written at most once a second
+		logs.TakeAll()
+		_, err := tr.session(httptest.NewRequest("GET", "http://b.test/", nil), "b.test")
+		var he *hostError
+		if !errors.Is(err, want) || (want == ErrNoSession) != !errors.As(err, &he) {
+			t.Errorf("b.test, only served by a revoked session: %v; want %v", err, want)
+		}
+		entries := logs.TakeAll()
+		if len(entries) != 1 || !strings.Contains(entries[0].Message, wantLog) || !strings.Contains(entries[0].Message, "revoked") {
+			t.Errorf("logged %+v; want one warning saying %q and that the token was revoked", entries, wantLog)
+		}
+	}
+	if p.usable() {
+		t.Error("a pool whose only session is revoked is usable")
+	}
+	request(ErrNoSession, "no agent connected to pool")
+
+	ss2 := pipeSession(t)
+	defer ss2.Close()
+	joinSession(t, p, ss2, scopes[1], []string{"a.test"})
+	if !p.usable() {
+		t.Error("a pool with a session of a current token is not usable")
+	}
+	request(ErrNoSessionForHost, "no agent of the pool serves this host")
 }
 
 func TestLoadBalancing(t *testing.T) {

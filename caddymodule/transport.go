@@ -197,14 +197,33 @@ func (t *Transport) session(req *http.Request, host string) (*session, error) {
 		return nil, err
 	}
 	countRequest(p.name, http.StatusServiceUnavailable)
+	hostHint := "add a route for it to an agent, e.g. --to HOST=URL, or check the token's hosts"
+	poolHint := "is the agent running and using the right token and pool?"
+	hostFields := []zap.Field{zap.String("host", host), zap.Array("announced", announcedField{&p.index})}
+	var poolFields []zap.Field
+	noSession := fmt.Errorf("%w (pool %q)", ErrNoSession, p.name)
+	// Sessions of a token a reload revoked take no requests while they
+	// drain, so they are no agent for the host; they are why it has none.
+	if n := p.revokedFor(host); n > 0 {
+		hostHint, poolHint = revokedHint, revokedHint
+		revoked := zap.Int("revoked_sessions", n)
+		hostFields = append(hostFields, revoked)
+		poolFields = []zap.Field{zap.String("host", host), revoked}
+		noSession = fmt.Errorf("%w (pool %q; the %d session(s) that served %q are draining: a reload revoked their token)",
+			ErrNoSession, p.name, n, host)
+	}
 	if p.usable() {
-		t.logUnavailable("no agent of the pool serves this host; answering 503 (add a route for it to an agent, e.g. --to HOST=URL, "+
-			"or check the token's hosts)", zap.String("host", host), zap.Array("announced", announcedField{&p.index}))
+		t.logUnavailable("no agent of the pool serves this host; answering 503 ("+hostHint+")", hostFields...)
 		return nil, caddyhttp.Error(http.StatusServiceUnavailable, &hostError{pool: p.name, host: host})
 	}
-	t.logUnavailable("no agent connected to pool; answering 503 (is the agent running and using the right token and pool?)")
-	return nil, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("%w (pool %q)", ErrNoSession, p.name))
+	t.logUnavailable("no agent connected to pool; answering 503 ("+poolHint+")", poolFields...)
+	return nil, caddyhttp.Error(http.StatusServiceUnavailable, noSession)
 }
+
+// revokedHint explains a 503 for a host whose only sessions are of a token
+// a reload revoked.
+const revokedHint = "the agents that served it are draining after a reload revoked their token (removed it or changed its hosts); " +
+	"they register again under the new config, or are refused"
 
 // hostError is ErrNoSessionForHost for one host.
 type hostError struct{ pool, host string }
