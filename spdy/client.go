@@ -254,13 +254,8 @@ func (s *Session) openStream(ctx context.Context, block *blockWriter, fin, head 
 	// writer refuses frames, as enqueue would: it stopped, or the peer
 	// does not read (the session closes).
 	s.wmu.Lock()
-	var refused error
-	switch {
-	case s.wdone:
-		refused = s.wcause
-	case s.ctrlQ.len() >= maxQueuedControl:
-		refused = errControlQueueFull
-	default:
+	refused := s.controlRefusedLocked()
+	if refused == nil {
 		s.ctrlQ.push(syn)
 		if grant.ctrl.n > 0 {
 			s.ctrlQ.push(grant)

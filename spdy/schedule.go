@@ -84,13 +84,33 @@ func (f *fifo) pop() writeReq {
 	r := f.q[f.head]
 	f.q[f.head] = writeReq{}
 	f.head++
+	f.emptied()
+	return r
+}
+
+// remove takes out the first request of st, if one is queued.
+func (f *fifo) remove(st *stream) (writeReq, bool) {
+	for i := f.head; i < len(f.q); i++ {
+		if f.q[i].st == st {
+			r := f.q[i]
+			copy(f.q[i:], f.q[i+1:])
+			f.q[len(f.q)-1] = writeReq{}
+			f.q = f.q[:len(f.q)-1]
+			f.emptied()
+			return r, true
+		}
+	}
+	return writeReq{}, false
+}
+
+// emptied resets the storage of a fifo that has just emptied, if it has.
+func (f *fifo) emptied() {
 	if f.head == len(f.q) {
 		f.q, f.head = f.q[:0], 0
 		if cap(f.q) > keepQueueStorage {
 			f.q = nil
 		}
 	}
-	return r
 }
 
 func (d *dataQueue) push(r writeReq) {
@@ -131,22 +151,11 @@ func (d *dataQueue) pop() (writeReq, bool) {
 
 // remove takes st's queued frame out of the queue, if it has one.
 func (d *dataQueue) remove(st *stream) (writeReq, bool) {
-	f := &d.levels[min(st.priority, Priorities-1)]
-	for i := f.head; i < len(f.q); i++ {
-		if f.q[i].st != st {
-			continue
-		}
-		r := f.q[i]
-		copy(f.q[i:], f.q[i+1:])
-		f.q[len(f.q)-1] = writeReq{}
-		f.q = f.q[:len(f.q)-1]
-		if f.head == len(f.q) {
-			f.q, f.head = f.q[:0], 0
-		}
+	r, ok := d.levels[min(st.priority, Priorities-1)].remove(st)
+	if ok {
 		d.n--
-		return r, true
 	}
-	return writeReq{}, false
+	return r, ok
 }
 
 // drain removes and returns every queued frame.

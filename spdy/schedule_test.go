@@ -59,6 +59,24 @@ func TestDataQueueRemove(t *testing.T) {
 	if _, ok := q.remove(r.st); !ok || q.len() != 0 || q.levels[4].head != 0 || len(q.levels[4].q) != 0 {
 		t.Fatalf("the level's storage is not reset once its last frame is removed: %+v", q.levels[4])
 	}
+	// A burst's storage goes when a removal empties the level, as when
+	// a pop does (keepQueueStorage).
+	var last *stream
+	for id := uint32(1); id <= 4*keepQueueStorage; id++ {
+		last = &stream{id: id, priority: 4}
+		r := frameOf(id, 4)
+		r.st = last
+		q.push(r)
+	}
+	for range 4*keepQueueStorage - 1 {
+		q.pop()
+	}
+	if _, ok := q.remove(last); !ok || q.len() != 0 {
+		t.Fatalf("the burst's last frame not removed: %d left", q.len())
+	}
+	if c := cap(q.levels[4].q); c > keepQueueStorage {
+		t.Fatalf("after a burst emptied by a removal the level keeps room for %d frames, want at most %d", c, keepQueueStorage)
+	}
 }
 
 func TestDataQueueOrder(t *testing.T) {

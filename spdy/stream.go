@@ -484,14 +484,12 @@ func (st *stream) abortWith(err error) bool {
 	// Before resetLocal queues RST_STREAM: nothing of the stream may
 	// follow it, and a frame already queued must not go out either.
 	st.s.dropQueued(st, err)
-	// Nor does it wait for session credit any more, by the time its writer
-	// wakes to the error (finish does the same, but after the wake).
-	st.s.mu.Lock()
-	st.s.stopWaitingLocked(st)
-	st.s.mu.Unlock()
+	// finish takes the stream out of the session-credit waiters
+	// (removeStream, markDraining): before the wakes, so that a writer
+	// that wakes to the error is listed there no more.
+	st.finish()
 	signal(st.readWake)
 	signal(st.sendWake)
-	st.finish()
 	return true
 }
 

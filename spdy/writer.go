@@ -111,6 +111,19 @@ func (s *Session) queueGoAway(lastGood, status uint32) {
 // want an answer (PINGs) faster than it reads ours: maxQueuedControl wait.
 var errControlQueueFull = fmt.Errorf("%w: peer is not reading (control queue full)", ErrProtocol)
 
+// controlRefusedLocked says why the control queue takes no frame, or nil:
+// the writer stopped, or maxQueuedControl wait (errControlQueueFull: the
+// caller closes the session, once its locks are released); s.wmu is held.
+func (s *Session) controlRefusedLocked() error {
+	switch {
+	case s.wdone:
+		return s.wcause
+	case s.ctrlQ.len() >= maxQueuedControl:
+		return errControlQueueFull
+	}
+	return nil
+}
+
 // GOAWAY status codes (SPDY/3.1 section 2.6.6).
 const (
 	goAwayOK            = 0
@@ -138,11 +151,13 @@ func (s *Session) enqueue(r writeReq, control bool) {
 		return
 	}
 	if control {
-		if s.ctrlQ.len() >= maxQueuedControl {
+		if err := s.controlRefusedLocked(); err != nil {
 			s.wmu.Unlock()
-			go s.closeWith(errControlQueueFull, false, 0)
+			if err == errControlQueueFull {
+				go s.closeWith(err, false, 0)
+			}
 			if r.done != nil {
-				r.done <- sessionClosedError(errControlQueueFull)
+				r.done <- sessionClosedError(err)
 			}
 			return
 		}
