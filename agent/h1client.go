@@ -140,7 +140,7 @@ func replayable(req *http.Request) bool {
 // could not be written as they are (a CR or LF in a value would split
 // the request).
 func checkOutgoing(req *http.Request) error {
-	if req.Method != "" && !validToken(req.Method) {
+	if req.Method != "" && !httpguts.ValidHeaderFieldName(req.Method) { // a token, as net/http's validMethod
 		return fmt.Errorf("net/http: invalid method %q", req.Method)
 	}
 	for _, h := range []http.Header{req.Header, req.Trailer} {
@@ -156,18 +156,6 @@ func checkOutgoing(req *http.Request) error {
 		}
 	}
 	return nil
-}
-
-func validToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !httpguts.IsTokenRune(rune(s[i])) {
-			return false
-		}
-	}
-	return true
 }
 
 // get returns a live idle connection, or dials a new one.
