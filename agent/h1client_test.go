@@ -3,14 +3,18 @@ package agent
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/textproto"
 	"net/url"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -494,5 +498,34 @@ func TestH1ReuseAfterAnswerAtRequestEnd(t *testing.T) {
 	}
 	if n := len(o.conns); n != 1 {
 		t.Fatalf("%d upstream connections, want 1: the first was dropped although the exchange ended cleanly", n)
+	}
+}
+
+// flushCounter is a ResponseWriter that counts its flushes.
+type flushCounter struct {
+	httptest.ResponseRecorder
+	flushes atomic.Int32
+}
+
+func (f *flushCounter) Flush() { f.flushes.Add(1) }
+
+// failingWaiter is a body whose wait for data fails at once (the request's
+// context ended and its deadline is set on the connection).
+type failingWaiter struct{}
+
+func (failingWaiter) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
+func (failingWaiter) waitData() error          { return os.ErrDeadlineExceeded }
+
+// A copy that ends before the body's first bytes leaves no flush of the
+// headers behind: the handler has returned, and the ResponseWriter is no
+// longer its to use.
+func TestCopyBodyLeavesNoFlushBehind(t *testing.T) {
+	w := &flushCounter{ResponseRecorder: *httptest.NewRecorder()}
+	if err := copyBody(w, failingWaiter{}, -1); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("copyBody: %v; want the wait's error", err)
+	}
+	time.Sleep(20 * headerFlushDelay)
+	if n := w.flushes.Load(); n != 0 {
+		t.Fatalf("%d flushes of the ResponseWriter after copyBody returned, want 0", n)
 	}
 }
