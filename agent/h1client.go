@@ -611,19 +611,9 @@ func (l *lazyReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// fill reads into a pooled buffer, taken once the connection is readable.
-func (l *lazyReader) fill() (*[h1ReadBuffer]byte, int, error) {
-	if l.raw != nil {
-		b, n, err := readWhenReady(l.raw,
-			func() []byte { return h1ReadBufs.Get().(*[h1ReadBuffer]byte)[:] },
-			func(b []byte) { h1ReadBufs.Put((*[h1ReadBuffer]byte)(b)) })
-		if !errors.Is(err, errors.ErrUnsupported) {
-			if b == nil {
-				return nil, 0, err
-			}
-			return (*[h1ReadBuffer]byte)(b), n, err
-		}
-	}
+// fillBlocking reads into a pooled buffer taken before the read: fill's
+// way where the connection cannot be watched for readability.
+func (l *lazyReader) fillBlocking() (*[h1ReadBuffer]byte, int, error) {
 	buf := h1ReadBufs.Get().(*[h1ReadBuffer]byte)
 	n, err := l.c.Read(buf[:])
 	if n == 0 {
