@@ -355,24 +355,28 @@ func TestH1HeadBound(t *testing.T) {
 // gets its answer through, and the connection, with the rest of the body,
 // is dropped rather than reused mid-body.
 func TestH1EarlyAnswerDuringUpload(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
 	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
 		if req.URL.Path == "/upload" {
 			answer(c, "HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\n\r\nbig")
-			time.Sleep(200 * time.Millisecond) // keep reading nothing
+			<-release // keep reading nothing, and the connection open: the agent is to give it up
 			return false
 		}
 		return answer(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	})
 	c := newTestH1(t, o)
 	pr, pw := io.Pipe()
+	fed := make(chan error, 1) // how the upload's feeding ended
 	go func() {
 		chunk := make([]byte, 64<<10)
 		for range 1024 { // 64 MiB, far past what sockets buffer
 			if _, err := pw.Write(chunk); err != nil {
+				fed <- err
 				return
 			}
 		}
-		pw.Close()
+		fed <- pw.Close()
 	}()
 	req, _ := http.NewRequest("PUT", o.url().String()+"/upload", pr)
 	req.ContentLength = 64 << 20
@@ -385,8 +389,21 @@ func TestH1EarlyAnswerDuringUpload(t *testing.T) {
 	if res.StatusCode != 413 || string(b) != "big" || err != nil {
 		t.Fatalf("%d %q %v", res.StatusCode, b, err)
 	}
+	// The rest of the body is given up: its reader closed, which ends
+	// the request's writer and whoever feeds the body.
+	select {
+	case err := <-fed:
+		if err == nil {
+			t.Fatal("the whole 64 MiB body went out after the upstream's answer")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request body is still being read after the exchange ended")
+	}
 	if _, got, err := h1Do(t, c, "GET", o.url().String()+"/next", nil); err != nil || got != "ok" {
 		t.Fatalf("next request: %q %v", got, err)
+	}
+	if n := len(o.conns); n != 2 {
+		t.Fatalf("%d upstream connections, want 2: the one left mid-body is not reused", n)
 	}
 }
 
