@@ -140,7 +140,7 @@ func replayable(req *http.Request) bool {
 // could not be written as they are (a CR or LF in a value would split
 // the request).
 func checkOutgoing(req *http.Request) error {
-	if req.Method != "" && !validToken(req.Method) {
+	if req.Method != "" && !httpguts.ValidHeaderFieldName(req.Method) { // a token, as net/http's validMethod
 		return fmt.Errorf("net/http: invalid method %q", req.Method)
 	}
 	for _, h := range []http.Header{req.Header, req.Trailer} {
@@ -156,18 +156,6 @@ func checkOutgoing(req *http.Request) error {
 		}
 	}
 	return nil
-}
-
-func validToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !httpguts.IsTokenRune(rune(s[i])) {
-			return false
-		}
-	}
-	return true
 }
 
 // get returns a live idle connection, or dials a new one.
@@ -623,19 +611,9 @@ func (l *lazyReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// fill reads into a pooled buffer, taken once the connection is readable.
-func (l *lazyReader) fill() (*[h1ReadBuffer]byte, int, error) {
-	if l.raw != nil {
-		b, n, err := readWhenReady(l.raw,
-			func() []byte { return h1ReadBufs.Get().(*[h1ReadBuffer]byte)[:] },
-			func(b []byte) { h1ReadBufs.Put((*[h1ReadBuffer]byte)(b)) })
-		if !errors.Is(err, errors.ErrUnsupported) {
-			if b == nil {
-				return nil, 0, err
-			}
-			return (*[h1ReadBuffer]byte)(b), n, err
-		}
-	}
+// fillBlocking reads into a pooled buffer taken before the read: fill's
+// way where the connection cannot be watched for readability.
+func (l *lazyReader) fillBlocking() (*[h1ReadBuffer]byte, int, error) {
 	buf := h1ReadBufs.Get().(*[h1ReadBuffer]byte)
 	n, err := l.c.Read(buf[:])
 	if n == 0 {

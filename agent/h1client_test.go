@@ -3,14 +3,18 @@ package agent
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/textproto"
 	"net/url"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -351,24 +355,28 @@ func TestH1HeadBound(t *testing.T) {
 // gets its answer through, and the connection, with the rest of the body,
 // is dropped rather than reused mid-body.
 func TestH1EarlyAnswerDuringUpload(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
 	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
 		if req.URL.Path == "/upload" {
 			answer(c, "HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\n\r\nbig")
-			time.Sleep(200 * time.Millisecond) // keep reading nothing
+			<-release // keep reading nothing, and the connection open: the agent is to give it up
 			return false
 		}
 		return answer(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	})
 	c := newTestH1(t, o)
 	pr, pw := io.Pipe()
+	fed := make(chan error, 1) // how the upload's feeding ended
 	go func() {
 		chunk := make([]byte, 64<<10)
 		for range 1024 { // 64 MiB, far past what sockets buffer
 			if _, err := pw.Write(chunk); err != nil {
+				fed <- err
 				return
 			}
 		}
-		pw.Close()
+		fed <- pw.Close()
 	}()
 	req, _ := http.NewRequest("PUT", o.url().String()+"/upload", pr)
 	req.ContentLength = 64 << 20
@@ -381,8 +389,21 @@ func TestH1EarlyAnswerDuringUpload(t *testing.T) {
 	if res.StatusCode != 413 || string(b) != "big" || err != nil {
 		t.Fatalf("%d %q %v", res.StatusCode, b, err)
 	}
+	// The rest of the body is given up: its reader closed, which ends
+	// the request's writer and whoever feeds the body.
+	select {
+	case err := <-fed:
+		if err == nil {
+			t.Fatal("the whole 64 MiB body went out after the upstream's answer")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request body is still being read after the exchange ended")
+	}
 	if _, got, err := h1Do(t, c, "GET", o.url().String()+"/next", nil); err != nil || got != "ok" {
 		t.Fatalf("next request: %q %v", got, err)
+	}
+	if n := len(o.conns); n != 2 {
+		t.Fatalf("%d upstream connections, want 2: the one left mid-body is not reused", n)
 	}
 }
 
@@ -494,5 +515,34 @@ func TestH1ReuseAfterAnswerAtRequestEnd(t *testing.T) {
 	}
 	if n := len(o.conns); n != 1 {
 		t.Fatalf("%d upstream connections, want 1: the first was dropped although the exchange ended cleanly", n)
+	}
+}
+
+// flushCounter is a ResponseWriter that counts its flushes.
+type flushCounter struct {
+	httptest.ResponseRecorder
+	flushes atomic.Int32
+}
+
+func (f *flushCounter) Flush() { f.flushes.Add(1) }
+
+// failingWaiter is a body whose wait for data fails at once (the request's
+// context ended and its deadline is set on the connection).
+type failingWaiter struct{}
+
+func (failingWaiter) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
+func (failingWaiter) waitData() error          { return os.ErrDeadlineExceeded }
+
+// A copy that ends before the body's first bytes leaves no flush of the
+// headers behind: the handler has returned, and the ResponseWriter is no
+// longer its to use.
+func TestCopyBodyLeavesNoFlushBehind(t *testing.T) {
+	w := &flushCounter{ResponseRecorder: *httptest.NewRecorder()}
+	if err := copyBody(w, failingWaiter{}, -1); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("copyBody: %v; want the wait's error", err)
+	}
+	time.Sleep(20 * headerFlushDelay)
+	if n := w.flushes.Load(); n != 0 {
+		t.Fatalf("%d flushes of the ResponseWriter after copyBody returned, want 0", n)
 	}
 }

@@ -2,10 +2,7 @@
 
 package agent
 
-import (
-	"errors"
-	"syscall"
-)
+import "syscall"
 
 // Elsewhere a read takes its buffer before it waits, and an idle
 // connection is taken as alive (a request that finds it closed is retried
@@ -13,8 +10,6 @@ import (
 
 func waitReadable(syscall.RawConn) error { return nil }
 
-func readWhenReady(syscall.RawConn, func() []byte, func([]byte)) ([]byte, int, error) {
-	return nil, 0, errors.ErrUnsupported
-}
+func (l *lazyReader) fill() (*[h1ReadBuffer]byte, int, error) { return l.fillBlocking() }
 
 func idleConnAlive(syscall.RawConn) bool { return true }

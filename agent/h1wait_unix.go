@@ -36,26 +36,29 @@ func waitReadable(rc syscall.RawConn) error {
 	})
 }
 
-// readWhenReady reads from rc into a buffer from get, taken only once the
-// read will not block: an attempt that would block gives the buffer back to
-// put and waits for the poller before it tries again. It returns the
-// buffer (nil when nothing was read) and the bytes read into it.
-func readWhenReady(rc syscall.RawConn, get func() []byte, put func([]byte)) ([]byte, int, error) {
+// fill reads into a pooled buffer, taken only once the read will not
+// block: an attempt that would block gives the buffer back and waits for
+// the poller before it tries again. It returns the buffer (nil when nothing
+// was read) and the bytes read into it.
+func (l *lazyReader) fill() (*[h1ReadBuffer]byte, int, error) {
+	if l.raw == nil {
+		return l.fillBlocking()
+	}
 	var (
-		buf  []byte
+		buf  *[h1ReadBuffer]byte
 		n    int
 		rerr error
 	)
-	err := rc.Read(func(fd uintptr) bool {
-		buf = get()
+	err := l.raw.Read(func(fd uintptr) bool {
+		buf = h1ReadBufs.Get().(*[h1ReadBuffer]byte)
 		for {
-			n, rerr = syscall.Read(int(fd), buf)
+			n, rerr = syscall.Read(int(fd), buf[:])
 			if rerr != syscall.EINTR {
 				break
 			}
 		}
 		if rerr == syscall.EAGAIN {
-			put(buf)
+			h1ReadBufs.Put(buf)
 			buf = nil
 			return false
 		}
@@ -66,7 +69,7 @@ func readWhenReady(rc syscall.RawConn, get func() []byte, put func([]byte)) ([]b
 	}
 	if n <= 0 {
 		if buf != nil {
-			put(buf)
+			h1ReadBufs.Put(buf)
 		}
 		if err == nil {
 			err = io.EOF // read(2) returns 0 at the peer's close

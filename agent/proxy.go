@@ -244,6 +244,14 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 			_ = flush() // a failure shows in the next write
 		}
 	})
+	// A copy that ends while the flush is pending (a wait for data that
+	// fails) disarms it: the handler is about to return, and w with it.
+	defer func() {
+		pending.Stop()
+		mu.Lock()
+		waiting = false
+		mu.Unlock()
+	}()
 	var (
 		quiet *[quietCopyBuffer]byte
 		bulk  *[bulkCopyBuffer]byte

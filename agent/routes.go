@@ -168,7 +168,9 @@ func (rt *hostRouter) logUnrouted(host string) {
 	_, seen := rt.logged[host]
 	first := !seen && len(rt.logged) < maxLoggedHosts
 	if first {
-		rt.logged[host] = struct{}{}
+		// Its own copy: host may be cut from a far longer Host header
+		// (hosts.Canonical drops the port without copying).
+		rt.logged[strings.Clone(host)] = struct{}{}
 	}
 	stop := first && len(rt.logged) == maxLoggedHosts
 	rt.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -117,6 +118,24 @@ func TestUnroutedHost421(t *testing.T) {
 	// A huge Host is cut in the answer.
 	if _, body, _ := serveHost(rt, strings.Repeat("x", 5000)); len(body) > 600 {
 		t.Errorf("421 body for a 5000-byte Host is %d bytes", len(body))
+	}
+}
+
+// The unrouted hosts remembered (to log each once) hold their own bytes,
+// not the request's Host they were cut from: a Host with a port of a
+// quarter megabyte would otherwise stay in memory, maxLoggedHosts times.
+func TestUnroutedHostsHoldNoHostHeader(t *testing.T) {
+	rt := namedRouter(t, zap.NewNop(), "a.test")
+	host := "c.test:" + strings.Repeat("1", 256<<10)
+	serveHost(rt, host)
+	if len(rt.logged) != 1 {
+		t.Fatalf("%d hosts remembered, want 1", len(rt.logged))
+	}
+	start := uintptr(unsafe.Pointer(unsafe.StringData(host)))
+	for k := range rt.logged {
+		if p := uintptr(unsafe.Pointer(unsafe.StringData(k))); start <= p && p < start+uintptr(len(host)) {
+			t.Fatalf("remembered host %q points into the %d-byte Host header", k, len(host))
+		}
 	}
 }
 
