@@ -286,15 +286,7 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 	}
 	pc.lr.nread = 0
 	if req.Body == nil || req.Body == http.NoBody {
-		bw := h1WriteBufs.Get().(*bufio.Writer)
-		bw.Reset(pc.nc)
-		err := req.Write(bw)
-		if err == nil {
-			err = bw.Flush()
-		}
-		bw.Reset(nil)
-		h1WriteBufs.Put(bw)
-		if err != nil {
+		if err := pc.write(req); err != nil {
 			return fail(fmt.Errorf("writing the request: %w", err))
 		}
 	} else {
@@ -358,6 +350,19 @@ func (pc *h1Conn) roundTrip(req *http.Request, got1xx func(int, textproto.MIMEHe
 	return res, nil
 }
 
+// write writes req (its body included) on pc through a pooled buffer.
+func (pc *h1Conn) write(req *http.Request) error {
+	bw := h1WriteBufs.Get().(*bufio.Writer)
+	bw.Reset(pc.nc)
+	err := req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	h1WriteBufs.Put(bw)
+	return err
+}
+
 // writeWithBody writes req from a goroutine of its own, while the caller
 // reads the response, and reports how that ended on the channel.
 func (pc *h1Conn) writeWithBody(req *http.Request) (<-chan error, *trackedBody) {
@@ -366,14 +371,7 @@ func (pc *h1Conn) writeWithBody(req *http.Request) (<-chan error, *trackedBody) 
 	tb := &trackedBody{rc: req.Body, size: req.ContentLength}
 	out.Body = tb
 	go func() {
-		bw := h1WriteBufs.Get().(*bufio.Writer)
-		bw.Reset(pc.nc)
-		err := out.Write(bw)
-		if err == nil {
-			err = bw.Flush()
-		}
-		bw.Reset(nil)
-		h1WriteBufs.Put(bw)
+		err := pc.write(&out)
 		if tb.err != nil {
 			err = requestBodyError{tb.err}
 		}
