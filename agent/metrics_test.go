@@ -197,14 +197,7 @@ func TestReadyzWantsEveryProxy(t *testing.T) {
 // TestMetricsMove: requests through the tunnel move the counters a running
 // agent exposes on /metrics.
 func TestMetricsMove(t *testing.T) {
-	p := newTestProxy(t)
-	o := baseOpts(p)
-	o.To = upstreamMux(t)
-	o.MetricsAddr = "127.0.0.1:0"
-	ta := newTestAgent(t, o, nil)
-	ta.start(t)
-	ps := p.next(t)
-	proxy := p.url.Redacted()
+	ta, ps, proxy := metricsAgent(t)
 
 	if v := mustScrape(t, ta, "spdy_origin_agent_requests_total", "code", "200"); v != 0 {
 		t.Fatalf("requests_total{code=200} = %v before any request", v)
@@ -352,14 +345,7 @@ func TestSeenStatusIsCached(t *testing.T) {
 // A client that leaves in the middle of a body (Caddy resets the stream) is
 // not an upstream failure: upstream_errors_total{reason="body"} stays 0.
 func TestClientLeavingIsNotAnUpstreamError(t *testing.T) {
-	p := newTestProxy(t)
-	o := baseOpts(p)
-	o.To = upstreamMux(t)
-	o.MetricsAddr = "127.0.0.1:0"
-	ta := newTestAgent(t, o, nil)
-	ta.start(t)
-	ps := p.next(t)
-	proxy := p.url.Redacted()
+	ta, ps, proxy := metricsAgent(t)
 
 	for range 5 {
 		req, _ := http.NewRequest("GET", "http://agent.test/bytes?n=50000000", nil)
@@ -378,4 +364,17 @@ func TestClientLeavingIsNotAnUpstreamError(t *testing.T) {
 	if v := mustScrape(t, ta, "spdy_origin_agent_upstream_errors_total", "reason", upstreamBody); v != 0 {
 		t.Errorf("upstream_errors_total{reason=body} = %v after clients left mid-body; want 0", v)
 	}
+}
+
+// metricsAgent is an agent with --metrics-addr, serving upstreamMux through a
+// test proxy, its session up; proxy is the proxy label its metrics carry.
+func metricsAgent(t *testing.T) (ta *testAgent, ps *proxySession, proxy string) {
+	t.Helper()
+	p := newTestProxy(t)
+	o := baseOpts(p)
+	o.To = upstreamMux(t)
+	o.MetricsAddr = "127.0.0.1:0"
+	ta = newTestAgent(t, o, nil)
+	ta.start(t)
+	return ta, p.next(t), p.url.Redacted()
 }
