@@ -36,9 +36,10 @@ type hostIndex struct {
 	// *.github.io) under such a token: a hundred of them are every name too.
 	// Sessions whose token was revoked (dropRevokedLocked) are not in it.
 	agents hosts.Multiset
-	// announced counts the live sessions announcing each pattern ("*"
-	// included), for errors and the announced_hosts gauge.
-	announced map[string]int
+	// announced holds the patterns the live sessions announce ("*"
+	// included), once per session announcing each, for errors and the
+	// announced_hosts gauge.
+	announced hosts.Multiset
 	// tokens holds the patterns of the tokens limited to hosts, of every
 	// handler using the pool, and tokenHosts the same sorted and each
 	// once (replaced whole, never changed, so readers may keep it);
@@ -53,11 +54,8 @@ type hostIndex struct {
 func (ix *hostIndex) addSession(s *session) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	if ix.announced == nil {
-		ix.announced = map[string]int{}
-	}
 	for _, h := range s.hosts {
-		ix.announced[h]++
+		ix.announced.Add(h)
 	}
 	for _, c := range s.certPatterns() {
 		ix.agents.Add(c)
@@ -70,9 +68,7 @@ func (ix *hostIndex) removeSession(s *session) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	for _, h := range s.hosts {
-		if ix.announced[h]--; ix.announced[h] <= 0 {
-			delete(ix.announced, h)
-		}
+		ix.announced.Remove(h)
 	}
 	for _, c := range s.certPatterns() {
 		ix.agents.Remove(c)
@@ -123,7 +119,7 @@ func (ix *hostIndex) certView(host string) certView {
 func (ix *hostIndex) announcedCount() int {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
-	return len(ix.announced)
+	return ix.announced.Len()
 }
 
 // announcedList is the distinct patterns the live sessions announce,
@@ -131,10 +127,7 @@ func (ix *hostIndex) announcedCount() int {
 // passed its rate limit), never per request.
 func (ix *hostIndex) announcedList() []string {
 	ix.mu.RLock()
-	list := make([]string, 0, len(ix.announced))
-	for h := range ix.announced {
-		list = append(list, h)
-	}
+	list := ix.announced.Patterns()
 	ix.mu.RUnlock()
 	slices.Sort(list)
 	return list

@@ -325,3 +325,41 @@ func BenchmarkPoolJoinLeave(b *testing.B) {
 		})
 	}
 }
+
+// What a session counts for in certificates: by name what it announced,
+// except a catch-all, and a wildcard over a public suffix under a token
+// without hosts (either would be every name); under a token limited to
+// hosts, a catch-all or no announcement stands for the token's hosts, and
+// a wildcard over a public suffix the token's hosts include counts.
+// TestHostIndexFollowsThePool compares the index with certPatterns itself,
+// so this pins what certPatterns says.
+func TestCertPatterns(t *testing.T) {
+	h := Handler{logger: zap.NewNop(), Tokens: []TokenConfig{
+		{Value: "cert-any-0123456789ab"},
+		{Value: "cert-io-0123456789ab", Hosts: []string{"*.github.io", "a.test"}},
+	}}
+	scopes, err := h.resolveTokens()
+	if err != nil {
+		t.Fatal(err)
+	}
+	anyScope, ioScope := scopes[0], scopes[1]
+	for _, tc := range []struct {
+		scope     *tokenScope
+		announced []string
+		want      []string
+	}{
+		{anyScope, nil, nil},
+		{anyScope, []string{"*"}, nil},
+		{anyScope, []string{"*.com", "*.co.uk", "*.github.io", "*.test"}, nil},
+		{anyScope, []string{"a.test", "*.example.org", "*", "*.com"}, []string{"*.example.org", "a.test"}},
+		{ioScope, nil, []string{"*.github.io", "a.test"}},
+		{ioScope, []string{"*"}, []string{"*.github.io", "a.test"}},
+		{ioScope, []string{"*.github.io"}, []string{"*.github.io"}},
+		{ioScope, []string{"me.github.io"}, []string{"me.github.io"}},
+	} {
+		s := &session{hosts: tc.announced, scope: tc.scope}
+		if got := sortedSet(s.certPatterns()); !slices.Equal(got, tc.want) {
+			t.Errorf("announced %q under token %d: certificate patterns %q, want %q", tc.announced, tc.scope.n, got, tc.want)
+		}
+	}
+}

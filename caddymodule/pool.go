@@ -383,37 +383,31 @@ func (s *session) roundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// usable reports whether the pool has a session that takes new requests,
-// for any host: one whose token a reload has not revoked, that is not
-// going away and not dead (what pick skips).
-func (p *pool) usable() bool {
+// unavailable says why pick found no session for the canonical host, in
+// one pass under one lock (a hostile client can ask for any host, and each
+// such request gets here): usable is whether the pool has a session that
+// takes new requests for some host (one whose token a reload has not
+// revoked, that is not going away and not dead: what pick skips), and
+// revoked counts the sessions still in the pool, draining, that claimed the
+// host under a token a reload has since revoked.
+func (p *pool) unavailable(host string) (usable bool, revoked int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for s := range p.sessions {
-		if !s.revoked && !s.s.GoingAway() {
+		switch {
+		case s.revoked:
+			if s.claim(host) != hosts.NoMatch {
+				revoked++
+			}
+		case !usable && !s.s.GoingAway():
 			select {
 			case <-s.s.Done():
 			default:
-				return true
+				usable = true
 			}
 		}
 	}
-	return false
-}
-
-// revokedFor counts the sessions still in the pool, draining, that claimed
-// the canonical host under a token a reload has since revoked: why a host
-// they served has no session now.
-func (p *pool) revokedFor(host string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for s := range p.sessions {
-		if s.revoked && s.claim(host) != hosts.NoMatch {
-			n++
-		}
-	}
-	return n
+	return usable, revoked
 }
 
 // waitForSession waits until a session for the canonical host is usable,

@@ -119,16 +119,19 @@ func TestRevokedSessionsAreNotUsable(t *testing.T) {
 			t.Errorf("logged %+v; want one warning saying %q and that the token was revoked", entries, wantLog)
 		}
 	}
-	if p.usable() {
-		t.Error("a pool whose only session is revoked is usable")
+	if usable, n := p.unavailable("b.test"); usable || n != 1 {
+		t.Errorf("a pool whose only session is revoked, for the host it served: usable %v, %d revoked sessions; want false, 1", usable, n)
 	}
 	request(ErrNoSession, "no agent connected to pool")
 
 	ss2 := pipeSession(t)
 	defer ss2.Close()
 	joinSession(t, p, ss2, scopes[1], []string{"a.test"})
-	if !p.usable() {
-		t.Error("a pool with a session of a current token is not usable")
+	if usable, n := p.unavailable("b.test"); !usable || n != 1 {
+		t.Errorf("a pool with a session of a current token: usable %v, %d revoked sessions for b.test; want true, 1", usable, n)
+	}
+	if _, n := p.unavailable("a.test"); n != 0 {
+		t.Errorf("%d revoked sessions for a.test, which no revoked session served; want 0", n)
 	}
 	request(ErrNoSessionForHost, "no agent of the pool serves this host")
 }

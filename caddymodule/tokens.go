@@ -80,14 +80,7 @@ func (s *tokenScope) refused(announced []string) string {
 		if a == hosts.CatchAll {
 			continue
 		}
-		covered := false
-		for _, p := range s.hosts {
-			if hosts.Covers(p, a) {
-				covered = true
-				break
-			}
-		}
-		if !covered {
+		if !slices.ContainsFunc(s.hosts, func(p string) bool { return hosts.Covers(p, a) }) {
 			return a
 		}
 	}

@@ -201,23 +201,25 @@ func (t *Transport) session(req *http.Request, host string) (*session, error) {
 	poolHint := "is the agent running and using the right token and pool?"
 	hostFields := []zap.Field{zap.String("host", host), zap.Array("announced", announcedField{&p.index})}
 	var poolFields []zap.Field
-	noSession := fmt.Errorf("%w (pool %q)", ErrNoSession, p.name)
 	// Sessions of a token a reload revoked take no requests while they
 	// drain, so they are no agent for the host; they are why it has none.
-	if n := p.revokedFor(host); n > 0 {
+	usable, n := p.unavailable(host)
+	if n > 0 {
 		hostHint, poolHint = revokedHint, revokedHint
 		revoked := zap.Int("revoked_sessions", n)
 		hostFields = append(hostFields, revoked)
 		poolFields = []zap.Field{zap.String("host", host), revoked}
-		noSession = fmt.Errorf("%w (pool %q; the %d session(s) that served %q are draining: a reload revoked their token)",
-			ErrNoSession, p.name, n, host)
 	}
-	if p.usable() {
+	if usable {
 		t.logUnavailable("no agent of the pool serves this host; answering 503 ("+hostHint+")", hostFields...)
 		return nil, caddyhttp.Error(http.StatusServiceUnavailable, &hostError{pool: p.name, host: host})
 	}
 	t.logUnavailable("no agent connected to pool; answering 503 ("+poolHint+")", poolFields...)
-	return nil, caddyhttp.Error(http.StatusServiceUnavailable, noSession)
+	if n > 0 {
+		return nil, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("%w (pool %q; the %d session(s) that served %q are draining: a reload revoked their token)",
+			ErrNoSession, p.name, n, host))
+	}
+	return nil, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("%w (pool %q)", ErrNoSession, p.name))
 }
 
 // revokedHint explains a 503 for a host whose only sessions are of a token

@@ -89,9 +89,15 @@ func IsWildcard(p string) bool { return strings.HasPrefix(p, "*.") }
 // patterns are compared with it: without its port, in lower case, without
 // a trailing dot. An IPv6 literal keeps its brackets' content.
 func Canonical(host string) string {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+	// Without a ':' there is no port, and SplitHostPort would only allocate
+	// its error: this runs on every proxied request. A host it splits off
+	// has no brackets.
+	if strings.Contains(host, ":") {
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+	}
+	if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
 		host = host[1 : len(host)-1]
 	}
 	return strings.TrimSuffix(strings.ToLower(host), ".")

@@ -56,12 +56,24 @@ func TestCanonical(t *testing.T) {
 		"A.TEST.:443":     "a.test",
 		"[::1]:443":       "::1",
 		"[::1]":           "::1",
+		"[a.test]":        "a.test",
 		"127.0.0.1:80":    "127.0.0.1",
 		"":                "",
 		"a.test:notaport": "a.test",
 	} {
 		if got := Canonical(in); got != want {
 			t.Errorf("Canonical(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// Canonical runs on every proxied request (the proxy's routing, the agent's
+// routes): a Host already canonical, with or without a port, costs no
+// allocation.
+func TestCanonicalDoesNotAllocate(t *testing.T) {
+	for _, in := range []string{"a.test", "a.test:8443", "[::1]:443"} {
+		if n := testing.AllocsPerRun(100, func() { _ = Canonical(in) }); n != 0 {
+			t.Errorf("Canonical(%q) allocates %v times per call, want 0", in, n)
 		}
 	}
 }
