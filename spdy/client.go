@@ -252,13 +252,18 @@ func (s *Session) openStream(ctx context.Context, block *blockWriter, fin, head 
 	// Queue SYN_STREAM while holding s.mu so stream ids reach the wire in
 	// order, and the window for the response right behind it; unless the
 	// writer refuses frames, as enqueue would: it stopped, or the peer
-	// does not read (the session closes).
+	// does not read (the session closes). With nothing queued and nobody
+	// writing, write them here instead (writer.go's direct writes): wlock,
+	// taken under s.mu, keeps a stream opened after this one behind it.
 	s.wmu.Lock()
 	refused := s.controlRefusedLocked()
+	direct := false
 	if refused == nil {
-		s.ctrlQ.push(syn)
-		if grant.ctrl.n > 0 {
-			s.ctrlQ.push(grant)
+		if direct = s.tryDirectLocked(); !direct {
+			s.ctrlQ.push(syn)
+			if grant.ctrl.n > 0 {
+				s.ctrlQ.push(grant)
+			}
 		}
 	}
 	s.wmu.Unlock()
@@ -272,7 +277,17 @@ func (s *Session) openStream(ctx context.Context, block *blockWriter, fin, head 
 		}
 		return nil, notProcessed{sessionClosedError(refused)}
 	}
-	signal(s.wsignal)
+	if direct {
+		g := &grant
+		if grant.ctrl.n == 0 {
+			g = nil
+		}
+		// A failed write closes the session, which fails the stream
+		// with the cause: as if the writer goroutine had failed.
+		_ = s.writeDirect(&syn, g)
+	} else {
+		signal(s.wsignal)
+	}
 	s.streamsTot.Add(1)
 	return st, nil
 }

@@ -16,8 +16,14 @@ import (
 const (
 	// maxDataFrame is the largest DATA payload we send in one frame.
 	maxDataFrame = 64 << 10
-	// ioBufferSize sizes the connection's read and write buffers.
+	// ioBufferSize sizes the connection's read buffer; the write buffer
+	// is a little larger.
 	ioBufferSize = 64 << 10
+	// writeBufferSize: the write buffer holds a whole DATA frame of the
+	// largest size, its header included, so that a frame written on its
+	// own (writer.go's direct writes) goes out in one write, not as 64 KiB
+	// and a tail of 8 bytes in a TLS record of its own.
+	writeBufferSize = ioBufferSize + 256
 	// maxQueuedControl bounds control frames waiting to be written; a peer
 	// that floods PINGs while not reading hits it and loses the session.
 	maxQueuedControl = 16384
@@ -39,7 +45,8 @@ const (
 //
 // Goroutines: one reader (reader.go), one writer (writer.go), keepalive and
 // the idle watchdog (keepalive.go), one per served stream (server.go), and
-// the callers of RoundTrip and of stream reads and writes.
+// the callers of RoundTrip and of stream reads and writes, which on a quiet
+// session write their frames themselves (writer.go's direct writes).
 //
 // Locks, always taken in this order, never held across I/O:
 //
@@ -51,6 +58,10 @@ const (
 // flight) are taken alone. stream.writeMu orders one stream's frames and is
 // taken before any of the above; it stays held while that stream's write
 // waits for flow-control credit or for the writer goroutine.
+//
+// Session.wlock is held by whoever writes to the connection, across that
+// I/O (writer.go). It is taken with Lock only while no other lock is held,
+// and under mu or wmu only with TryLock; its holder takes wmu and mu.
 type Session struct {
 	conn     net.Conn
 	cfg      Config
@@ -59,7 +70,7 @@ type Session struct {
 	handler  http.Handler
 	br       *bufio.Reader
 	bw       *bufio.Writer
-	deflater *deflater // compresses the header blocks we send (writer goroutine only)
+	deflater *deflater // compresses the header blocks we send (wlock held)
 	inflater *inflater // reads header blocks (reader goroutine only)
 	limits   headerLimits
 	ctx      context.Context // cancelled when the session closes
@@ -105,6 +116,8 @@ type Session struct {
 	clock atomic.Int64
 	// openByPri counts open streams by priority (writer.go).
 	openByPri [Priorities]atomic.Int32
+	// open counts open streams (writer.go's direct writes).
+	open atomic.Int32
 	// trailersDropped: trailers were dropped for a peer without HEADERS
 	// support, and logged (once per session).
 	trailersDropped atomic.Bool
@@ -116,6 +129,15 @@ type Session struct {
 	wsignal chan struct{}
 	wdone   bool  // the writer stopped: enqueue refuses requests
 	wcause  error // with wdone: why the session ends
+	wfail   error // a direct write failed: the writer stops with this (writer.go)
+	// noDirect (tests): every frame goes through the writer goroutine.
+	noDirect bool
+
+	// wlock: who holds it writes to the connection (writer.go's direct
+	// writes). It guards bw, deflater, the scratch buffers below and:
+	wlock       sync.Mutex
+	deadlineSet time.Time // when the write deadline was last moved
+	busy        bool      // the last write blocked (writeBlocked)
 
 	// Ping state.
 	pingMu      sync.Mutex
@@ -136,8 +158,8 @@ type Session struct {
 	localAddr   net.Addr
 	remoteAddr  net.Addr
 	tlsState    func() *tlsState
-	frameHd     [18]byte           // writer-only scratch: a frame's header and fixed part
-	ctrlScratch [maxCtrlFrame]byte // writer-only scratch: an encoded control frame (writeOne)
+	frameHd     [18]byte           // scratch, wlock held: a frame's header and fixed part
+	ctrlScratch [maxCtrlFrame]byte // scratch, wlock held: an encoded control frame (encode)
 	rbuf        []byte             // reader-only scratch for DATA payloads
 }
 
@@ -172,7 +194,7 @@ func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session
 		client:         client,
 		handler:        h,
 		br:             bufio.NewReaderSize(conn, ioBufferSize),
-		bw:             bufio.NewWriterSize(conn, ioBufferSize),
+		bw:             bufio.NewWriterSize(conn, writeBufferSize),
 		inflater:       newInflater(),
 		limits:         cfg.headerLimits(),
 		since:          time.Now(),
@@ -469,6 +491,7 @@ func (s *Session) newStreamLocked(id uint32, priority uint8) *stream {
 	}
 	s.streams[id] = st
 	s.openByPri[st.priority].Add(1)
+	s.open.Add(1)
 	return st
 }
 
@@ -493,6 +516,7 @@ func (s *Session) removeStream(st *stream) {
 	}
 	delete(s.streams, st.id)
 	s.openByPri[st.priority].Add(-1)
+	s.open.Add(-1)
 	st.mu.Lock()
 	extra := st.extra
 	st.extra = 0
