@@ -13,17 +13,20 @@ import (
 	"time"
 )
 
+// MaxDataFrame is the largest DATA payload a session sends in one frame:
+// 64 KiB less the frame's 8-byte header, so that a whole frame is four TLS
+// records of 16 KiB, each full. (A frame of 64 KiB took a fifth record, of
+// 8 bytes, and a write of its own.) A source that reads what it sends in
+// pieces of this size (the agent's response copy) makes frames of it.
+const MaxDataFrame = 64<<10 - frameHeaderLen
+
 const (
-	// maxDataFrame is the largest DATA payload we send in one frame.
-	maxDataFrame = 64 << 10
-	// ioBufferSize sizes the connection's read buffer; the write buffer
-	// is a little larger.
+	// maxDataFrame is the largest DATA payload we send in one frame (see
+	// MaxDataFrame).
+	maxDataFrame = MaxDataFrame
+	// ioBufferSize sizes the connection's read and write buffers. A frame
+	// of maxDataFrame fills the write buffer exactly, and four TLS records.
 	ioBufferSize = 64 << 10
-	// writeBufferSize: the write buffer holds a whole DATA frame of the
-	// largest size, its header included, so that a frame written on its
-	// own (writer.go's direct writes) goes out in one write, not as 64 KiB
-	// and a tail of 8 bytes in a TLS record of its own.
-	writeBufferSize = ioBufferSize + 256
 	// maxQueuedControl bounds control frames waiting to be written; a peer
 	// that floods PINGs while not reading hits it and loses the session.
 	maxQueuedControl = 16384
@@ -194,7 +197,7 @@ func newSession(conn net.Conn, c *Config, client bool, h http.Handler) (*Session
 		client:         client,
 		handler:        h,
 		br:             bufio.NewReaderSize(conn, ioBufferSize),
-		bw:             bufio.NewWriterSize(conn, writeBufferSize),
+		bw:             bufio.NewWriterSize(conn, ioBufferSize),
 		inflater:       newInflater(),
 		limits:         cfg.headerLimits(),
 		since:          time.Now(),

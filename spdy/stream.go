@@ -122,10 +122,27 @@ func releaseChunk(c []byte) {
 	}
 }
 
-// appendLocked stores p. A full pooled buffer handed over (owned) is kept
-// as it is; anything else is packed into the free tail of the last buffer
-// and new pooled buffers, so that what a stream holds is at most its
-// buffered bytes plus one buffer, whatever the sizes of the frames.
+// ownSlack is the most a stream's last buffer may have free when a pooled
+// buffer is handed over whole (readData): what stays unused of a buffer.
+const ownSlack = 1 << 10
+
+// tailFree is the room left in the stream's last buffer.
+func (st *stream) tailFree() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if k := len(st.chunks); k > 0 {
+		if last := st.chunks[k-1]; cap(last) == recvBufferSize {
+			return cap(last) - len(last)
+		}
+	}
+	return 0
+}
+
+// appendLocked stores p. A pooled buffer handed over (owned: nearly full,
+// and the last buffer nearly full too) is kept as it is; anything else is
+// packed into the free tail of the last buffer and new pooled buffers, so
+// that what a stream holds is at most its buffered bytes plus one buffer
+// and ownSlack per buffer, whatever the sizes of the frames.
 func (st *stream) appendLocked(p []byte, owned bool) {
 	if owned {
 		st.chunks = append(st.chunks, p)
