@@ -255,11 +255,13 @@ func (s *Session) openStream(ctx context.Context, block *blockWriter, fin, head 
 	// does not read (the session closes). With nothing queued and nobody
 	// writing, write them here instead (writer.go's direct writes): wlock,
 	// taken under s.mu, keeps a stream opened after this one behind it.
+	// Not for a request whose context can end: a write the connection
+	// holds up would keep RoundTrip from returning when it ends.
 	s.wmu.Lock()
 	refused := s.controlRefusedLocked()
 	direct := false
 	if refused == nil {
-		if direct = s.tryDirectLocked(); !direct {
+		if direct = ctx.Done() == nil && s.tryDirectLocked(); !direct {
 			s.ctrlQ.push(syn)
 			if grant.ctrl.n > 0 {
 				s.ctrlQ.push(grant)

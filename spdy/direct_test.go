@@ -2,6 +2,7 @@ package spdy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -196,6 +197,7 @@ func TestDirectWriteFailureClosesSession(t *testing.T) {
 	}
 	waitUntil(t, "the first exchange settled", func() bool { return ss.open.Load() == 0 })
 	time.Sleep(20 * time.Millisecond) // the writer has written what it had
+	ss.pushback.Store(false)          // whatever a loaded machine made of the first writes
 	ch := goRoundTrip(cs, newReq(t, "GET", "http://x/cut", nil))
 	select {
 	case err := <-writeErr:
@@ -235,5 +237,57 @@ func TestDirectStreamIDsInOrder(t *testing.T) {
 			t.Fatalf("SYN_STREAM %d after %d", id, last)
 		}
 		last = id
+	}
+}
+
+// waitWriterIdle waits until nobody holds wlock and nothing is queued: the
+// next frame may be written directly.
+func waitWriterIdle(t *testing.T, s *Session) {
+	t.Helper()
+	waitUntil(t, "the writer is idle", func() bool {
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		if s.ctrlQ.len() > 0 || s.dataQ.len() > 0 || !s.wlock.TryLock() {
+			return false
+		}
+		s.wlock.Unlock()
+		return true
+	})
+}
+
+// TestRoundTripHonoursContextWhileConnBlocked: a RoundTrip on a quiet
+// session whose connection does not drain must still return when its
+// context ends. Before direct writes, openStream queued the SYN_STREAM and
+// returned, and RoundTrip waited for the reply under ctx; with them, the
+// SYN_STREAM is written by RoundTrip's own goroutine, which then sits in
+// conn.Write, deaf to ctx, until the write deadline (30 s by default).
+func TestRoundTripHonoursContextWhileConnBlocked(t *testing.T) {
+	cs, v, p := valveClient(t)
+	v.set(false)
+	p.expect("SETTINGS", func(f mspdy.Frame) bool { _, ok := f.(*mspdy.SettingsFrame); return ok })
+	waitWriterIdle(t, cs)
+	v.set(true) // the peer stops reading
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	req := newReq(t, "GET", "http://x/", nil).WithContext(ctx)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := cs.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("RoundTrip: %v, want the context's deadline", err)
+		}
+	case <-time.After(2 * time.Second):
+		blocked := v.blocked()
+		v.set(false) // let it go, for the cleanup
+		<-done
+		t.Fatalf("RoundTrip ignored its context's end for 2s (a write waits on the connection: %v)", blocked)
 	}
 }

@@ -135,6 +135,9 @@ type Session struct {
 	wfail   error // a direct write failed: the writer stops with this (writer.go)
 	// noDirect (tests): every frame goes through the writer goroutine.
 	noDirect bool
+	// pushback: the last write waited on the link (writeBlocked); no direct
+	// writes until one does not (writer.go).
+	pushback atomic.Bool
 
 	// wlock: who holds it writes to the connection (writer.go's direct
 	// writes). It guards bw, deflater, the scratch buffers below and:

@@ -238,6 +238,14 @@ func (s *Session) send(pre *writeReq, r writeReq, control bool) error {
 // orders, reach the wire in that order. The buffer is flushed before wlock
 // is given back, so that nothing waits in it for a writer that is not
 // coming. wlock is taken with Lock only while no other lock is held.
+//
+// A direct write waits for the connection as the writer would: on a peer
+// that stopped reading, the goroutine that wrote stays in the write until
+// WriteTimeout closes the session (a reset of its stream does not free it,
+// as it would a frame in the queue). Once a write has waited on the link
+// (pushback), frames go through the writer again until its writes stop
+// waiting; and RoundTrip never writes its SYN_STREAM itself when its
+// context can end (openStream).
 
 // tryDirectLocked reports whether the caller now holds wlock and may write
 // a frame itself: the writer runs, nothing is queued, nobody writes, and
@@ -249,7 +257,7 @@ func (s *Session) tryDirectLocked() bool {
 // directOKLocked reports whether a frame may be written directly, once
 // wlock is taken; s.wmu is held.
 func (s *Session) directOKLocked() bool {
-	return !s.wdone && s.wfail == nil && !s.noDirect && s.ctrlQ.len() == 0 && s.dataQ.len() == 0 && s.open.Load() <= directMaxOpen
+	return !s.wdone && s.wfail == nil && !s.noDirect && !s.pushback.Load() && s.ctrlQ.len() == 0 && s.dataQ.len() == 0 && s.open.Load() <= directMaxOpen
 }
 
 // directMaxOpen: direct writes are for a quiet session, where the hand-off
@@ -265,6 +273,7 @@ const directMaxOpen = 2
 // the cause, as if it had failed itself.
 func (s *Session) writeDirect(a, b *writeReq) error {
 	s.touchDeadline()
+	start := time.Now()
 	var err error
 	if a != nil {
 		err = s.encode(a)
@@ -275,8 +284,10 @@ func (s *Session) writeDirect(a, b *writeReq) error {
 	if err == nil {
 		err = s.bw.Flush()
 	}
+	now := time.Now()
+	s.pushback.Store(now.Sub(start) > writeBlocked)
 	if err == nil && s.lowat != nil && (a != nil && a.data.id != 0 || b != nil && b.data.id != 0) {
-		s.tuneLowat(time.Now())
+		s.tuneLowat(now)
 	}
 	if err != nil {
 		s.wmu.Lock()
@@ -462,7 +473,10 @@ func (s *Session) writeQueued() error {
 				return nil
 			}
 			s.touchDeadline()
-			return s.bw.Flush()
+			start := time.Now()
+			err := s.bw.Flush()
+			s.pushback.Store(time.Since(start) > writeBlocked)
+			return err
 		}
 		s.touchDeadline()
 		start := time.Now()
@@ -484,6 +498,7 @@ func (s *Session) writeQueued() error {
 		// wait, and buys nothing there).
 		now := time.Now()
 		s.busy = now.Sub(start) > writeBlocked || s.busy && s.bw.Buffered() > 0
+		s.pushback.Store(s.busy)
 		if s.lowat != nil {
 			s.tuneLowat(now)
 		}
@@ -493,6 +508,7 @@ func (s *Session) writeQueued() error {
 				return err
 			}
 			s.busy = time.Since(start) > writeBlocked
+			s.pushback.Store(s.busy)
 		}
 		if r.done != nil && s.lowerOpen(r.data.pri) {
 			// The stream just written waits on r.done to queue its next
