@@ -28,6 +28,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/spdy-origin/spdy-origin/spdy"
 )
 
 // serveProxy forwards r to the upstream and relays the response. A body
@@ -204,11 +206,12 @@ func isHex(c byte) bool {
 // The response body copy keeps a small buffer while the upstream sends
 // little or nothing, and a large one only while data flows: an open but
 // quiet stream (a long poll, an event stream) holds 2 KiB, not 32; a
-// download reads and sends 64 KiB at a time, the largest DATA frame, which
-// Caddy's side reads into its stream buffer without a copy.
+// download reads and sends spdy.MaxDataFrame at a time, the largest DATA
+// frame (four full TLS records), which Caddy's side reads into its stream
+// buffer without a copy.
 const (
 	quietCopyBuffer = 2 << 10
-	bulkCopyBuffer  = 64 << 10
+	bulkCopyBuffer  = spdy.MaxDataFrame
 	// headerFlushDelay is how long the response headers wait for the
 	// body's first bytes to go out with them (one frame fewer).
 	headerFlushDelay = time.Millisecond

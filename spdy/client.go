@@ -252,13 +252,20 @@ func (s *Session) openStream(ctx context.Context, block *blockWriter, fin, head 
 	// Queue SYN_STREAM while holding s.mu so stream ids reach the wire in
 	// order, and the window for the response right behind it; unless the
 	// writer refuses frames, as enqueue would: it stopped, or the peer
-	// does not read (the session closes).
+	// does not read (the session closes). With nothing queued and nobody
+	// writing, write them here instead (writer.go's direct writes): wlock,
+	// taken under s.mu, keeps a stream opened after this one behind it.
+	// Not for a request whose context can end: a write the connection
+	// holds up would keep RoundTrip from returning when it ends.
 	s.wmu.Lock()
 	refused := s.controlRefusedLocked()
+	direct := false
 	if refused == nil {
-		s.ctrlQ.push(syn)
-		if grant.ctrl.n > 0 {
-			s.ctrlQ.push(grant)
+		if direct = ctx.Done() == nil && s.tryDirectLocked(); !direct {
+			s.ctrlQ.push(syn)
+			if grant.ctrl.n > 0 {
+				s.ctrlQ.push(grant)
+			}
 		}
 	}
 	s.wmu.Unlock()
@@ -272,7 +279,17 @@ func (s *Session) openStream(ctx context.Context, block *blockWriter, fin, head 
 		}
 		return nil, notProcessed{sessionClosedError(refused)}
 	}
-	signal(s.wsignal)
+	if direct {
+		g := &grant
+		if grant.ctrl.n == 0 {
+			g = nil
+		}
+		// A failed write closes the session, which fails the stream
+		// with the cause: as if the writer goroutine had failed.
+		_ = s.writeDirect(&syn, g)
+	} else {
+		signal(s.wsignal)
+	}
 	s.streamsTot.Add(1)
 	return st, nil
 }
@@ -292,20 +309,52 @@ func (s *Session) markUpgraded(st *stream) error {
 
 var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
+// bulkBody: a request body of at least this declared length is an upload
+// (sendBody).
+const bulkBody = 1 << 20
+
 // sendBody copies a request body onto the stream. A body that fails, or
 // that disagrees with its declared length, resets the stream: the peer must
 // not take a cut body for a whole one. With fin, FIN follows the body.
 func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, trailer http.Header, fin bool) {
 	defer closeBody()
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
-	buf := *bp
+	// An upload (a body of known length, at least bulkBody) is sent in
+	// frames of maxDataFrame, each filled from as many reads as that takes:
+	// a read gives what one TLS record of the client's held, 16 KiB, and a
+	// frame of 16 KiB with its header took two TLS records (16 KiB and 8
+	// bytes) and two writes towards the agent, where a full frame takes four
+	// full ones. Any other body goes on as each read gives it (a stream
+	// whose reader waits for what it has sent must not wait for more).
+	bulk := declared >= bulkBody && maxFrameFor(st.priority) == maxDataFrame
+	var buf []byte
+	if bulk {
+		b := recvBufPool.Get().(*[recvBufferSize]byte)
+		defer recvBufPool.Put(b)
+		buf = b[:maxDataFrame]
+	} else {
+		bp := copyBufPool.Get().(*[]byte)
+		defer copyBufPool.Put(bp)
+		buf = *bp
+	}
 	var sent int64
 	for {
-		st.mu.Lock()
-		st.bodyWaitSince = st.s.clock.Load()
-		st.mu.Unlock()
-		n, rerr := body.Read(buf)
+		want := len(buf)
+		if bulk {
+			want = int(min(int64(want), max(declared-sent, 1)))
+		}
+		n, rerr := 0, error(nil)
+		for n < want && rerr == nil {
+			// The body's idle watchdog counts from the last bytes read.
+			st.mu.Lock()
+			st.bodyWaitSince = st.s.clock.Load()
+			st.mu.Unlock()
+			var m int
+			m, rerr = body.Read(buf[n:want])
+			n += m
+			if !bulk {
+				break
+			}
+		}
 		st.mu.Lock()
 		st.bodyWaitSince = 0
 		st.mu.Unlock()

@@ -513,8 +513,8 @@ func putBlock(w *blockWriter) {
 }
 
 // deflater compresses the header blocks we send, in the session's one
-// compression context for this direction (writer goroutine only, in the
-// order the frames go out). The level is a CPU choice: peers need only the
+// compression context for this direction (by whoever holds the session's
+// wlock, in the order the frames go out). The level is a CPU choice: peers need only the
 // dictionary (SPDY/3 section 2.6.10.1).
 type deflater struct {
 	zw  *zlib.Writer

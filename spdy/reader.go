@@ -491,13 +491,14 @@ func (s *Session) readDataPayload(id uint32, fin bool, length int) error {
 			return err
 		}
 	}
-	// A full buffer's worth is read straight into a pooled buffer the
-	// stream keeps (no copy); anything smaller into the reader's scratch
-	// buffer, then packed into the stream's buffers. One buffer at a time,
-	// whatever the frame claims.
+	// A buffer's worth (at least our own largest frame) is read straight
+	// into a pooled buffer the stream keeps (no copy), unless the stream's
+	// last buffer has more than ownSlack free to fill first; anything
+	// smaller into the reader's scratch buffer, then packed into the
+	// stream's buffers. One buffer at a time, whatever the frame claims.
 	for keep && length > 0 {
 		k := min(length, recvBufferSize)
-		owned := k == recvBufferSize
+		owned := k >= maxDataFrame && st.tailFree() <= ownSlack
 		buf := s.rbuf[:k]
 		if owned {
 			buf = recvBufPool.Get().(*[recvBufferSize]byte)[:k]

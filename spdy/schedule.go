@@ -29,8 +29,9 @@ const (
 	// higher ones have frames waiting.
 	shareEvery = 8
 	// maxLowPriorityFrame caps the DATA frames of priorities 4 to 7: a
-	// high-priority frame waits at most for one of them on the wire.
-	maxLowPriorityFrame = 16 << 10
+	// high-priority frame waits at most for one of them on the wire. With
+	// its header, one such frame is one full TLS record.
+	maxLowPriorityFrame = 16<<10 - frameHeaderLen
 )
 
 type priorityKey struct{}

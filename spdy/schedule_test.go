@@ -344,7 +344,16 @@ func valveClient(t *testing.T) (*Session, *valveConn, *rawPeer) {
 // worth waits, before it picks the next frame. (Without that rule, 64 KiB
 // went first whenever the writer had frames to fill its buffer with, which
 // four busy streams make the usual case.)
+//
+// With direct writes (writer.go), the write that blocks is a handler's own,
+// and the frames of the others queue behind it, replies first; the urgent
+// frame must still go before every queued low-priority one.
 func TestUrgentDataNotBehindBufferedLowData(t *testing.T) {
+	t.Run("writer", func(t *testing.T) { testUrgentDataNotBehindLowData(t, false) })
+	t.Run("direct", func(t *testing.T) { testUrgentDataNotBehindLowData(t, true) })
+}
+
+func testUrgentDataNotBehindLowData(t *testing.T, direct bool) {
 	low, _ := io.ReadAll(io.LimitReader(newPattern(), 1<<20))
 	release := make(chan struct{})
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -358,6 +367,9 @@ func TestUrgentDataNotBehindBufferedLowData(t *testing.T) {
 		w.Write(low)
 	})
 	s, v, p := valveServer(t, h)
+	s.wmu.Lock()
+	s.noDirect = !direct
+	s.wmu.Unlock()
 	p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 21}}})
 	p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 24})
 	syn := synStream(1, reqBlock("GET", "/high"), true)
@@ -371,9 +383,13 @@ func TestUrgentDataNotBehindBufferedLowData(t *testing.T) {
 		syn.Priority = 6
 		p.mustWrite(syn)
 	}
-	waitUntil(t, "the writer waits on the connection with low-priority data", func() bool {
+	waitUntil(t, "a write waits on the connection with low-priority frames queued", func() bool {
 		s.wmu.Lock()
 		queued := s.dataQ.len()
+		if direct {
+			// The others' replies wait behind the blocked write.
+			queued += s.ctrlQ.len()
+		}
 		s.wmu.Unlock()
 		return v.blocked() && queued > 0
 	})

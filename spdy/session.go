@@ -13,10 +13,19 @@ import (
 	"time"
 )
 
+// MaxDataFrame is the largest DATA payload a session sends in one frame:
+// 64 KiB less the frame's 8-byte header, so that a whole frame is four TLS
+// records of 16 KiB, each full. (A frame of 64 KiB took a fifth record, of
+// 8 bytes, and a write of its own.) A source that reads what it sends in
+// pieces of this size (the agent's response copy) makes frames of it.
+const MaxDataFrame = 64<<10 - frameHeaderLen
+
 const (
-	// maxDataFrame is the largest DATA payload we send in one frame.
-	maxDataFrame = 64 << 10
-	// ioBufferSize sizes the connection's read and write buffers.
+	// maxDataFrame is the largest DATA payload we send in one frame (see
+	// MaxDataFrame).
+	maxDataFrame = MaxDataFrame
+	// ioBufferSize sizes the connection's read and write buffers. A frame
+	// of maxDataFrame fills the write buffer exactly, and four TLS records.
 	ioBufferSize = 64 << 10
 	// maxQueuedControl bounds control frames waiting to be written; a peer
 	// that floods PINGs while not reading hits it and loses the session.
@@ -39,7 +48,8 @@ const (
 //
 // Goroutines: one reader (reader.go), one writer (writer.go), keepalive and
 // the idle watchdog (keepalive.go), one per served stream (server.go), and
-// the callers of RoundTrip and of stream reads and writes.
+// the callers of RoundTrip and of stream reads and writes, which on a quiet
+// session write their frames themselves (writer.go's direct writes).
 //
 // Locks, always taken in this order, never held across I/O:
 //
@@ -51,6 +61,10 @@ const (
 // flight) are taken alone. stream.writeMu orders one stream's frames and is
 // taken before any of the above; it stays held while that stream's write
 // waits for flow-control credit or for the writer goroutine.
+//
+// Session.wlock is held by whoever writes to the connection, across that
+// I/O (writer.go). It is taken with Lock only while no other lock is held,
+// and under mu or wmu only with TryLock; its holder takes wmu and mu.
 type Session struct {
 	conn     net.Conn
 	cfg      Config
@@ -59,7 +73,7 @@ type Session struct {
 	handler  http.Handler
 	br       *bufio.Reader
 	bw       *bufio.Writer
-	deflater *deflater // compresses the header blocks we send (writer goroutine only)
+	deflater *deflater // compresses the header blocks we send (wlock held)
 	inflater *inflater // reads header blocks (reader goroutine only)
 	limits   headerLimits
 	ctx      context.Context // cancelled when the session closes
@@ -105,6 +119,8 @@ type Session struct {
 	clock atomic.Int64
 	// openByPri counts open streams by priority (writer.go).
 	openByPri [Priorities]atomic.Int32
+	// open counts open streams (writer.go's direct writes).
+	open atomic.Int32
 	// trailersDropped: trailers were dropped for a peer without HEADERS
 	// support, and logged (once per session).
 	trailersDropped atomic.Bool
@@ -116,6 +132,18 @@ type Session struct {
 	wsignal chan struct{}
 	wdone   bool  // the writer stopped: enqueue refuses requests
 	wcause  error // with wdone: why the session ends
+	wfail   error // a direct write failed: the writer stops with this (writer.go)
+	// noDirect (tests): every frame goes through the writer goroutine.
+	noDirect bool
+	// pushback: the last write waited on the link (writeBlocked); no direct
+	// writes until one does not (writer.go).
+	pushback atomic.Bool
+
+	// wlock: who holds it writes to the connection (writer.go's direct
+	// writes). It guards bw, deflater, the scratch buffers below and:
+	wlock       sync.Mutex
+	deadlineSet time.Time // when the write deadline was last moved
+	busy        bool      // the last write blocked (writeBlocked)
 
 	// Ping state.
 	pingMu      sync.Mutex
@@ -136,8 +164,8 @@ type Session struct {
 	localAddr   net.Addr
 	remoteAddr  net.Addr
 	tlsState    func() *tlsState
-	frameHd     [18]byte           // writer-only scratch: a frame's header and fixed part
-	ctrlScratch [maxCtrlFrame]byte // writer-only scratch: an encoded control frame (writeOne)
+	frameHd     [18]byte           // scratch, wlock held: a frame's header and fixed part
+	ctrlScratch [maxCtrlFrame]byte // scratch, wlock held: an encoded control frame (encode)
 	rbuf        []byte             // reader-only scratch for DATA payloads
 }
 
@@ -469,6 +497,7 @@ func (s *Session) newStreamLocked(id uint32, priority uint8) *stream {
 	}
 	s.streams[id] = st
 	s.openByPri[st.priority].Add(1)
+	s.open.Add(1)
 	return st
 }
 
@@ -493,6 +522,7 @@ func (s *Session) removeStream(st *stream) {
 	}
 	delete(s.streams, st.id)
 	s.openByPri[st.priority].Add(-1)
+	s.open.Add(-1)
 	st.mu.Lock()
 	extra := st.extra
 	st.extra = 0

@@ -90,6 +90,10 @@ type stream struct {
 
 	writeMu sync.Mutex // one writer at a time, so frames go out in order
 	written chan error // writer acknowledgements for this stream's frames
+	// pendingHdr, guarded by writeMu, is a SYN_REPLY held back to go out
+	// with the DATA frame that follows it at once (sendHeaderFrame's more):
+	// one write, and one TLS record, for a small response.
+	pendingHdr headerFrame
 
 	// wErr, guarded by Session.wmu, is set when the stream ends abnormally
 	// (abortWith): the writer takes none of its frames from then on
@@ -118,10 +122,27 @@ func releaseChunk(c []byte) {
 	}
 }
 
-// appendLocked stores p. A full pooled buffer handed over (owned) is kept
-// as it is; anything else is packed into the free tail of the last buffer
-// and new pooled buffers, so that what a stream holds is at most its
-// buffered bytes plus one buffer, whatever the sizes of the frames.
+// ownSlack is the most a stream's last buffer may have free when a pooled
+// buffer is handed over whole (readData): what stays unused of a buffer.
+const ownSlack = 1 << 10
+
+// tailFree is the room left in the stream's last buffer.
+func (st *stream) tailFree() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if k := len(st.chunks); k > 0 {
+		if last := st.chunks[k-1]; cap(last) == recvBufferSize {
+			return cap(last) - len(last)
+		}
+	}
+	return 0
+}
+
+// appendLocked stores p. A pooled buffer handed over (owned: nearly full,
+// and the last buffer nearly full too) is kept as it is; anything else is
+// packed into the free tail of the last buffer and new pooled buffers, so
+// that what a stream holds is at most its buffered bytes plus one buffer
+// and ownSlack per buffer, whatever the sizes of the frames.
 func (st *stream) appendLocked(p []byte, owned bool) {
 	if owned {
 		st.chunks = append(st.chunks, p)
@@ -371,12 +392,15 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 		err, localFin := st.err, st.state.has(stLocalFin)
 		st.mu.Unlock()
 		if err != nil {
+			st.dropPending()
 			return total, err
 		}
 		if localFin {
+			st.dropPending()
 			return total, errWriteClosed
 		}
 		if len(p) == 0 && !fin {
+			st.queuePending()
 			return total, nil
 		}
 		s.mu.Lock()
@@ -391,6 +415,8 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 				}
 			}
 			s.mu.Unlock()
+			// The reply must not wait for credit with the DATA.
+			st.queuePending()
 			// Only the stream's own window counts for the idle watchdog:
 			// the session window is shared, and waiting for it says
 			// nothing about this stream's peer.
@@ -414,7 +440,14 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 			s.markFinQueuedLocked(st)
 		}
 		s.mu.Unlock()
-		err = s.writeFrame(writeReq{data: dataFrame{id: st.id, fin: last, pri: st.priority, data: p[:n]}, done: st.written, st: st}, false)
+		r := writeReq{data: dataFrame{id: st.id, fin: last, pri: st.priority, data: p[:n]}, done: st.written, st: st}
+		if st.pendingHdr.block != nil {
+			pre := writeReq{hdr: st.pendingHdr, st: st}
+			st.pendingHdr = headerFrame{}
+			err = s.send(&pre, r, false)
+		} else {
+			err = s.send(nil, r, false)
+		}
 		if err != nil {
 			st.abort(err)
 			return total, err
@@ -563,16 +596,33 @@ func (st *stream) idleLocked(now int64) error {
 	return nil
 }
 
+// queuePending queues the held-back reply, if there is one, without
+// waiting for the writer; st.writeMu is held.
+func (st *stream) queuePending() {
+	if st.pendingHdr.block != nil {
+		st.s.enqueue(writeReq{hdr: st.pendingHdr, st: st}, true)
+		st.pendingHdr = headerFrame{}
+	}
+}
+
+// dropPending lets go of the held-back reply of a stream that ended;
+// st.writeMu is held.
+func (st *stream) dropPending() {
+	if st.pendingHdr.block != nil {
+		putBlock(st.pendingHdr.block)
+		st.pendingHdr = headerFrame{}
+	}
+}
+
 // sendHeaderFrame sends SYN_REPLY or HEADERS with block (which it takes
 // over), after every DATA frame of the stream written before it (DATA
 // written went through the writer before its write returned, and the
 // stream's write lock is held), and with fin ends the sending side.
 //
-// With more, a DATA frame of the stream follows at once (the caller queues
-// it next): the header frame is queued without waiting for the writer to
-// take it, as control frames go out before DATA and the DATA's write
-// reports a failure of either. A small response then costs one hand-off to
-// the writer, not two.
+// With more, a DATA frame of the stream follows at once (the caller writes
+// it next): the header frame waits in the stream (pendingHdr) and goes out
+// with that frame, in one write, whose result reports a failure of either;
+// or alone, queued, if the DATA must wait for credit first.
 func (st *stream) sendHeaderFrame(typ uint16, block *blockWriter, fin, more bool) error {
 	s := st.s
 	st.writeMu.Lock()
@@ -585,6 +635,7 @@ func (st *stream) sendHeaderFrame(typ uint16, block *blockWriter, fin, more bool
 	}
 	if err != nil {
 		putBlock(block)
+		st.dropPending()
 		return err
 	}
 	r := writeReq{hdr: headerFrame{typ: typ, id: st.id, block: block}, done: st.written, st: st}
@@ -595,11 +646,12 @@ func (st *stream) sendHeaderFrame(typ uint16, block *blockWriter, fin, more bool
 		s.mu.Unlock()
 	}
 	if more && !fin {
-		r.done = nil
-		s.enqueue(r, true)
+		st.queuePending() // none is: one reply per stream
+		st.pendingHdr = r.hdr
 		return nil
 	}
-	if err := s.writeFrame(r, true); err != nil {
+	st.queuePending()
+	if err := s.send(nil, r, true); err != nil {
 		st.abort(err)
 		return err
 	}
