@@ -40,6 +40,32 @@ func TestDataFramesFillTLSRecords(t *testing.T) {
 	}
 }
 
+// TestWriteOf64KiBIsOneFrame: a handler that writes 64 KiB at a time (a
+// common buffer size) gets one frame per write, not a frame of
+// MaxDataFrame and one of 8 bytes.
+func TestWriteOf64KiBIsOneFrame(t *testing.T) {
+	const size, piece = 1 << 20, 64 << 10
+	body := bytes.Repeat([]byte("fedcba9876543210"), size/16)
+	_, p := rawClient(t, testConfig(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		for off := 0; off < size; off += piece {
+			w.Write(body[off : off+piece])
+		}
+	}))
+	p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 24}}})
+	p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 24})
+	p.mustWrite(synStream(1, reqBlock("GET", "/"), true))
+	got := 0
+	for got < size {
+		f := p.expect("DATA", func(f mspdy.Frame) bool { _, ok := f.(*mspdy.DataFrame); return ok })
+		d := f.(*mspdy.DataFrame)
+		if len(d.Data) != piece {
+			t.Fatalf("a DATA frame of %d bytes after %d: want one frame of %d per write", len(d.Data), got, piece)
+		}
+		got += len(d.Data)
+	}
+}
+
 // recordReader gives at most one TLS record's worth per Read, as a
 // client's body read from TLS does.
 type recordReader struct{ r io.Reader }

@@ -403,8 +403,15 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 			st.queuePending()
 			return total, nil
 		}
+		// A write at most a frame header over the frame size (a handler's
+		// 64 KiB) goes in one frame, not in a frame and a tail of a few
+		// bytes with a TLS record and a write of their own.
+		limit := maxFrameFor(st.priority)
+		if int64(len(p)) <= limit+frameHeaderLen {
+			limit = int64(len(p))
+		}
 		s.mu.Lock()
-		n := min(int64(len(p)), st.sendWin.available(), s.sendWin.available(), maxFrameFor(st.priority))
+		n := min(int64(len(p)), st.sendWin.available(), s.sendWin.available(), limit)
 		if n == 0 && len(p) > 0 {
 			onStream := st.sendWin.available() == 0
 			if s.sendWin.available() == 0 && !st.tab.waitsForSession {
