@@ -173,11 +173,6 @@ func (s *Session) enqueue(r writeReq, control bool) {
 	}
 }
 
-// writeFrame queues a frame and waits until it is written.
-func (s *Session) writeFrame(r writeReq, control bool) error {
-	return s.send(nil, r, control)
-}
-
 // send writes r, after pre (a header frame of the same stream) when pre is
 // not nil, and returns once r is written. When the session is quiet and
 // nobody is writing, the calling goroutine writes them itself
