@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -115,7 +116,12 @@ func routesConfig(logFile string, routes ...testRoute) map[string]any {
 		spdyLog["writer"] = map[string]any{"output": "file", "filename": logFile, "roll": false}
 		spdyLog["encoder"] = map[string]any{"format": "json"}
 	}
-	var rs []any
+	// The marker route says which config serves a connection (waitConfig).
+	rs := []any{map[string]any{
+		"match":    []any{map[string]any{"host": []string{"localhost"}, "path": []string{configMarkerPath}}},
+		"handle":   []any{map[string]any{"handler": "static_response", "body": strconv.FormatInt(configGen.Add(1), 10)}},
+		"terminal": true,
+	}}
 	tlsApp := map[string]any{"automation": map[string]any{"policies": []any{
 		map[string]any{"subjects": []string{"localhost"}, "issuers": []any{map[string]any{"module": "internal"}}},
 	}}}
@@ -174,7 +180,74 @@ func loadRawConfig(t *testing.T, cfg map[string]any) *caddytest.Tester {
 		t.FailNow()
 	}
 	waitTLS(t)
+	waitConfig(t, cfg)
 	return tester
+}
+
+// configMarkerPath answers, on every test config, the config's generation.
+const configMarkerPath = "/__test_config_generation"
+
+var configGen atomic.Int64
+
+// waitConfig waits until new connections are served by cfg, not by the
+// config it replaced. Caddy returns from a reload once the old servers'
+// shutdowns have started, and says itself that one may not yet have
+// stopped accepting; a connection it takes then is served by the old
+// routes (a test's request answered by the previous test's pool).
+func waitConfig(t *testing.T, cfg map[string]any) {
+	t.Helper()
+	want := configMarker(cfg)
+	if want == "" {
+		return
+	}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		TLSClientConfig:   &tls.Config{ServerName: "localhost", InsecureSkipVerify: true},
+	}}
+	defer client.CloseIdleConnections()
+	deadline := time.Now().Add(15 * time.Second)
+	for inRow := 0; inRow < 3; {
+		got := ""
+		req, _ := http.NewRequest(http.MethodGet, "https://"+testHTTPSAddr+configMarkerPath, nil)
+		req.Host = "localhost"
+		if resp, err := client.Do(req); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			got = string(b)
+		}
+		if got == want {
+			inRow++
+			continue
+		}
+		inRow = 0
+		if time.Now().After(deadline) {
+			t.Fatalf("config generation %s not served after reload (got %q)", want, got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// configMarker is the generation routesConfig put in cfg, or "".
+func configMarker(cfg map[string]any) string {
+	apps, _ := cfg["apps"].(map[string]any)
+	httpApp, _ := apps["http"].(map[string]any)
+	servers, _ := httpApp["servers"].(map[string]any)
+	srv, _ := servers["srv0"].(map[string]any)
+	routes, _ := srv["routes"].([]any)
+	if len(routes) == 0 {
+		return ""
+	}
+	first, _ := routes[0].(map[string]any)
+	handle, _ := first["handle"].([]any)
+	if len(handle) == 0 {
+		return ""
+	}
+	h, _ := handle[0].(map[string]any)
+	if h["handler"] != "static_response" {
+		return ""
+	}
+	body, _ := h["body"].(string)
+	return body
 }
 
 // waitTLS waits for Caddy's internal CA to have issued the localhost
