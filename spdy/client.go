@@ -340,6 +340,9 @@ func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, tra
 	for {
 		want := len(buf)
 		if bulk {
+			// Up to the declared end; past it (trailers follow, so the
+			// last frame had no FIN), one byte's read finds the EOF, or
+			// the excess that resets the stream.
 			want = int(min(int64(want), max(declared-sent, 1)))
 		}
 		n, rerr := 0, error(nil)

@@ -90,7 +90,7 @@ func TestQuietSessionWritesWithoutHandOff(t *testing.T) {
 		}
 	}
 	get() // SETTINGS and the session's WINDOW_UPDATE go through the writer
-	waitUntil(t, "the first exchange settled", func() bool { return cs.open.Load() == 0 && ss.open.Load() == 0 })
+	waitUntil(t, "the first exchange settled", func() bool { return cs.openStreams() == 0 && ss.openStreams() == 0 })
 	time.Sleep(20 * time.Millisecond) // the writers have written what they had
 	cw.reset()
 	sw.reset()
@@ -195,7 +195,7 @@ func TestDirectWriteFailureClosesSession(t *testing.T) {
 	if r := recvResult(t, goRoundTrip(cs, newReq(t, "GET", "http://x/", nil))); r.err != nil {
 		t.Fatal(r.err)
 	}
-	waitUntil(t, "the first exchange settled", func() bool { return ss.open.Load() == 0 })
+	waitUntil(t, "the first exchange settled", func() bool { return ss.openStreams() == 0 })
 	time.Sleep(20 * time.Millisecond) // the writer has written what it had
 	ss.pushback.Store(false)          // whatever a loaded machine made of the first writes
 	ch := goRoundTrip(cs, newReq(t, "GET", "http://x/cut", nil))

@@ -23,8 +23,7 @@ func TestDataFramesFillTLSRecords(t *testing.T) {
 	_, p := rawClient(t, testConfig(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write(body)
 	}))
-	p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 24}}})
-	p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 24})
+	openWindows(p)
 	p.mustWrite(synStream(1, reqBlock("GET", "/"), true))
 	got := 0
 	for got < size {
@@ -52,8 +51,7 @@ func TestWriteOf64KiBIsOneFrame(t *testing.T) {
 			w.Write(body[off : off+piece])
 		}
 	}))
-	p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 24}}})
-	p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 24})
+	openWindows(p)
 	p.mustWrite(synStream(1, reqBlock("GET", "/"), true))
 	got := 0
 	for got < size {
@@ -64,6 +62,13 @@ func TestWriteOf64KiBIsOneFrame(t *testing.T) {
 		}
 		got += len(d.Data)
 	}
+}
+
+// openWindows has the raw peer give our session 16 MiB of credit per
+// stream and for the session, so that window updates do not cut frames.
+func openWindows(p *rawPeer) {
+	p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 24}}})
+	p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 24})
 }
 
 // recordReader gives at most one TLS record's worth per Read, as a
@@ -90,8 +95,7 @@ func TestUploadFramesAreFull(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			const size = 2 << 20
 			cs, p := rawServer(t, testConfig())
-			p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 24}}})
-			p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 24})
+			openWindows(p)
 			body := bytes.Repeat([]byte("x"), size)
 			req := newReq(t, "POST", "http://x/up", recordReader{bytes.NewReader(body)})
 			if tc.declared {
@@ -137,8 +141,7 @@ func TestSlowUploadIsNotIdle(t *testing.T) {
 	cfg := idleConfig()
 	gap := cfg.StreamIdleTimeout / 2
 	cs, p := rawServer(t, cfg)
-	p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: 1 << 24}}})
-	p.mustWrite(&mspdy.WindowUpdateFrame{StreamId: 0, DeltaWindowSize: 1 << 24})
+	openWindows(p)
 	size := bulkBody
 	body := bytes.Repeat([]byte("y"), size)
 	// The first frame takes four reads, two timeouts; the rest come at once.

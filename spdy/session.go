@@ -119,8 +119,6 @@ type Session struct {
 	clock atomic.Int64
 	// openByPri counts open streams by priority (writer.go).
 	openByPri [Priorities]atomic.Int32
-	// open counts open streams (writer.go's direct writes).
-	open atomic.Int32
 	// trailersDropped: trailers were dropped for a peer without HEADERS
 	// support, and logged (once per session).
 	trailersDropped atomic.Bool
@@ -497,7 +495,6 @@ func (s *Session) newStreamLocked(id uint32, priority uint8) *stream {
 	}
 	s.streams[id] = st
 	s.openByPri[st.priority].Add(1)
-	s.open.Add(1)
 	return st
 }
 
@@ -522,7 +519,6 @@ func (s *Session) removeStream(st *stream) {
 	}
 	delete(s.streams, st.id)
 	s.openByPri[st.priority].Add(-1)
-	s.open.Add(-1)
 	st.mu.Lock()
 	extra := st.extra
 	st.extra = 0

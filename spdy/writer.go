@@ -180,15 +180,16 @@ func (s *Session) enqueue(r writeReq, control bool) {
 // the writer goroutine and back. Otherwise they go through the writer's
 // queues, pre as a control frame, and send waits for r's turn.
 func (s *Session) send(pre *writeReq, r writeReq, control bool) error {
-	if r.done == nil {
-		r.done = make(chan error, 1)
-	}
 	s.wmu.Lock()
-	if (r.st == nil || r.st.wErr == nil) && s.tryDirectLocked() {
+	live := r.st == nil || r.st.wErr == nil
+	if live && s.tryDirectLocked() {
 		s.wmu.Unlock()
 		return s.writeDirect(pre, &r)
 	}
-	if !s.wdone && (r.st == nil || r.st.wErr == nil) && (pre == nil && !control || s.controlRefusedLocked() == nil) {
+	if r.done == nil {
+		r.done = make(chan error, 1)
+	}
+	if !s.wdone && live && (pre == nil && !control || s.controlRefusedLocked() == nil) {
 		// Both in one go, with one wake-up for the writer.
 		if pre != nil {
 			s.ctrlQ.push(*pre)
@@ -252,7 +253,7 @@ func (s *Session) tryDirectLocked() bool {
 // directOKLocked reports whether a frame may be written directly, once
 // wlock is taken; s.wmu is held.
 func (s *Session) directOKLocked() bool {
-	return !s.wdone && s.wfail == nil && !s.noDirect && !s.pushback.Load() && s.ctrlQ.len() == 0 && s.dataQ.len() == 0 && s.open.Load() <= directMaxOpen
+	return !s.wdone && s.wfail == nil && !s.noDirect && !s.pushback.Load() && s.ctrlQ.len() == 0 && s.dataQ.len() == 0 && s.openStreams() <= directMaxOpen
 }
 
 // directMaxOpen: direct writes are for a quiet session, where the hand-off
@@ -267,8 +268,8 @@ const directMaxOpen = 2
 // failed write stops the writer goroutine, which closes the session with
 // the cause, as if it had failed itself.
 func (s *Session) writeDirect(a, b *writeReq) error {
-	s.touchDeadline()
 	start := time.Now()
+	s.touchDeadline(start)
 	var err error
 	if a != nil {
 		err = s.encode(a)
@@ -301,12 +302,11 @@ func (s *Session) writeDirect(a, b *writeReq) error {
 
 // touchDeadline moves the connection's write deadline WriteTimeout ahead,
 // at most every quarter of it; wlock is held.
-func (s *Session) touchDeadline() {
+func (s *Session) touchDeadline(now time.Time) {
 	wt := s.cfg.WriteTimeout
 	if wt <= 0 { // disabled
 		return
 	}
-	now := time.Now()
 	if now.Sub(s.deadlineSet) > wt/4 {
 		s.deadlineSet = now
 		s.conn.SetWriteDeadline(now.Add(wt))
@@ -397,7 +397,7 @@ func (s *Session) writeLoop() {
 			s.wlock.Lock()
 			if err = s.failed(); err == nil {
 				if r, ok := s.next(); ok {
-					s.touchDeadline()
+					s.touchDeadline(time.Now())
 					err = s.writeOne(r)
 				}
 			}
@@ -467,14 +467,14 @@ func (s *Session) writeQueued() error {
 			if s.bw.Buffered() == 0 {
 				return nil
 			}
-			s.touchDeadline()
 			start := time.Now()
+			s.touchDeadline(start)
 			err := s.bw.Flush()
 			s.pushback.Store(time.Since(start) > writeBlocked)
 			return err
 		}
-		s.touchDeadline()
 		start := time.Now()
+		s.touchDeadline(start)
 		if err := s.writeOne(r); err != nil {
 			return err
 		}
@@ -577,6 +577,15 @@ func (s *Session) writeData(d *dataFrame) error {
 // writeBlocked is how long a write to the connection takes when the link,
 // not the CPU, sets the pace: the kernel made it wait for room.
 const writeBlocked = time.Millisecond
+
+// openStreams counts the open streams.
+func (s *Session) openStreams() int32 {
+	var n int32
+	for i := range s.openByPri {
+		n += s.openByPri[i].Load()
+	}
+	return n
+}
 
 // lowerOpen reports whether a stream of lower priority than p is open.
 func (s *Session) lowerOpen(p uint8) bool {
