@@ -182,6 +182,17 @@ func (w *statusWriter) Write(p []byte) (int, error) {
 	return w.ResponseWriter.Write(p)
 }
 
+// WriteWithRoom passes spdy.RoomWriter on.
+func (w *statusWriter) WriteWithRoom(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	if rw, ok := w.ResponseWriter.(spdy.RoomWriter); ok {
+		return rw.WriteWithRoom(b)
+	}
+	return w.ResponseWriter.Write(b[spdy.FrameRoom:])
+}
+
 func (w *statusWriter) Flush() { _ = w.FlushError() }
 
 func (w *statusWriter) FlushError() error {

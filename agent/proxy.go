@@ -219,7 +219,10 @@ const (
 
 var (
 	quietBufs = sync.Pool{New: func() any { return new([quietCopyBuffer]byte) }}
-	bulkBufs  = sync.Pool{New: func() any { return new([bulkCopyBuffer]byte) }}
+	// A bulk buffer keeps room for a DATA frame's header in front of what
+	// it reads (spdy.RoomWriter): each frame goes to Caddy from it, without
+	// a copy into the session's write buffer.
+	bulkBufs = sync.Pool{New: func() any { return new([spdy.FrameRoom + bulkCopyBuffer]byte) }}
 )
 
 // dataWaiter is a body that can wait until it has bytes to read without
@@ -257,7 +260,7 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 	}()
 	var (
 		quiet *[quietCopyBuffer]byte
-		bulk  *[bulkCopyBuffer]byte
+		bulk  *[spdy.FrameRoom + bulkCopyBuffer]byte
 	)
 	defer func() {
 		if quiet != nil {
@@ -268,8 +271,9 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 		}
 	}()
 	if length > quietCopyBuffer {
-		bulk = bulkBufs.Get().(*[bulkCopyBuffer]byte) // the data usually follows the headers
+		bulk = bulkBufs.Get().(*[spdy.FrameRoom + bulkCopyBuffer]byte) // the data usually follows the headers
 	}
+	roomy, _ := w.(spdy.RoomWriter)
 	// A body that can wait for its next bytes without a buffer (the
 	// h1Client's) lets a quiet stream hold none: the quiet buffer is taken
 	// once bytes are there, and given back after each piece.
@@ -284,7 +288,7 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 		}
 		switch {
 		case bulk != nil:
-			buf = bulk[:]
+			buf = bulk[spdy.FrameRoom:]
 		case quiet == nil:
 			quiet = quietBufs.Get().(*[quietCopyBuffer]byte)
 			fallthrough
@@ -299,7 +303,13 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 			mu.Unlock()
 		}
 		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
+			var err error
+			if bulk != nil && roomy != nil {
+				_, err = roomy.WriteWithRoom(bulk[:spdy.FrameRoom+n])
+			} else {
+				_, err = w.Write(buf[:n])
+			}
+			if err != nil {
 				return towardsClient{err}
 			}
 			written += int64(n)
@@ -326,7 +336,7 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 		case bulk == nil && n == len(buf): // data flows
 			quietBufs.Put(quiet)
 			quiet = nil
-			bulk = bulkBufs.Get().(*[bulkCopyBuffer]byte)
+			bulk = bulkBufs.Get().(*[spdy.FrameRoom + bulkCopyBuffer]byte)
 		case bulk != nil && n < quietCopyBuffer: // a trickle, or the upstream waits
 			bulkBufs.Put(bulk)
 			bulk = nil

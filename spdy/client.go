@@ -326,11 +326,14 @@ func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, tra
 	// full ones. Any other body goes on as each read gives it (a stream
 	// whose reader waits for what it has sent must not wait for more).
 	bulk := declared >= bulkBody && maxFrameFor(st.priority) == maxDataFrame
-	var buf []byte
+	var buf, roomy []byte
 	if bulk {
+		// The room in front takes each frame's header: the frame goes to
+		// the connection from this buffer (stream.writeRoom).
 		b := recvBufPool.Get().(*[recvBufferSize]byte)
 		defer recvBufPool.Put(b)
-		buf = b[:maxDataFrame]
+		roomy = b[:FrameRoom+maxDataFrame]
+		buf = roomy[FrameRoom:]
 	} else {
 		bp := copyBufPool.Get().(*[]byte)
 		defer copyBufPool.Put(bp)
@@ -366,7 +369,13 @@ func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, tra
 			// peer sees the request end with its data, not a frame later
 			// (unless trailers are to follow).
 			last := fin && len(trailer) == 0 && declared > 0 && sent+int64(n) == declared
-			if _, err := st.write(buf[:n], last); err != nil {
+			var err error
+			if roomy != nil {
+				_, err = st.writeRoom(roomy[:FrameRoom+n], FrameRoom, last)
+			} else {
+				_, err = st.write(buf[:n], last)
+			}
+			if err != nil {
 				return
 			}
 			sent += int64(n)

@@ -180,7 +180,31 @@ func (w *responseWriter) WriteHeader(code int) {
 	}
 }
 
-func (w *responseWriter) Write(p []byte) (int, error) {
+func (w *responseWriter) Write(p []byte) (int, error) { return w.write(p, nil) }
+
+// RoomWriter is implemented by the ResponseWriter a Server gives its
+// handler (spdy.Server), and may be by writers that wrap it.
+// WriteWithRoom(b) writes b[FrameRoom:] as Write would; the FrameRoom bytes
+// in front are free for a DATA frame's header, so that a large write goes
+// to the connection as it lies in b, without a copy into the session's
+// write buffer. b's contents are not kept: frame headers may be written
+// over bytes of it already sent. A copy loop that reads into b[FrameRoom:]
+// loses nothing by that.
+type RoomWriter interface {
+	WriteWithRoom(b []byte) (int, error)
+}
+
+// WriteWithRoom implements RoomWriter.
+func (w *responseWriter) WriteWithRoom(b []byte) (int, error) {
+	if len(b) < FrameRoom {
+		return 0, errors.New("spdy: WriteWithRoom: buffer shorter than its room")
+	}
+	return w.write(b[FrameRoom:], b)
+}
+
+// write is Write of p; roomy, when set, is p with FrameRoom bytes in front
+// (WriteWithRoom).
+func (w *responseWriter) write(p, roomy []byte) (int, error) {
 	if w.hijacked {
 		return 0, http.ErrHijacked
 	}
@@ -218,7 +242,13 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 		*w.buf = append(*w.buf, p...)
 		return len(p), nil
 	}
-	if _, err := w.st.write(p, false); err != nil {
+	var err error
+	if roomy != nil {
+		_, err = w.st.writeRoom(roomy, FrameRoom, false)
+	} else {
+		_, err = w.st.write(p, false)
+	}
+	if err != nil {
 		w.err = err
 		return 0, err
 	}

@@ -20,6 +20,10 @@ import (
 // pieces of this size (the agent's response copy) makes frames of it.
 const MaxDataFrame = 64<<10 - frameHeaderLen
 
+// FrameRoom is how many bytes a buffer keeps free in front of its data for
+// WriteWithRoom: a DATA frame's header.
+const FrameRoom = frameHeaderLen
+
 const (
 	// maxDataFrame is the largest DATA payload we send in one frame (see
 	// MaxDataFrame).

@@ -383,9 +383,18 @@ func (st *stream) sendComplete() bool {
 // write sends p as DATA frames within both windows; with fin the last frame
 // carries FIN (an empty one if p is empty).
 func (st *stream) write(p []byte, fin bool) (int, error) {
+	return st.writeRoom(p, 0, fin)
+}
+
+// writeRoom is write of b[room:]. A room of FrameRoom bytes lets each frame
+// go to the connection as it lies in b, its header written in front of its
+// data (in the room, or over bytes of b already sent), without a copy into
+// the session's write buffer; b's contents are not kept.
+func (st *stream) writeRoom(b []byte, room int, fin bool) (int, error) {
 	st.writeMu.Lock()
 	defer st.writeMu.Unlock()
 	s := st.s
+	p := b[room:]
 	total := 0
 	for {
 		st.mu.Lock()
@@ -448,6 +457,12 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 		}
 		s.mu.Unlock()
 		r := writeReq{data: dataFrame{id: st.id, fin: last, pri: st.priority, data: p[:n]}, done: st.written, st: st}
+		if room == FrameRoom {
+			// Every byte before p is sent (or is the room): the frame's
+			// header may go there.
+			at := room + total
+			r.data.framed = b[at-FrameRoom : at+int(n)]
+		}
 		if st.pendingHdr.block != nil {
 			pre := writeReq{hdr: st.pendingHdr, st: st}
 			st.pendingHdr = headerFrame{}

@@ -78,6 +78,9 @@ type dataFrame struct {
 	fin  bool
 	pri  uint8 // its stream's priority (schedule.go)
 	data []byte
+	// framed, when set, is the whole frame in data's array: FrameRoom
+	// bytes free for the header, then data (stream.writeRoom).
+	framed []byte
 }
 
 // queueRst and the others here queue a small control frame without waiting:
@@ -566,6 +569,30 @@ func (s *Session) writeHeaderFrame(h *headerFrame) error {
 }
 
 func (s *Session) writeData(d *dataFrame) error {
+	if d.framed != nil && len(d.framed) > s.bw.Size()/2 {
+		// A frame that fills most of the buffer gains nothing from sharing
+		// a write: it goes to the connection from where it lies, without
+		// the copy into the buffer (a memmove of every byte sent). What
+		// waits in the buffer goes first, on its own, unless the frame
+		// fits behind it; copying the rest of a frame that does not fit
+		// would leave its tail in the buffer, and the next frame behind it,
+		// and so on (every frame copied).
+		if n := s.bw.Buffered(); n > 0 && n+len(d.framed) <= s.bw.Size() {
+			return s.writeDataCopy(d)
+		}
+		if err := s.bw.Flush(); err != nil {
+			return err
+		}
+		appendDataHeader(d.framed[:0], d.id, d.fin, len(d.data))
+		_, err := s.conn.Write(d.framed)
+		s.bytesOut.Add(uint64(len(d.data)))
+		return err
+	}
+	return s.writeDataCopy(d)
+}
+
+// writeDataCopy writes d through the session's write buffer.
+func (s *Session) writeDataCopy(d *dataFrame) error {
 	if _, err := s.bw.Write(appendDataHeader(s.frameHd[:0], d.id, d.fin, len(d.data))); err != nil {
 		return err
 	}
