@@ -1,7 +1,10 @@
+//go:build linux
+
 // Command bench is `make bench`: it measures the spdy-origin tunnel side by side with
 // Caddy's own reverse_proxy and with a direct connection to the same origin, in one
 // run, and prints each tunnel figure with its ratios to the other two. These machines
 // are noisy, so the paths are measured alternately and only ratios are compared.
+// Linux only: CPU time comes from /proc, RSS too, and the RTT section uses netem.
 //
 // Set-up (all in a temp dir, all stopped on exit, Ctrl-C or failure):
 //
