@@ -3,6 +3,7 @@ package spdy
 import (
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"time"
 )
@@ -584,7 +585,12 @@ func (s *Session) writeData(d *dataFrame) error {
 			return err
 		}
 		appendDataHeader(d.framed[:0], d.id, d.fin, len(d.data))
-		_, err := s.conn.Write(d.framed)
+		n, err := s.conn.Write(d.framed)
+		if err == nil && n < len(d.framed) {
+			// As bufio.Writer does: a connection that takes less without
+			// saying why must not leave the peer a cut frame.
+			err = io.ErrShortWrite
+		}
 		s.bytesOut.Add(uint64(len(d.data)))
 		return err
 	}
