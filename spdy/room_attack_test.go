@@ -173,3 +173,88 @@ func TestRoomDirectWriteFailure(t *testing.T) {
 		})
 	}
 }
+
+// TestRoomUploadStress: uploads from room buffers (recvBufPool, shared with
+// received data) over small windows, some refused midway by the handler,
+// next to downloads whose data lands in the same pool: every byte read on
+// either side is the pattern's.
+func TestRoomUploadStress(t *testing.T) {
+	const per = 3 << 20
+	scfg := testConfig()
+	scfg.StreamWindow = 100003
+	scfg.SessionWindow = 400009
+	cs, _ := pair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "GET" {
+			buf := make([]byte, 50000)
+			for off := int64(0); off < per; off += int64(len(buf)) {
+				fillPattern(buf, off)
+				if _, err := w.Write(buf); err != nil {
+					return
+				}
+			}
+			return
+		}
+		stop, _ := strconv.ParseInt(r.URL.Query().Get("stop"), 10, 64)
+		b := make([]byte, 9001)
+		var got int64
+		for {
+			n, err := r.Body.Read(b)
+			if n > 0 && !checkPattern(b[:n], got) {
+				t.Errorf("upload: bad bytes at %d", got)
+				return
+			}
+			got += int64(n)
+			if stop > 0 && got > stop {
+				w.WriteHeader(413)
+				return
+			}
+			if err != nil {
+				break
+			}
+		}
+		if got != per {
+			t.Errorf("upload: %d bytes", got)
+		}
+	}), nil, scfg)
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i%2 == 0 {
+				res, err := cs.RoundTrip(newReq(t, "GET", "http://x/", nil))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer res.Body.Close()
+				b := make([]byte, 7001)
+				var got int64
+				for {
+					n, err := res.Body.Read(b)
+					if n > 0 && !checkPattern(b[:n], got) {
+						t.Errorf("download: bad bytes at %d", got)
+						return
+					}
+					got += int64(n)
+					if err != nil {
+						break
+					}
+				}
+				return
+			}
+			stop := 0
+			if i%4 == 1 {
+				stop = i * 100000
+			}
+			req := newReq(t, "POST", "http://x/up?stop="+strconv.Itoa(stop), &patternReader{n: per})
+			req.ContentLength = per
+			res, err := cs.RoundTrip(req)
+			if err == nil {
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+}
