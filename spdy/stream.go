@@ -476,6 +476,11 @@ func (st *stream) writeRoom(b []byte, room int, fin bool) (int, error) {
 		}
 		total += int(n)
 		p = p[n:]
+		if len(p) == 0 && !fin {
+			// Every byte is out: the write succeeded, whatever happens to
+			// the stream from now on (its next write will say).
+			return total, nil
+		}
 		if last {
 			st.mu.Lock()
 			st.state |= stLocalFin
