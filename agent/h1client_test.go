@@ -546,3 +546,45 @@ func TestCopyBodyLeavesNoFlushBehind(t *testing.T) {
 		t.Fatalf("%d flushes of the ResponseWriter after copyBody returned, want 0", n)
 	}
 }
+
+// A response that arrives in one segment goes on as one piece: the body
+// bytes that the connection's 512-byte line reader holds after the head
+// and the rest, read next without waiting, are one write to the stream,
+// not a piece flushed on its own (a frame, a TLS record and a write each)
+// and then the rest. Bodies of unknown length keep flushing each piece
+// (their framing may leave bytes buffered that are not data).
+func TestSmallResponseIsOnePiece(t *testing.T) {
+	body := strings.Repeat("b", 1024)
+	head := "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nX-Pad: " + strings.Repeat("p", 200) + "\r\n"
+	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		if req.URL.Path == "/chunked" {
+			return answer(c, head+"Transfer-Encoding: chunked\r\n\r\n400\r\n"+body+"\r\n0\r\n\r\n")
+		}
+		return answer(c, head+"Content-Length: 1024\r\n\r\n"+body)
+	})
+	c := newTestH1(t, o)
+	for _, tc := range []struct {
+		path    string
+		flushes int32
+	}{
+		{"/", 0},
+		{"/chunked", -1}, // as many as pieces: not this test's to fix
+	} {
+		req, _ := http.NewRequest("GET", o.url().String()+tc.path, nil)
+		res, err := c.roundTrip(req, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := &flushCounter{ResponseRecorder: *httptest.NewRecorder()}
+		if err := copyBody(w, res.Body, res.ContentLength); err != nil {
+			t.Fatalf("%s: copyBody: %v", tc.path, err)
+		}
+		res.Body.Close()
+		if got := w.Body.String(); got != body {
+			t.Fatalf("%s: %d body bytes, want %d", tc.path, len(got), len(body))
+		}
+		if n := w.flushes.Load(); tc.flushes >= 0 && n != tc.flushes {
+			t.Fatalf("%s: %d flushes while copying a body that arrived whole, want %d", tc.path, n, tc.flushes)
+		}
+	}
+}

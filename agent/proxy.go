@@ -229,6 +229,10 @@ var (
 // a buffer to read them into.
 type dataWaiter interface{ waitData() error }
 
+// bufferedBody is a body that can tell how many bytes it holds already,
+// read from the connection and not yet returned.
+type bufferedBody interface{ buffered() int }
+
 // copyBody copies body (length bytes, -1 unknown) to w, flushing each piece
 // at once (streaming responses, events, long polls), except the last piece
 // of a body of known length, which the response's end sends with FIN when
@@ -278,6 +282,7 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 	// h1Client's) lets a quiet stream hold none: the quiet buffer is taken
 	// once bytes are there, and given back after each piece.
 	waiter, _ := body.(dataWaiter)
+	held, _ := body.(bufferedBody)
 	var written int64
 	for {
 		var buf []byte
@@ -314,8 +319,16 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 			}
 			written += int64(n)
 			if length < 0 || written < length {
-				if err := flush(); err != nil {
-					return towardsClient{err}
+				// More of a body of known length is here already (the
+				// rest of a response that came in one segment, beyond
+				// what the line reader held after the head): the next
+				// read returns it at once, and it goes out with this
+				// piece, in one frame. Every byte held is body here; a
+				// chunked body's held bytes may be framing only.
+				if length < 0 || rerr != nil || held == nil || held.buffered() == 0 {
+					if err := flush(); err != nil {
+						return towardsClient{err}
+					}
 				}
 			} else if rerr == nil {
 				// The last piece waits for EOF, to go out with FIN, but
