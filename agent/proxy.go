@@ -233,6 +233,17 @@ type dataWaiter interface{ waitData() error }
 // read from the connection and not yet returned.
 type bufferedBody interface{ buffered() int }
 
+// heldFraming is how many held bytes of a body may be framing and not
+// data: none in a body of known length; in a chunked one, the end of a
+// chunk and the next one's size line ("\r\n1000\r\n"), or the body's end.
+// An event stream's held CRLF after each event is not worth waiting for.
+func heldFraming(length int64) int {
+	if length >= 0 {
+		return 0
+	}
+	return 16
+}
+
 // copyBody copies body (length bytes, -1 unknown) to w, flushing each piece
 // at once (streaming responses, events, long polls), except the last piece
 // of a body of known length, which the response's end sends with FIN when
@@ -319,16 +330,20 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 			}
 			written += int64(n)
 			if length < 0 || written < length {
-				// More of a body of known length is here already (the
-				// rest of a response that came in one segment, beyond
-				// what the line reader held after the head): the next
-				// read returns it at once, and it goes out with this
-				// piece, in one frame. Every byte held is body here; a
-				// chunked body's held bytes may be framing only.
-				if length < 0 || rerr != nil || held == nil || held.buffered() == 0 {
-					if err := flush(); err != nil {
-						return towardsClient{err}
-					}
+				if rerr == nil && held != nil && held.buffered() > heldFraming(length) {
+					// More of the body is here already (the rest of a
+					// response that came in one segment, beyond what the
+					// line reader held after the head): the next read
+					// returns it at once, and it goes out with this
+					// piece, in one frame. Should that read wait after
+					// all (a chunked body's held bytes were framing
+					// only), the piece goes out when the headers would.
+					mu.Lock()
+					waiting = true
+					mu.Unlock()
+					pending.Reset(headerFlushDelay)
+				} else if err := flush(); err != nil {
+					return towardsClient{err}
 				}
 			} else if rerr == nil {
 				// The last piece waits for EOF, to go out with FIN, but
