@@ -449,6 +449,15 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// buffered is how many bytes of the connection are read and not yet
+// returned (copyBody's bufferedBody).
+func (b *h1Body) buffered() int {
+	if b.done {
+		return 0
+	}
+	return b.pc.br.Buffered() + b.pc.lr.buffered()
+}
+
 // waitData waits until a Read has something to return, holding no buffer
 // meanwhile (copyBody's quiet streams).
 func (b *h1Body) waitData() error {

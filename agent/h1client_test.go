@@ -546,3 +546,84 @@ func TestCopyBodyLeavesNoFlushBehind(t *testing.T) {
 		t.Fatalf("%d flushes of the ResponseWriter after copyBody returned, want 0", n)
 	}
 }
+
+// A response that arrives in one segment goes on as one piece: the body
+// bytes that the connection's 512-byte line reader holds after the head
+// and the rest, read next without waiting, are one write to the stream,
+// not a piece flushed on its own (a frame, a TLS record and a write each)
+// and then the rest. In a chunked body too, but for its last piece, which
+// goes before the body's end is read (the end, held, is framing only).
+func TestSmallResponseIsOnePiece(t *testing.T) {
+	body := strings.Repeat("b", 1024)
+	head := "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nX-Pad: " + strings.Repeat("p", 200) + "\r\n"
+	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		if req.URL.Path == "/chunked" {
+			return answer(c, head+"Transfer-Encoding: chunked\r\n\r\n400\r\n"+body+"\r\n0\r\n\r\n")
+		}
+		return answer(c, head+"Content-Length: 1024\r\n\r\n"+body)
+	})
+	c := newTestH1(t, o)
+	for _, tc := range []struct {
+		path    string
+		flushes int32
+	}{
+		{"/", 0},
+		{"/chunked", 1},
+	} {
+		req, _ := http.NewRequest("GET", o.url().String()+tc.path, nil)
+		res, err := c.roundTrip(req, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := &flushCounter{ResponseRecorder: *httptest.NewRecorder()}
+		if err := copyBody(w, res.Body, res.ContentLength); err != nil {
+			t.Fatalf("%s: copyBody: %v", tc.path, err)
+		}
+		res.Body.Close()
+		if got := w.Body.String(); got != body {
+			t.Fatalf("%s: %d body bytes, want %d", tc.path, len(got), len(body))
+		}
+		if n := w.flushes.Load(); n != tc.flushes {
+			t.Fatalf("%s: %d flushes while copying a body that arrived whole, want %d", tc.path, n, tc.flushes)
+		}
+	}
+}
+
+// An event stream's events go on at once: the CRLF that ends each chunk,
+// held after its data, is not taken for more data to wait for.
+func TestEventChunksAreNotHeld(t *testing.T) {
+	release := make(chan struct{})
+	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		if !answer(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nb\r\ndata: one\n\n\r\n") {
+			return false
+		}
+		<-release
+		return answer(c, "0\r\n\r\n")
+	})
+	c := newTestH1(t, o)
+	req, _ := http.NewRequest("GET", o.url().String()+"/events", nil)
+	res, err := c.roundTrip(req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	w := &flushCounter{ResponseRecorder: *httptest.NewRecorder()}
+	done := make(chan error, 1)
+	go func() { done <- copyBody(w, res.Body, res.ContentLength) }()
+	// The event is flushed while the origin still holds the stream open;
+	// waiting for it (not for the header timer) shows as no flush at all
+	// within the first millisecond, which a loaded machine cannot tell
+	// apart: so count the flushes only once the event is out.
+	deadline := time.Now().Add(5 * time.Second)
+	for w.flushes.Load() == 0 {
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatal("the event was not flushed while the stream stayed open")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

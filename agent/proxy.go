@@ -229,6 +229,21 @@ var (
 // a buffer to read them into.
 type dataWaiter interface{ waitData() error }
 
+// bufferedBody is a body that can tell how many bytes it holds already,
+// read from the connection and not yet returned.
+type bufferedBody interface{ buffered() int }
+
+// heldFraming is how many held bytes of a body may be framing and not
+// data: none in a body of known length; in a chunked one, the end of a
+// chunk and the next one's size line ("\r\n1000\r\n"), or the body's end.
+// An event stream's held CRLF after each event is not worth waiting for.
+func heldFraming(length int64) int {
+	if length >= 0 {
+		return 0
+	}
+	return 16
+}
+
 // copyBody copies body (length bytes, -1 unknown) to w, flushing each piece
 // at once (streaming responses, events, long polls), except the last piece
 // of a body of known length, which the response's end sends with FIN when
@@ -278,6 +293,7 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 	// h1Client's) lets a quiet stream hold none: the quiet buffer is taken
 	// once bytes are there, and given back after each piece.
 	waiter, _ := body.(dataWaiter)
+	held, _ := body.(bufferedBody)
 	var written int64
 	for {
 		var buf []byte
@@ -314,7 +330,19 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 			}
 			written += int64(n)
 			if length < 0 || written < length {
-				if err := flush(); err != nil {
+				if rerr == nil && held != nil && held.buffered() > heldFraming(length) {
+					// More of the body is here already (the rest of a
+					// response that came in one segment, beyond what the
+					// line reader held after the head): the next read
+					// returns it at once, and it goes out with this
+					// piece, in one frame. Should that read wait after
+					// all (a chunked body's held bytes were framing
+					// only), the piece goes out when the headers would.
+					mu.Lock()
+					waiting = true
+					mu.Unlock()
+					pending.Reset(headerFlushDelay)
+				} else if err := flush(); err != nil {
 					return towardsClient{err}
 				}
 			} else if rerr == nil {
