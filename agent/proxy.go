@@ -248,7 +248,8 @@ func heldFraming(length int64) int {
 // at once (streaming responses, events, long polls), except the last piece
 // of a body of known length, which the response's end sends with FIN when
 // the body's EOF follows at once (HTTP/1.1), and which is flushed when EOF
-// is slow to come (an HTTP/2 upstream that keeps its stream open).
+// is slow to come (an HTTP/2 upstream that keeps its stream open); and
+// except a piece whose rest the body holds already, which goes with it.
 func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 	flush := http.NewResponseController(w).Flush // FlushError where w has it
 	// The headers go out with the first body bytes or, when those do not
