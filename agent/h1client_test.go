@@ -627,3 +627,108 @@ func TestEventChunksAreNotHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// flushSizes records how much of the body was written at each flush.
+type flushSizes struct {
+	httptest.ResponseRecorder
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (f *flushSizes) Flush() {
+	f.mu.Lock()
+	f.sizes = append(f.sizes, f.Body.Len())
+	f.mu.Unlock()
+}
+
+func (f *flushSizes) flushedAll() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.sizes) > 0 && f.sizes[len(f.sizes)-1] == f.Body.Len()
+}
+
+// A piece held back because more than a chunk's framing was buffered
+// after it (here a chunk size line with an extension, not yet ended) is
+// still sent when the body then fails: the stream is reset after it, but
+// what the upstream did send (an event, say) reaches the client first, as
+// it did when every piece of a chunked body was flushed at once.
+func TestHeldPieceGoesBeforeFailure(t *testing.T) {
+	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		answer(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			"b\r\ndata: one\n\n\r\n"+"400;name="+strings.Repeat("x", 40))
+		return false // the upstream dies before the size line's end
+	})
+	c := newTestH1(t, o)
+	req, _ := http.NewRequest("GET", o.url().String()+"/events", nil)
+	res, err := c.roundTrip(req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	w := &flushSizes{ResponseRecorder: *httptest.NewRecorder()}
+	if err := copyBody(w, res.Body, res.ContentLength); err == nil {
+		t.Fatal("copyBody: no error from a body cut short")
+	}
+	if got := w.Body.String(); got != "data: one\n\n" {
+		t.Fatalf("body %q", got)
+	}
+	if !w.flushedAll() {
+		t.Fatalf("the event was written but not flushed before the body failed (flushes at %v of %d bytes)", w.sizes, w.Body.Len())
+	}
+}
+
+// A piece held back for framing that then waits (a chunk size line with
+// an extension, cut by the segment's end) goes on the header timer, while
+// the upstream still holds the rest; and the timer's flushes never meet
+// the copy's writes (the race detector sees flushSizes read the body that
+// the copy writes), over many pieces that wait about as long as the timer.
+func TestHeldFramingPiecesGoOnTimer(t *testing.T) {
+	const pieces = 200
+	ext := "400;name=" + strings.Repeat("x", 40)
+	chunk := strings.Repeat("d", 0x400)
+	step := make(chan struct{})
+	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
+		if !answer(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\ndata: one\n\n\r\n"+ext) {
+			return false
+		}
+		<-step // the first piece must go while this waits
+		for i := 0; i < pieces; i++ {
+			time.Sleep(time.Duration(i%3) * headerFlushDelay / 2)
+			if !answer(c, "\r\n"+chunk+"\r\n"+ext) {
+				return false
+			}
+		}
+		return answer(c, "\r\n"+chunk+"\r\n0\r\n\r\n")
+	})
+	c := newTestH1(t, o)
+	req, _ := http.NewRequest("GET", o.url().String()+"/", nil)
+	res, err := c.roundTrip(req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	w := &flushSizes{ResponseRecorder: *httptest.NewRecorder()}
+	done := make(chan error, 1)
+	go func() { done <- copyBody(w, res.Body, res.ContentLength) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		w.mu.Lock()
+		ok := len(w.sizes) > 0 && w.sizes[len(w.sizes)-1] == len("data: one\n\n")
+		w.mu.Unlock()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			close(step)
+			t.Fatal("the piece held for framing was not flushed while the upstream waited")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(step)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if want := len("data: one\n\n") + (pieces+1)*len(chunk); w.Body.Len() != want {
+		t.Fatalf("%d body bytes, want %d", w.Body.Len(), want)
+	}
+}

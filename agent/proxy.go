@@ -295,7 +295,12 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 	// once bytes are there, and given back after each piece.
 	waiter, _ := body.(dataWaiter)
 	held, _ := body.(bufferedBody)
-	var written int64
+	var (
+		written int64
+		// heldBack: the last piece was written but not flushed, for the
+		// rest the body held to go with it.
+		heldBack bool
+	)
 	for {
 		var buf []byte
 		if bulk == nil && quiet == nil && waiter != nil {
@@ -319,6 +324,8 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 			waiting = false
 			mu.Unlock()
 		}
+		unsent := heldBack && n == 0
+		heldBack = false
 		if n > 0 {
 			var err error
 			if bulk != nil && roomy != nil {
@@ -343,6 +350,7 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 					waiting = true
 					mu.Unlock()
 					pending.Reset(headerFlushDelay)
+					heldBack = true
 				} else if err := flush(); err != nil {
 					return towardsClient{err}
 				}
@@ -359,6 +367,11 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 			return nil
 		}
 		if rerr != nil {
+			if unsent {
+				// The piece held back goes before the stream's reset,
+				// as it would have gone had nothing been held after it.
+				_ = flush()
+			}
 			return rerr
 		}
 		switch {
