@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -593,8 +594,13 @@ func TestSmallResponseIsOnePiece(t *testing.T) {
 // held after its data, is not taken for more data to wait for.
 func TestEventChunksAreNotHeld(t *testing.T) {
 	release := make(chan struct{})
+	// An event large enough that the chunked reader reads its end past the
+	// 512-byte line reader, straight from the connection's buffer: the
+	// CRLF after it stays held there (the chunked reader takes a CRLF only
+	// from the line reader), 2 bytes that are framing, not data.
+	event := "data: " + strings.Repeat("e", 1500) + "\n\n"
 	o := newRawOrigin(t, func(c net.Conn, br *bufio.Reader, req *http.Request) bool {
-		if !answer(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nb\r\ndata: one\n\n\r\n") {
+		if !answer(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"+strconv.FormatInt(int64(len(event)), 16)+"\r\n"+event+"\r\n") {
 			return false
 		}
 		<-release
@@ -609,11 +615,9 @@ func TestEventChunksAreNotHeld(t *testing.T) {
 	defer res.Body.Close()
 	w := &flushCounter{ResponseRecorder: *httptest.NewRecorder()}
 	done := make(chan error, 1)
-	go func() { done <- copyBody(w, res.Body, res.ContentLength) }()
-	// The event is flushed while the origin still holds the stream open;
-	// waiting for it (not for the header timer) shows as no flush at all
-	// within the first millisecond, which a loaded machine cannot tell
-	// apart: so count the flushes only once the event is out.
+	// A piece held to go with more would wait a minute here, not 1 ms:
+	// the event must go out on its own, at once.
+	go func() { done <- copyBodyWait(w, res.Body, res.ContentLength, time.Minute) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for w.flushes.Load() == 0 {
 		if time.Now().After(deadline) {

@@ -251,6 +251,12 @@ func heldFraming(length int64) int {
 // is slow to come (an HTTP/2 upstream that keeps its stream open); and
 // except a piece whose rest the body holds already, which goes with it.
 func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
+	return copyBodyWait(w, body, length, headerFlushDelay)
+}
+
+// copyBodyWait is copyBody with the time a piece may wait to go with more
+// (headerFlushDelay; tests make it long, to see what waits).
+func copyBodyWait(w http.ResponseWriter, body io.Reader, length int64, wait time.Duration) error {
 	flush := http.NewResponseController(w).Flush // FlushError where w has it
 	// The headers go out with the first body bytes or, when those do not
 	// follow within headerFlushDelay (a long poll, an event stream, an
@@ -259,7 +265,7 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 		mu      sync.Mutex
 		waiting = true // for the first body bytes or EOF; guarded by mu
 	)
-	pending := time.AfterFunc(headerFlushDelay, func() {
+	pending := time.AfterFunc(wait, func() {
 		mu.Lock()
 		defer mu.Unlock()
 		if waiting {
@@ -349,7 +355,7 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 					mu.Lock()
 					waiting = true
 					mu.Unlock()
-					pending.Reset(headerFlushDelay)
+					pending.Reset(wait)
 					heldBack = true
 				} else if err := flush(); err != nil {
 					return towardsClient{err}
@@ -360,7 +366,7 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64) error {
 				mu.Lock()
 				waiting = true
 				mu.Unlock()
-				pending.Reset(headerFlushDelay)
+				pending.Reset(wait)
 			}
 		}
 		if rerr == io.EOF {
