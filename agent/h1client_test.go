@@ -160,6 +160,19 @@ func newTestH1(t *testing.T, o *rawOrigin) *h1Client {
 	return c
 }
 
+// h1Get gets path from o through c; the response's body is closed when
+// the test ends.
+func h1Get(t *testing.T, c *h1Client, o *rawOrigin, path string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("GET", o.url().String()+path, nil)
+	res, err := c.roundTrip(req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { res.Body.Close() })
+	return res
+}
+
 func answer(c net.Conn, s string) bool {
 	_, err := io.WriteString(c, s)
 	return err == nil
@@ -571,16 +584,11 @@ func TestSmallResponseIsOnePiece(t *testing.T) {
 		{"/", 0},
 		{"/chunked", 1},
 	} {
-		req, _ := http.NewRequest("GET", o.url().String()+tc.path, nil)
-		res, err := c.roundTrip(req, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := h1Get(t, c, o, tc.path)
 		w := &flushCounter{ResponseRecorder: *httptest.NewRecorder()}
 		if err := copyBody(w, res.Body, res.ContentLength); err != nil {
 			t.Fatalf("%s: copyBody: %v", tc.path, err)
 		}
-		res.Body.Close()
 		if got := w.Body.String(); got != body {
 			t.Fatalf("%s: %d body bytes, want %d", tc.path, len(got), len(body))
 		}
@@ -606,13 +614,7 @@ func TestEventChunksAreNotHeld(t *testing.T) {
 		<-release
 		return answer(c, "0\r\n\r\n")
 	})
-	c := newTestH1(t, o)
-	req, _ := http.NewRequest("GET", o.url().String()+"/events", nil)
-	res, err := c.roundTrip(req, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
+	res := h1Get(t, newTestH1(t, o), o, "/events")
 	w := &flushCounter{ResponseRecorder: *httptest.NewRecorder()}
 	done := make(chan error, 1)
 	// A piece held to go with more would wait a minute here, not 1 ms:
@@ -662,13 +664,7 @@ func TestHeldPieceGoesBeforeFailure(t *testing.T) {
 			"b\r\ndata: one\n\n\r\n"+"400;name="+strings.Repeat("x", 40))
 		return false // the upstream dies before the size line's end
 	})
-	c := newTestH1(t, o)
-	req, _ := http.NewRequest("GET", o.url().String()+"/events", nil)
-	res, err := c.roundTrip(req, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
+	res := h1Get(t, newTestH1(t, o), o, "/events")
 	w := &flushSizes{ResponseRecorder: *httptest.NewRecorder()}
 	if err := copyBody(w, res.Body, res.ContentLength); err == nil {
 		t.Fatal("copyBody: no error from a body cut short")
@@ -704,13 +700,7 @@ func TestHeldFramingPiecesGoOnTimer(t *testing.T) {
 		}
 		return answer(c, "\r\n"+chunk+"\r\n0\r\n\r\n")
 	})
-	c := newTestH1(t, o)
-	req, _ := http.NewRequest("GET", o.url().String()+"/", nil)
-	res, err := c.roundTrip(req, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
+	res := h1Get(t, newTestH1(t, o), o, "/")
 	w := &flushSizes{ResponseRecorder: *httptest.NewRecorder()}
 	done := make(chan error, 1)
 	go func() { done <- copyBody(w, res.Body, res.ContentLength) }()

@@ -326,19 +326,20 @@ func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, tra
 	// full ones. Any other body goes on as each read gives it (a stream
 	// whose reader waits for what it has sent must not wait for more).
 	bulk := declared >= bulkBody && maxFrameFor(st.priority) == maxDataFrame
-	var buf, roomy []byte
+	// frame is buf with room in front: an upload's frames go to the
+	// connection from it, their headers in the room (stream.writeRoom).
+	var frame []byte
+	room := 0
 	if bulk {
-		// The room in front takes each frame's header: the frame goes to
-		// the connection from this buffer (stream.writeRoom).
 		b := recvBufPool.Get().(*[recvBufferSize]byte)
 		defer recvBufPool.Put(b)
-		roomy = b[:FrameRoom+maxDataFrame]
-		buf = roomy[FrameRoom:]
+		frame, room = b[:FrameRoom+maxDataFrame], FrameRoom
 	} else {
 		bp := copyBufPool.Get().(*[]byte)
 		defer copyBufPool.Put(bp)
-		buf = *bp
+		frame = *bp
 	}
+	buf := frame[room:]
 	var sent int64
 	for {
 		want := len(buf)
@@ -369,13 +370,7 @@ func (st *stream) sendBody(body io.Reader, closeBody func(), declared int64, tra
 			// peer sees the request end with its data, not a frame later
 			// (unless trailers are to follow).
 			last := fin && len(trailer) == 0 && declared > 0 && sent+int64(n) == declared
-			var err error
-			if roomy != nil {
-				_, err = st.writeRoom(roomy[:FrameRoom+n], FrameRoom, last)
-			} else {
-				_, err = st.write(buf[:n], last)
-			}
-			if err != nil {
+			if _, err := st.writeRoom(frame[:room+n], room, last); err != nil {
 				return
 			}
 			sent += int64(n)

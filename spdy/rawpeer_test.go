@@ -238,11 +238,21 @@ func ctrlHeader(version uint16, typ mspdy.ControlFrameType, flags uint8, length 
 // rawClient starts our server session (serving h) against a raw client peer.
 func rawClient(t *testing.T, cfg *Config, h http.Handler) (*Session, *rawPeer) {
 	t.Helper()
+	return rawClientOver(t, cfg, h, nil)
+}
+
+// rawClientOver is rawClient with our session's end of the connection
+// wrapped by wrap (nil: as it is), to watch or fail its I/O.
+func rawClientOver(t *testing.T, cfg *Config, h http.Handler, wrap func(net.Conn) net.Conn) (*Session, *rawPeer) {
+	t.Helper()
 	if cfg == nil {
 		cfg = testConfig()
 	}
 	a, b := tcpPair(t)
 	p := newRawPeer(t, a)
+	if wrap != nil {
+		b = wrap(b)
+	}
 	s, err := NewServer(b, cfg, h)
 	if err != nil {
 		t.Fatal(err)
@@ -260,11 +270,21 @@ func rawClient(t *testing.T, cfg *Config, h http.Handler) (*Session, *rawPeer) {
 // rawServer starts our client session against a raw server peer.
 func rawServer(t *testing.T, cfg *Config) (*Session, *rawPeer) {
 	t.Helper()
+	return rawServerOver(t, cfg, nil)
+}
+
+// rawServerOver is rawServer with our session's end of the connection
+// wrapped by wrap (nil: as it is).
+func rawServerOver(t *testing.T, cfg *Config, wrap func(net.Conn) net.Conn) (*Session, *rawPeer) {
+	t.Helper()
 	if cfg == nil {
 		cfg = testConfig()
 	}
 	a, b := tcpPair(t)
 	p := newRawPeer(t, b)
+	if wrap != nil {
+		a = wrap(a)
+	}
 	s, err := NewClient(a, cfg)
 	if err != nil {
 		t.Fatal(err)

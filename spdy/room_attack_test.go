@@ -123,11 +123,8 @@ func (c *failConn) Write(p []byte) (int, error) {
 func TestRoomDirectWriteFailure(t *testing.T) {
 	for _, short := range []bool{false, true} {
 		t.Run(fmt.Sprintf("short=%v", short), func(t *testing.T) {
-			a, b := tcpPair(t)
-			fc := &failConn{Conn: b, short: short}
-			p := newRawPeer(t, a)
 			werr := make(chan error, 1)
-			s, err := NewServer(fc, testConfig(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s, p := rawClientOver(t, nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				rw := w.(RoomWriter)
 				buf := make([]byte, FrameRoom+MaxDataFrame)
 				for range 8 {
@@ -137,17 +134,7 @@ func TestRoomDirectWriteFailure(t *testing.T) {
 					}
 				}
 				werr <- nil
-			}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				s.Close()
-				<-s.readerDone
-				<-s.writerDone
-				s.handlersWG.Wait()
-				p.close()
-			})
+			}), func(c net.Conn) net.Conn { return &failConn{Conn: c, short: short} })
 			openWindows(p)
 			p.mustWrite(synStream(1, reqBlock("GET", "/"), true))
 			select {

@@ -38,6 +38,12 @@ func (c *copySpy) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// wrap puts c under a session (rawClientOver, rawServerOver).
+func (c *copySpy) wrap(conn net.Conn) net.Conn {
+	c.Conn = conn
+	return c
+}
+
 func (c *copySpy) counts() (copied, inPlace int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -111,9 +117,35 @@ func readPattern(t *testing.T, p *rawPeer, id uint32, size int64, credit uint32)
 	return large
 }
 
-// smallWindows gives the session credit windows of credit bytes.
-func smallWindows(p *rawPeer, credit uint32) {
+// roomWindows are the peer's windows the room tests run with: open (16
+// MiB), or so small (credit bytes) that frames end inside a write and a
+// header goes over bytes of the write already sent.
+var roomWindows = []struct {
+	name   string
+	credit uint32
+}{
+	{"open windows", 0},
+	{"frames cut by flow control", 10007},
+}
+
+// giveWindows gives the session windows of credit bytes, or open ones
+// (credit 0).
+func giveWindows(p *rawPeer, credit uint32) {
+	if credit == 0 {
+		openWindows(p)
+		return
+	}
 	p.mustWrite(&mspdy.SettingsFrame{FlagIdValues: []mspdy.SettingsFlagIdValue{{Id: mspdy.SettingsInitialWindowSize, Value: credit}}})
+}
+
+// expectInPlace fails unless all large frames, or all but one, went to the
+// connection from where their data lay; there are at least want of them.
+func (c *copySpy) expectInPlace(t *testing.T, large, want int, from string) {
+	t.Helper()
+	copied, inPlace := c.counts()
+	if large < want || inPlace < large-1 {
+		t.Fatalf("%d of %d large frames went from %s (%d were copied into the session's buffer): want all, or all but one, of at least %d", inPlace, large, from, copied, want)
+	}
 }
 
 // TestRoomyResponseIsNotCopied: a handler that writes through RoomWriter
@@ -124,18 +156,10 @@ func smallWindows(p *rawPeer, credit uint32) {
 func TestRoomyResponseIsNotCopied(t *testing.T) {
 	const writes = 16
 	size := int64(writes * MaxDataFrame)
-	for _, tc := range []struct {
-		name   string
-		credit uint32
-	}{
-		{"open windows", 0},
-		{"frames cut by flow control", 10007},
-	} {
+	for _, tc := range roomWindows {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := tcpPair(t)
-			spy := &copySpy{Conn: b}
-			p := newRawPeer(t, a)
-			s, err := NewServer(spy, testConfig(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			spy := &copySpy{}
+			s, p := rawClientOver(t, nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 				rw, ok := w.(RoomWriter)
 				if !ok {
@@ -150,32 +174,15 @@ func TestRoomyResponseIsNotCopied(t *testing.T) {
 						return
 					}
 				}
-			}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				s.Close()
-				<-s.readerDone
-				<-s.writerDone
-				s.handlersWG.Wait()
-				p.close()
-			})
+			}), spy.wrap)
 			spy.watch(t, s)
-			if tc.credit > 0 {
-				smallWindows(p, tc.credit)
-			} else {
-				openWindows(p)
-			}
+			giveWindows(p, tc.credit)
 			p.mustWrite(synStream(1, reqBlock("GET", "/"), true))
 			large := readPattern(t, p, 1, size, tc.credit)
 			if tc.credit > 0 {
 				return // frames of 10007 bytes: too small for the spy
 			}
-			copied, inPlace := spy.counts()
-			if large < writes-1 || inPlace < large-1 {
-				t.Fatalf("%d of %d large frames went from the handler's buffer (%d were copied into the session's): want all, or all but one", inPlace, large, copied)
-			}
+			spy.expectInPlace(t, large, writes-1, "the handler's buffer")
 		})
 	}
 }
@@ -185,33 +192,12 @@ func TestRoomyResponseIsNotCopied(t *testing.T) {
 // arrive whole, also when flow control cuts its frames.
 func TestUploadIsNotCopied(t *testing.T) {
 	const size = 4 << 20
-	for _, tc := range []struct {
-		name   string
-		credit uint32
-	}{
-		{"open windows", 0},
-		{"frames cut by flow control", 10007},
-	} {
+	for _, tc := range roomWindows {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := tcpPair(t)
-			spy := &copySpy{Conn: a}
-			p := newRawPeer(t, b)
-			cs, err := NewClient(spy, testConfig())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				cs.Close()
-				<-cs.readerDone
-				<-cs.writerDone
-				p.close()
-			})
+			spy := &copySpy{}
+			cs, p := rawServerOver(t, nil, spy.wrap)
 			spy.watch(t, cs)
-			if tc.credit > 0 {
-				smallWindows(p, tc.credit)
-			} else {
-				openWindows(p)
-			}
+			giveWindows(p, tc.credit)
 			req := newReq(t, "POST", "http://x/up", &patternReader{n: size})
 			req.ContentLength = size
 			res := goRoundTrip(cs, req)
@@ -224,10 +210,7 @@ func TestUploadIsNotCopied(t *testing.T) {
 			if tc.credit > 0 {
 				return
 			}
-			copied, inPlace := spy.counts()
-			if large < size/MaxDataFrame-1 || inPlace < large-1 {
-				t.Fatalf("%d of %d large frames went from the body's buffer (%d were copied into the session's): want all, or all but one", inPlace, large, copied)
-			}
+			spy.expectInPlace(t, large, size/MaxDataFrame-1, "the body's buffer")
 		})
 	}
 }

@@ -180,7 +180,7 @@ func (w *responseWriter) WriteHeader(code int) {
 	}
 }
 
-func (w *responseWriter) Write(p []byte) (int, error) { return w.write(p, nil) }
+func (w *responseWriter) Write(p []byte) (int, error) { return w.write(p, 0) }
 
 // RoomWriter is implemented by the ResponseWriter a Server gives its
 // handler (spdy.Server), and may be by writers that wrap it.
@@ -199,12 +199,12 @@ func (w *responseWriter) WriteWithRoom(b []byte) (int, error) {
 	if len(b) < FrameRoom {
 		return 0, errors.New("spdy: WriteWithRoom: buffer shorter than its room")
 	}
-	return w.write(b[FrameRoom:], b)
+	return w.write(b, FrameRoom)
 }
 
-// write is Write of p; roomy, when set, is p with FrameRoom bytes in front
-// (WriteWithRoom).
-func (w *responseWriter) write(p, roomy []byte) (int, error) {
+// write is Write of b[room:]; room is 0, or FrameRoom (WriteWithRoom).
+func (w *responseWriter) write(b []byte, room int) (int, error) {
+	p := b[room:]
 	if w.hijacked {
 		return 0, http.ErrHijacked
 	}
@@ -242,13 +242,7 @@ func (w *responseWriter) write(p, roomy []byte) (int, error) {
 		*w.buf = append(*w.buf, p...)
 		return len(p), nil
 	}
-	var err error
-	if roomy != nil {
-		_, err = w.st.writeRoom(roomy, FrameRoom, false)
-	} else {
-		_, err = w.st.write(p, false)
-	}
-	if err != nil {
+	if _, err := w.st.writeRoom(b, room, false); err != nil {
 		w.err = err
 		return 0, err
 	}

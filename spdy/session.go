@@ -145,7 +145,6 @@ type Session struct {
 	// writes). It guards bw, deflater, the scratch buffers below and:
 	wlock       sync.Mutex
 	deadlineSet time.Time // when the write deadline was last moved
-	busy        bool      // the last write blocked (writeBlocked)
 
 	// Ping state.
 	pingMu      sync.Mutex

@@ -386,7 +386,7 @@ func (st *stream) write(p []byte, fin bool) (int, error) {
 	return st.writeRoom(p, 0, fin)
 }
 
-// writeRoom is write of b[room:]. A room of FrameRoom bytes lets each frame
+// writeRoom is write of b[room:], room 0 or FrameRoom. A room lets each frame
 // go to the connection as it lies in b, its header written in front of its
 // data (in the room, or over bytes of b already sent), without a copy into
 // the session's write buffer; b's contents are not kept.
@@ -457,7 +457,7 @@ func (st *stream) writeRoom(b []byte, room int, fin bool) (int, error) {
 		}
 		s.mu.Unlock()
 		r := writeReq{data: dataFrame{id: st.id, fin: last, pri: st.priority, data: p[:n]}, done: st.written, st: st}
-		if room == FrameRoom {
+		if room > 0 {
 			// Every byte before p is sent (or is the room): the frame's
 			// header may go there.
 			at := room + total

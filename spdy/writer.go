@@ -471,11 +471,8 @@ func (s *Session) writeQueued() error {
 			if s.bw.Buffered() == 0 {
 				return nil
 			}
-			start := time.Now()
-			s.touchDeadline(start)
-			err := s.bw.Flush()
-			s.pushback.Store(time.Since(start) > writeBlocked)
-			return err
+			s.touchDeadline(time.Now())
+			return s.flushTimed()
 		}
 		start := time.Now()
 		s.touchDeadline(start)
@@ -496,18 +493,15 @@ func (s *Session) writeQueued() error {
 		// not per frame (the flush costs throughput where writes never
 		// wait, and buys nothing there).
 		now := time.Now()
-		s.busy = now.Sub(start) > writeBlocked || s.busy && s.bw.Buffered() > 0
-		s.pushback.Store(s.busy)
+		busy := now.Sub(start) > writeBlocked || s.pushback.Load() && s.bw.Buffered() > 0
+		s.pushback.Store(busy)
 		if s.lowat != nil {
 			s.tuneLowat(now)
 		}
-		if s.bw.Buffered() >= maxLowPriorityFrame && (s.busy || s.higherOpen(r.data.pri)) {
-			start = time.Now()
-			if err := s.bw.Flush(); err != nil {
+		if s.bw.Buffered() >= maxLowPriorityFrame && (busy || s.higherOpen(r.data.pri)) {
+			if err := s.flushTimed(); err != nil {
 				return err
 			}
-			s.busy = time.Since(start) > writeBlocked
-			s.pushback.Store(s.busy)
 		}
 		if r.done != nil && s.lowerOpen(r.data.pri) {
 			// The stream just written waits on r.done to queue its next
@@ -517,6 +511,15 @@ func (s *Session) writeQueued() error {
 			runtime.Gosched()
 		}
 	}
+}
+
+// flushTimed flushes the write buffer and records whether the link made
+// it wait (pushback); wlock is held.
+func (s *Session) flushTimed() error {
+	start := time.Now()
+	err := s.bw.Flush()
+	s.pushback.Store(time.Since(start) > writeBlocked)
+	return err
 }
 
 func (s *Session) writeOne(r writeReq) error {
